@@ -1,0 +1,78 @@
+//! Wiring: `App::build` opens and migrates the store, makes sure an admin token exists, and binds
+//! the listener; `App::run` serves until the cancellation token fires, then drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::domain::token::hash_token;
+use crate::http::{self, AppState};
+use crate::storage::{self, Store};
+
+/// A built, not yet running, Herald.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    bootstrap_token: Option<String>,
+}
+
+impl App {
+    /// Connects and migrates the store, creates the first admin token when none is configured or
+    /// stored, and binds the listen address.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let store = storage::connect(&config).await?;
+        store.migrate().await.context("could not apply database migrations")?;
+        let bootstrap_token = ensure_admin_token(&config, store.as_ref()).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("could not listen on `{}`", config.listen))?;
+        let admin_hash = config.admin_token.as_ref().map(|t| hash_token(&t.0));
+        let state = AppState { store, config: Arc::new(config), admin_hash };
+        Ok(App { listener, state, bootstrap_token })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.state.config.listen)
+    }
+
+    /// The admin token created by this start, if one was (shown once).
+    pub fn bootstrap_token(&self) -> Option<&str> {
+        self.bootstrap_token.as_deref()
+    }
+
+    /// The store this app uses.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.state.store.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes in-flight requests and closes the store.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let App { listener, state, .. } = self;
+        let store = state.store.clone();
+        let router = http::router(state);
+        let signal = shutdown.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { signal.cancelled().await })
+            .await
+            .context("the HTTP server failed")?;
+        store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// With no admin token configured and none stored, creates one and returns it (to print once).
+async fn ensure_admin_token(config: &Config, store: &dyn Store) -> anyhow::Result<Option<String>> {
+    if config.admin_token.is_some() || store.count_admin_tokens().await? > 0 {
+        return Ok(None);
+    }
+    let (_, secret) = http::tenants::issue_token(store, "bootstrap".to_owned(), None)
+        .await
+        .context("could not create the first admin token")?;
+    Ok(Some(secret))
+}

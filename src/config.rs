@@ -1,0 +1,357 @@
+//! Configuration: one struct, layered defaults < `herald.toml` (or `--config FILE`) < `HERALD_…`
+//! environment (`__` nests) < command-line flags, validated once at start-up.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+/// The default configuration file, read from the working directory when it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "herald.toml";
+
+/// Everything Herald can be told. Every field is documented in the README's configuration table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address the HTTP API listens on (`HERALD_LISTEN`).
+    pub listen: SocketAddr,
+    /// `sqlite://path` (created if missing) or `postgres://…` (`HERALD_DATABASE_URL`).
+    pub database_url: String,
+    /// Bootstrap admin token accepted in addition to the tokens stored in the database.
+    pub admin_token: Option<Redacted>,
+    /// Development mode: allows `http://` and private or loopback endpoint URLs.
+    pub dev: bool,
+    /// Log output: `pretty` for people, `json` for log pipelines.
+    pub log_format: LogFormat,
+    /// Delivery settings.
+    pub delivery: DeliveryConfig,
+    /// Ingest settings.
+    pub ingest: IngestConfig,
+    /// Storage settings.
+    pub store: StoreConfig,
+    /// Management API settings.
+    pub api: ApiConfig,
+    /// Whether this process serves the management API (`false` for `serve --role worker`).
+    #[serde(skip)]
+    pub api_enabled: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://herald.db".to_owned(),
+            admin_token: None,
+            dev: false,
+            log_format: LogFormat::Pretty,
+            delivery: DeliveryConfig::default(),
+            ingest: IngestConfig::default(),
+            store: StoreConfig::default(),
+            api: ApiConfig::default(),
+            api_enabled: true,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[delivery]`: how attempts are made and retried.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct DeliveryConfig {
+    /// Time allowed for one attempt, DNS and connect included (`10s`).
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Backoff after attempts 1, 2, 3 (`5s,5m,30m`); each is jittered by ±20 %.
+    #[serde(deserialize_with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            retry_schedule: vec![
+                Duration::from_secs(5),
+                Duration::from_secs(5 * 60),
+                Duration::from_secs(30 * 60),
+            ],
+        }
+    }
+}
+
+/// `[ingest]`: limits on what producers may send.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct IngestConfig {
+    /// Largest accepted event `data`, in bytes (`1MiB`).
+    #[serde(deserialize_with = "byte_size")]
+    pub payload_limit: usize,
+    /// Largest accepted batch request body, in bytes (`16MiB`).
+    #[serde(deserialize_with = "byte_size")]
+    pub batch_body_limit: usize,
+    /// How long an idempotency key is remembered (`24h`).
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            payload_limit: 1024 * 1024,
+            batch_body_limit: 16 * 1024 * 1024,
+            idempotency_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `[store]`: database settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// `durable` (fsync on every commit) or `relaxed` (faster; an OS crash may lose the last
+    /// milliseconds of commits).
+    pub durability: Durability,
+    /// Size of the connection pool (PostgreSQL) or of the read pool (SQLite).
+    pub max_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { durability: Durability::Durable, max_connections: 8 }
+    }
+}
+
+/// Commit durability.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// SQLite `synchronous=FULL`, PostgreSQL `synchronous_commit=on`.
+    Durable,
+    /// SQLite `synchronous=NORMAL`, PostgreSQL `synchronous_commit=off`.
+    Relaxed,
+}
+
+/// `[api]`: management API limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    /// Largest accepted body for management requests (endpoints, tenants, event types), in bytes.
+    #[serde(deserialize_with = "byte_size")]
+    pub body_limit: usize,
+    /// Most custom headers one endpoint may carry.
+    pub max_headers_per_endpoint: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { body_limit: 256 * 1024, max_headers_per_endpoint: 20 }
+    }
+}
+
+/// A secret string that never appears in `Debug` output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
+impl Config {
+    /// Loads the layered configuration. `file` is `--config`; without it `herald.toml` is read
+    /// when present. `overrides` are `(key, value)` pairs from command-line flags.
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> anyhow::Result<Config> {
+        let mut builder = config::Config::builder();
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    bail!("configuration file `{}` does not exist", path.display());
+                }
+                builder = builder.add_source(config::File::from(path).required(true));
+            }
+            None => {
+                builder = builder.add_source(config::File::with_name(DEFAULT_CONFIG_FILE).required(false));
+            }
+        }
+        builder = builder
+            .add_source(config::Environment::with_prefix("HERALD").prefix_separator("_").separator("__"));
+        for (key, value) in overrides {
+            builder = builder
+                .set_override(*key, value.clone())
+                .with_context(|| format!("invalid flag for `{key}`"))?;
+        }
+        let raw = builder.build().context("could not read the configuration")?;
+        let config: Config =
+            raw.try_deserialize().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules that span fields; names the option and what it accepts.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let db = &self.database_url;
+        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            bail!("invalid `database_url` `{}`: expected `sqlite://PATH` or `postgres://…`", redact_url(db));
+        }
+        if self.delivery.timeout.is_zero() || self.delivery.timeout > Duration::from_secs(300) {
+            bail!("invalid `delivery.timeout`: expected a duration between 1ms and 5m");
+        }
+        if self.delivery.retry_schedule.len() > 20 {
+            bail!("invalid `delivery.retry_schedule`: at most 20 retries are accepted");
+        }
+        if self.ingest.payload_limit == 0 || self.ingest.payload_limit > 64 * 1024 * 1024 {
+            bail!("invalid `ingest.payload_limit`: expected between 1B and 64MiB");
+        }
+        if self.ingest.batch_body_limit < self.ingest.payload_limit {
+            bail!("invalid `ingest.batch_body_limit`: must be at least `ingest.payload_limit`");
+        }
+        if self.store.max_connections == 0 {
+            bail!("invalid `store.max_connections`: expected at least 1");
+        }
+        if self.api.body_limit < 1024 {
+            bail!("invalid `api.body_limit`: expected at least 1KiB");
+        }
+        if let Some(token) = &self.admin_token
+            && token.0.len() < 16
+        {
+            bail!("invalid `admin_token`: expected at least 16 characters");
+        }
+        Ok(())
+    }
+}
+
+/// Hides the password of a database URL for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+const DURATION_HELP: &str = "expected a number with a unit, such as 200ms, 10s, 5m or 24h";
+
+/// Parses `200ms`, `10s`, `5m`, `1h`, `1h 30m`, `2d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("empty duration: {DURATION_HELP}"));
+    }
+    humantime::parse_duration(text).map_err(|_| format!("invalid duration `{text}`: {DURATION_HELP}"))
+}
+
+/// Parses `1048576`, `512KiB`, `1MiB`, `16MB`.
+pub fn parse_byte_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("invalid size `{text}`: expected bytes such as 1048576, 512KiB or 1MiB"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return Err(format!("invalid size unit in `{text}`: expected B, KiB, MiB or GiB")),
+    };
+    number.checked_mul(factor).ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrNumber {
+    Number(u64),
+    Text(String),
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    match StringOrNumber::deserialize(deserializer).map_err(|_| de::Error::custom(DURATION_HELP))? {
+        StringOrNumber::Number(_) => {
+            Err(de::Error::custom(format!("a bare number is ambiguous: {DURATION_HELP}")))
+        }
+        StringOrNumber::Text(text) => parse_duration(&text).map_err(de::Error::custom),
+    }
+}
+
+fn duration_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match ListOrText::deserialize(deserializer).map_err(|_| {
+        de::Error::custom(format!("expected a comma-separated list of durations: {DURATION_HELP}"))
+    })? {
+        ListOrText::List(items) => items,
+        ListOrText::Text(text) if text.trim().is_empty() => Vec::new(),
+        ListOrText::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    items.iter().map(|item| parse_duration(item).map_err(de::Error::custom)).collect()
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    match StringOrNumber::deserialize(deserializer)
+        .map_err(|_| de::Error::custom("expected bytes such as 1048576, 512KiB or 1MiB"))?
+    {
+        StringOrNumber::Number(n) => usize::try_from(n).map_err(de::Error::custom),
+        StringOrNumber::Text(text) => parse_byte_size(&text).map_err(de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = Config::default();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url, "sqlite://herald.db");
+        assert_eq!(config.delivery.timeout, Duration::from_secs(10));
+        assert_eq!(
+            config.delivery.retry_schedule,
+            vec![Duration::from_secs(5), Duration::from_secs(300), Duration::from_secs(1800)]
+        );
+        assert_eq!(config.ingest.payload_limit, 1024 * 1024);
+        assert!(!config.dev);
+        config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("ten seconds").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_byte_size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(parse_byte_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_byte_size("42"), Ok(42));
+        assert!(parse_byte_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn admin_token_is_redacted_in_debug() {
+        let config =
+            Config { admin_token: Some(Redacted("super-secret-token-value".into())), ..Config::default() };
+        assert!(!format!("{config:?}").contains("super-secret"));
+    }
+}

@@ -1,0 +1,254 @@
+//! Extractors that answer in our error shape: `ApiJson`, `ApiQuery`, the bearer-token `Auth`, and
+//! list pagination with opaque cursors bound to their filters.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::IntoParams;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::domain::tenant::Tenant;
+use crate::domain::time::now_micros;
+use crate::domain::token::{Scope, hash_token, shown_prefix};
+use crate::storage::{PageQuery, StoreError};
+
+/// A JSON body whose rejections are problem+json: 400 malformed, 415 not JSON, 413 too large,
+/// 422 wrong shape.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => {
+            let text = e.body_text();
+            let message = text
+                .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                .unwrap_or(&text);
+            let (field, message) = split_path(message);
+            ApiError::invalid(&field, message)
+        }
+        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!(
+            "the body is not valid JSON: {}",
+            e.body_text().trim_start_matches("Failed to parse the request body as JSON: ")
+        )),
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::UnsupportedMediaType("expected a body with `content-type: application/json`".into())
+        }
+        other if other.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge("the request body is larger than this route accepts".into())
+        }
+        other => ApiError::BadRequest(format!("the body could not be read: {}", other.body_text())),
+    }
+}
+
+/// Splits serde_path_to_error's `path: message` into a field name and a message.
+fn split_path(text: &str) -> (String, String) {
+    match text.split_once(": ") {
+        Some((path, message)) if !path.contains(' ') && path != "." => (path.to_owned(), message.to_owned()),
+        _ => ("body".to_owned(), text.to_owned()),
+    }
+}
+
+/// A query string whose rejections are problem+json (422 naming the parameter).
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::try_from_uri(&parts.uri) {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                let text = e.body_text();
+                let message = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+                let (field, message) = split_path(message);
+                Err(ApiError::invalid(&field, message))
+            }
+            Err(other) => Err(ApiError::BadRequest(other.body_text())),
+        }
+    }
+}
+
+/// The caller, from `Authorization: Bearer <token>`.
+#[derive(Clone, Debug)]
+pub struct Auth {
+    /// What the token may see.
+    pub scope: Scope,
+}
+
+impl Auth {
+    /// Refuses tenant tokens on admin-only routes.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.scope {
+            Scope::Admin => Ok(()),
+            Scope::Tenant(_) => Err(ApiError::Forbidden("this route needs an admin token".into())),
+        }
+    }
+
+    /// Resolves `{tenant}` (id or external id) to a live tenant this caller may see; another
+    /// tenant's key answers 404 exactly like an unknown one.
+    pub async fn tenant(&self, state: &AppState, key: &str) -> Result<Tenant, ApiError> {
+        let tenant = match state.store.get_tenant(key).await {
+            Ok(tenant) => tenant,
+            Err(StoreError::NotFound) => return Err(ApiError::not_found("tenant", key)),
+            Err(other) => return Err(other.into()),
+        };
+        match &self.scope {
+            Scope::Tenant(own) if *own != tenant.id => Err(ApiError::not_found("tenant", key)),
+            _ => Ok(tenant),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::Unauthorized);
+        };
+        let presented = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 512)
+            .ok_or(ApiError::Unauthorized)?;
+        let hash = hash_token(presented);
+        if let Some(admin) = &state.admin_hash
+            && bool::from(admin.as_bytes().ct_eq(hash.as_bytes()))
+        {
+            return Ok(Auth { scope: Scope::Admin });
+        }
+        match state.store.find_token_by_hash(&hash).await? {
+            Some(token) => {
+                let now = now_micros();
+                if token.last_used_at.is_none_or(|at| now - at > 60_000_000) {
+                    let store = state.store.clone();
+                    let id = token.id.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = store.touch_token(&id, now).await {
+                            tracing::debug!(%error, "could not record token use");
+                        }
+                    });
+                }
+                Ok(Auth { scope: token.scope() })
+            }
+            None => {
+                let route = parts.uri.path().to_owned();
+                tracing::info!(route, token.prefix = shown_prefix(presented), "authentication failed");
+                Err(ApiError::Unauthorized)
+            }
+        }
+    }
+}
+
+/// Largest page.
+pub const MAX_LIMIT: i64 = 250;
+/// Page size when `limit` is absent.
+pub const DEFAULT_LIMIT: i64 = 50;
+
+/// `?limit=&cursor=` on every list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Items per page, 1–250 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 250)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A validated page request, bound to the filters it was made with.
+pub struct Pager {
+    limit: i64,
+    after: Option<String>,
+    fingerprint: String,
+}
+
+impl Pager {
+    /// Checks `limit` and `cursor`; `filters` names the list and its filter values, so a cursor
+    /// cannot be replayed against another list or other filters.
+    pub fn new(params: &PageParams, filters: &str) -> Result<Pager, ApiError> {
+        let limit = match &params.limit {
+            None => DEFAULT_LIMIT,
+            Some(text) => text.trim().parse::<i64>().unwrap_or(0),
+        };
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::invalid("limit", format!("must be between 1 and {MAX_LIMIT}")));
+        }
+        let fingerprint = hex::encode(&Sha256::digest(filters.as_bytes())[..6]);
+        let after = match &params.cursor {
+            None => None,
+            Some(cursor) => Some(decode_cursor(cursor, &fingerprint).ok_or_else(|| {
+                ApiError::invalid("cursor", "is not a cursor returned by this list with these filters")
+            })?),
+        };
+        Ok(Pager { limit, after, fingerprint })
+    }
+
+    /// The store query: one row more than the page, to learn whether another page exists.
+    pub fn query(&self) -> PageQuery {
+        PageQuery { after: self.after.clone(), limit: self.limit + 1 }
+    }
+
+    /// Cuts the extra row and builds `next_cursor` from the last item's sort key.
+    pub fn finish<T>(&self, mut rows: Vec<T>, key: impl Fn(&T) -> &str) -> (Vec<T>, Option<String>) {
+        let more = rows.len() as i64 > self.limit;
+        rows.truncate(self.limit as usize);
+        let next = if more {
+            rows.last().map(|last| URL_SAFE_NO_PAD.encode(format!("{}|{}", self.fingerprint, key(last))))
+        } else {
+            None
+        };
+        (rows, next)
+    }
+}
+
+fn decode_cursor(cursor: &str, fingerprint: &str) -> Option<String> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (fp, key) = text.split_once('|')?;
+    (fp == fingerprint && !key.is_empty()).then(|| key.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_are_bound_to_filters() {
+        let params = PageParams { limit: Some("2".into()), cursor: None };
+        let pager = Pager::new(&params, "tenants").expect("valid");
+        let (rows, next) = pager.finish(vec!["c", "b", "a"], |s| s);
+        assert_eq!(rows, vec!["c", "b"]);
+        let next = next.expect("a next page");
+        let again =
+            Pager::new(&PageParams { limit: Some("2".into()), cursor: Some(next.clone()) }, "tenants")
+                .expect("valid");
+        assert_eq!(again.query().after.as_deref(), Some("b"));
+        assert!(Pager::new(&PageParams { limit: Some("2".into()), cursor: Some(next) }, "tokens").is_err());
+        assert!(Pager::new(&PageParams { limit: Some("0".into()), cursor: None }, "x").is_err());
+        assert!(Pager::new(&PageParams { limit: Some("251".into()), cursor: None }, "x").is_err());
+        assert!(Pager::new(&PageParams { limit: None, cursor: Some("garbage!".into()) }, "x").is_err());
+    }
+}

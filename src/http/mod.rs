@@ -1,0 +1,123 @@
+//! The HTTP API: one router per resource, the shared state, and the OpenAPI document built from
+//! the handlers' annotations.
+
+pub mod endpoints;
+pub mod error;
+pub mod event_types;
+pub mod extract;
+pub mod ops;
+pub mod tenants;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Deserializer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::config::Config;
+use crate::storage::Store;
+use error::ApiError;
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// SHA-256 (hex) of the configured bootstrap admin token, if any.
+    pub admin_hash: Option<String>,
+}
+
+/// Builds the whole router.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.api.body_limit;
+    let mut router = Router::new().merge(ops::router());
+    if state.config.api_enabled {
+        router = router.merge(event_types::router()).merge(tenants::router()).merge(endpoints::router());
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+        }))
+        .with_state(state)
+}
+
+async fn not_found() -> impl IntoResponse {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::MethodNotAllowed
+}
+
+/// Deserializes a field that distinguishes absent (`None`) from `null` (`Some(None)`).
+pub(crate) fn double_option<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Parses a boolean query parameter.
+pub(crate) fn parse_bool(field: &str, value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(_) => Err(ApiError::invalid(field, "must be `true` or `false`")),
+    }
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The OpenAPI document of every route.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Herald", description = "Outbound webhook delivery: signed, retried, recorded."),
+    modifiers(&BearerAuth),
+    paths(
+        event_types::create_event_type,
+        event_types::list_event_types,
+        event_types::get_event_type,
+        event_types::update_event_type,
+        event_types::archive_event_type,
+        tenants::create_tenant,
+        tenants::list_tenants,
+        tenants::get_tenant,
+        tenants::update_tenant,
+        tenants::delete_tenant,
+        tenants::create_tenant_token,
+        tenants::list_tokens,
+        tenants::revoke_token,
+        endpoints::create_endpoint,
+        endpoints::list_endpoints,
+        endpoints::get_endpoint,
+        endpoints::update_endpoint,
+        endpoints::delete_endpoint,
+        endpoints::get_endpoint_secret,
+        ops::healthz,
+        ops::readyz,
+        ops::openapi,
+    )
+)]
+pub struct ApiDoc;

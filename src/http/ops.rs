@@ -1,0 +1,52 @@
+//! Operational routes: `/healthz`, `/readyz`, `/openapi.json`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+}
+
+/// Health answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthOut {
+    /// `ok`.
+    pub status: &'static str,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = HealthOut)))]
+pub async fn healthz() -> Json<HealthOut> {
+    Json(HealthOut { status: "ok" })
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, body = HealthOut), (status = 503, body = Problem, content_type = "application/problem+json")))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthOut>, ApiError> {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => Ok(Json(HealthOut { status: "ok" })),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness check failed");
+            Err(ApiError::Unavailable)
+        }
+        Err(_) => Err(ApiError::Unavailable),
+    }
+}
+
+/// This API's OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi() -> (StatusCode, Json<utoipa::openapi::OpenApi>) {
+    (StatusCode::OK, Json(super::ApiDoc::openapi()))
+}

@@ -1,0 +1,373 @@
+//! Tenants (`/v1/tenants`) and their tokens (`/v1/tenants/{tenant}/tokens`, `/v1/tokens`).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager};
+use crate::domain::id::{IdKind, new_id};
+use crate::domain::tenant::{MAX_METADATA_BYTES, Tenant, validate_external_id};
+use crate::domain::time::{format_micros, now_micros};
+use crate::domain::token::{Token, generate_token, hash_token, shown_prefix};
+use crate::domain::{Invalid, check_text};
+use crate::storage::StoreError;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/tenants/{tenant}", get(get_tenant).patch(update_tenant).delete(delete_tenant))
+        .route("/v1/tenants/{tenant}/tokens", post(create_tenant_token))
+        .route("/v1/tokens", get(list_tokens))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+}
+
+/// Body of `POST /v1/tenants`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantIn {
+    /// Display name, 1–255 characters.
+    pub name: String,
+    /// The platform's own id: `[A-Za-z0-9_-]{1,64}`, unique, usable in paths instead of `id`.
+    pub external_id: Option<String>,
+    /// Free-form JSON object (at most 16 KiB).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Body of `PATCH /v1/tenants/{tenant}`; absent fields are left as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New external id; `null` removes it.
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<String>)]
+    pub external_id: Option<Option<String>>,
+    /// Replaces the metadata object.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// A tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantOut {
+    /// `tnt_…`
+    pub id: String,
+    /// The platform's id, if set.
+    pub external_id: Option<String>,
+    /// Display name.
+    pub name: String,
+    /// Free-form JSON object.
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl From<Tenant> for TenantOut {
+    fn from(t: Tenant) -> Self {
+        TenantOut {
+            id: t.id,
+            external_id: t.external_id,
+            name: t.name,
+            metadata: t.metadata,
+            created_at: format_micros(t.created_at),
+            updated_at: format_micros(t.updated_at),
+        }
+    }
+}
+
+/// A page of tenants.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantList {
+    /// Newest first.
+    pub data: Vec<TenantOut>,
+    /// Cursor of the next page, `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+fn check_name(invalid: &mut Invalid, name: &str) {
+    if name.trim().is_empty() {
+        invalid.push("name", "must not be empty");
+    }
+    check_text(invalid, "name", name, 255);
+}
+
+fn check_metadata(invalid: &mut Invalid, metadata: &Map<String, Value>) {
+    if serde_json::to_string(metadata).map_or(0, |s| s.len()) > MAX_METADATA_BYTES {
+        invalid.push("metadata", format!("must be at most {MAX_METADATA_BYTES} bytes of JSON"));
+    }
+}
+
+fn external_id_conflict(result: Result<(), StoreError>, external_id: Option<&str>) -> Result<(), ApiError> {
+    match result {
+        Err(StoreError::Conflict(_)) => Err(ApiError::Conflict(format!(
+            "a tenant with external_id `{}` already exists",
+            external_id.unwrap_or_default()
+        ))),
+        other => other.map_err(ApiError::from),
+    }
+}
+
+/// Create a tenant.
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantIn, security(("bearer" = [])),
+    responses((status = 201, body = TenantOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(body): ApiJson<TenantIn>,
+) -> Result<(StatusCode, Json<TenantOut>), ApiError> {
+    auth.require_admin()?;
+    let mut invalid = Invalid::default();
+    check_name(&mut invalid, &body.name);
+    if let Some(external_id) = &body.external_id
+        && let Err(why) = validate_external_id(external_id)
+    {
+        invalid.push("external_id", why);
+    }
+    let metadata = body.metadata.unwrap_or_default();
+    check_metadata(&mut invalid, &metadata);
+    invalid.into_result().map_err(ApiError::Invalid)?;
+    let now = now_micros();
+    let tenant = Tenant {
+        id: new_id(IdKind::Tenant),
+        external_id: body.external_id,
+        name: body.name,
+        metadata,
+        created_at: now,
+        updated_at: now,
+    };
+    external_id_conflict(state.store.insert_tenant(&tenant).await, tenant.external_id.as_deref())?;
+    Ok((StatusCode::CREATED, Json(tenant.into())))
+}
+
+/// List tenants, newest first.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(PageParams), security(("bearer" = [])),
+    responses((status = 200, body = TenantList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<Json<TenantList>, ApiError> {
+    auth.require_admin()?;
+    let pager = Pager::new(&page, "tenants")?;
+    let rows = state.store.list_tenants(&pager.query()).await?;
+    let (rows, next_cursor) = pager.finish(rows, |t| &t.id);
+    Ok(Json(TenantList { data: rows.into_iter().map(Into::into).collect(), next_cursor }))
+}
+
+/// Get a tenant by id or external id (a tenant token may read its own).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
+    responses((status = 200, body = TenantOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_tenant(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(key): Path<String>,
+) -> Result<Json<TenantOut>, ApiError> {
+    Ok(Json(auth.tenant(&state, &key).await?.into()))
+}
+
+/// Update a tenant's name, external id or metadata.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", request_body = TenantPatch,
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
+    responses((status = 200, body = TenantOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn update_tenant(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(key): Path<String>,
+    ApiJson(patch): ApiJson<TenantPatch>,
+) -> Result<Json<TenantOut>, ApiError> {
+    auth.require_admin()?;
+    let mut tenant = auth.tenant(&state, &key).await?;
+    let mut invalid = Invalid::default();
+    if let Some(name) = patch.name {
+        check_name(&mut invalid, &name);
+        tenant.name = name;
+    }
+    if let Some(external_id) = patch.external_id {
+        if let Some(id) = &external_id
+            && let Err(why) = validate_external_id(id)
+        {
+            invalid.push("external_id", why);
+        }
+        tenant.external_id = external_id;
+    }
+    if let Some(metadata) = patch.metadata {
+        check_metadata(&mut invalid, &metadata);
+        tenant.metadata = metadata;
+    }
+    invalid.into_result().map_err(ApiError::Invalid)?;
+    tenant.updated_at = now_micros();
+    external_id_conflict(state.store.update_tenant(&tenant).await, tenant.external_id.as_deref())?;
+    Ok(Json(tenant.into()))
+}
+
+/// Delete a tenant: its endpoints are deleted (pending deliveries fail with `endpoint_deleted`)
+/// and its tokens revoked; history stays until retention removes it.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
+    responses((status = 204, description = "deleted"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_tenant(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(key): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    auth.require_admin()?;
+    let tenant = auth.tenant(&state, &key).await?;
+    state.store.delete_tenant(&tenant.id, now_micros()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of `POST /v1/tenants/{tenant}/tokens`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIn {
+    /// A label, such as `acme-portal`.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A token, without its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenOut {
+    /// `tok_…`
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// The tenant it is confined to; `null` for admin tokens.
+    pub tenant_id: Option<String>,
+    /// First characters of the token, to recognise it.
+    pub prefix: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, to the minute.
+    pub last_used_at: Option<String>,
+}
+
+impl From<Token> for TokenOut {
+    fn from(t: Token) -> Self {
+        TokenOut {
+            id: t.id,
+            name: t.name,
+            tenant_id: t.tenant_id,
+            prefix: t.prefix,
+            created_at: format_micros(t.created_at),
+            last_used_at: t.last_used_at.map(format_micros),
+        }
+    }
+}
+
+/// A new token: the only time `token` is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenCreatedOut {
+    #[serde(flatten)]
+    /// The stored token.
+    pub token_info: TokenOut,
+    /// The bearer token, `hrld_…`; store it now, it is not shown again.
+    pub token: String,
+}
+
+/// A page of tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenList {
+    /// Newest first.
+    pub data: Vec<TokenOut>,
+    /// Cursor of the next page, `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Creates and stores a token; returns it with its clear text.
+pub async fn issue_token(
+    store: &dyn crate::storage::Store,
+    name: String,
+    tenant_id: Option<String>,
+) -> Result<(Token, String), StoreError> {
+    let secret = generate_token();
+    let token = Token {
+        id: new_id(IdKind::Token),
+        name,
+        tenant_id,
+        prefix: shown_prefix(&secret),
+        created_at: now_micros(),
+        last_used_at: None,
+    };
+    store.insert_token(&token, &hash_token(&secret)).await?;
+    Ok((token, secret))
+}
+
+/// Create a token confined to one tenant.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/tokens", tag = "tokens", request_body = TokenIn,
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
+    responses((status = 201, body = TokenCreatedOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_tenant_token(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<TokenIn>,
+) -> Result<(StatusCode, Json<TokenCreatedOut>), ApiError> {
+    auth.require_admin()?;
+    let tenant = auth.tenant(&state, &key).await?;
+    let mut invalid = Invalid::default();
+    check_text(&mut invalid, "name", &body.name, 255);
+    invalid.into_result().map_err(ApiError::Invalid)?;
+    let (token, secret) = issue_token(state.store.as_ref(), body.name, Some(tenant.id)).await?;
+    Ok((StatusCode::CREATED, Json(TokenCreatedOut { token_info: token.into(), token: secret })))
+}
+
+/// Filters of `GET /v1/tokens`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TokenFilter {
+    /// Only this tenant's tokens (id or external_id).
+    pub tenant: Option<String>,
+    #[serde(flatten)]
+    #[param(ignore)]
+    page: PageParams,
+}
+
+/// List live tokens, newest first.
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(TokenFilter, PageParams), security(("bearer" = [])),
+    responses((status = 200, body = TokenList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(filter): ApiQuery<TokenFilter>,
+) -> Result<Json<TokenList>, ApiError> {
+    auth.require_admin()?;
+    let tenant_id = match &filter.tenant {
+        Some(key) => Some(auth.tenant(&state, key).await?.id),
+        None => None,
+    };
+    let pager = Pager::new(&filter.page, &format!("tokens|{}", tenant_id.as_deref().unwrap_or("")))?;
+    let rows = state.store.list_tokens(tenant_id.as_deref(), &pager.query()).await?;
+    let (rows, next_cursor) = pager.finish(rows, |t| &t.id);
+    Ok(Json(TokenList { data: rows.into_iter().map(Into::into).collect(), next_cursor }))
+}
+
+/// Revoke a token; it stops working at once.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "`tok_…`")), security(("bearer" = [])),
+    responses((status = 204, description = "revoked"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    auth.require_admin()?;
+    match state.store.revoke_token(&id, now_micros()).await {
+        Err(StoreError::NotFound) => Err(ApiError::not_found("token", &id)),
+        other => other.map_err(ApiError::from),
+    }?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,184 @@
+//! The `herald` binary: parses the command line and configuration, starts telemetry, and runs
+//! the chosen command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use herald::app::App;
+use herald::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Herald: outbound webhook delivery, signed, retried and recorded.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (default: `herald.toml` in the working directory, when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: the HTTP API (and, in later roles, the dispatcher).
+    Serve {
+        /// Development mode: allow http:// and private or loopback endpoint URLs.
+        #[arg(long)]
+        dev: bool,
+        /// Which side to run.
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
+        /// Listen address, such as 127.0.0.1:8080 (overrides `listen`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Database URL (overrides `database_url`).
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        /// Database URL (overrides `database_url`).
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once on standard output.
+    Create {
+        /// Confine the token to this tenant (id or external_id); without it, an admin token.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A label for the token.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Role {
+    /// API, dispatcher and scheduler.
+    All,
+    /// The HTTP API only.
+    Api,
+    /// Delivery only (the HTTP listener serves the ops routes).
+    Worker,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: could not start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    match &cli.command {
+        Command::Serve { dev, listen, database_url, .. } => {
+            if *dev {
+                overrides.push(("dev", "true".to_owned()));
+            }
+            if let Some(listen) = listen {
+                overrides.push(("listen", listen.clone()));
+            }
+            if let Some(url) = database_url {
+                overrides.push(("database_url", url.clone()));
+            }
+        }
+        Command::Migrate { database_url } => {
+            if let Some(url) = database_url {
+                overrides.push(("database_url", url.clone()));
+            }
+        }
+        Command::Token { .. } => {}
+    }
+    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    herald::telemetry::init(config.log_format);
+    match cli.command {
+        Command::Serve { role, .. } => serve(config, role).await,
+        Command::Migrate { .. } => {
+            let store = herald::storage::connect(&config).await?;
+            store.migrate().await.context("could not apply database migrations")?;
+            store.close().await;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Create { tenant, name } } => {
+            let store = herald::storage::connect(&config).await?;
+            store.migrate().await.context("could not apply database migrations")?;
+            let tenant_id = match tenant {
+                Some(key) => Some(
+                    store.get_tenant(&key).await.map_err(|_| anyhow::anyhow!("tenant `{key}` not found"))?.id,
+                ),
+                None => None,
+            };
+            let (token, secret) = herald::http::tenants::issue_token(store.as_ref(), name, tenant_id).await?;
+            store.close().await;
+            eprintln!("created token {} (shown once; store it now)", token.id);
+            println!("{secret}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(mut config: Config, role: Role) -> anyhow::Result<()> {
+    if config.dev {
+        tracing::warn!(
+            "DEV MODE: http:// and private or loopback endpoint URLs are allowed; never use this in production"
+        );
+    }
+    config.api_enabled = role != Role::Worker;
+    let app = App::build(config).await?;
+    println!("Herald {} listening on http://{}", env!("CARGO_PKG_VERSION"), app.local_addr());
+    if let Some(token) = app.bootstrap_token() {
+        println!("Admin token (shown once, store it now): {token}");
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    app.run(shutdown).await
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::error!(%error, "could not listen for SIGTERM");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

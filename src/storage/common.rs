@@ -1,0 +1,564 @@
+//! SQL shared by both backends. `store_common!` expands to the `Store` methods whose SQL is
+//! portable; each backend passes in the methods it must write itself. Row structs derive
+//! `FromRow` generically, so they decode from either driver.
+
+use std::collections::BTreeMap;
+
+use crate::domain::endpoint::{Endpoint, Secrets};
+use crate::domain::event_type::EventType;
+use crate::domain::tenant::Tenant;
+use crate::domain::token::Token;
+
+use super::StoreError;
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TokenRow {
+    id: String,
+    name: String,
+    tenant_id: Option<String>,
+    prefix: String,
+    created_at: i64,
+    last_used_at: Option<i64>,
+}
+
+impl From<TokenRow> for Token {
+    fn from(row: TokenRow) -> Self {
+        Token {
+            id: row.id,
+            name: row.name,
+            tenant_id: row.tenant_id,
+            prefix: row.prefix,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventTypeRow {
+    name: String,
+    description: String,
+    schema: Option<String>,
+    archived: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<EventTypeRow> for EventType {
+    type Error = StoreError;
+    fn try_from(row: EventTypeRow) -> Result<Self, StoreError> {
+        let schema = row.schema.as_deref().map(serde_json::from_str).transpose().map_err(corrupt)?;
+        Ok(EventType {
+            name: row.name,
+            description: row.description,
+            schema,
+            archived: row.archived,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TenantRow {
+    id: String,
+    external_id: Option<String>,
+    name: String,
+    metadata: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = StoreError;
+    fn try_from(row: TenantRow) -> Result<Self, StoreError> {
+        Ok(Tenant {
+            id: row.id,
+            external_id: row.external_id,
+            name: row.name,
+            metadata: serde_json::from_str(&row.metadata).map_err(corrupt)?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EndpointRow {
+    id: String,
+    tenant_id: String,
+    url: String,
+    description: String,
+    event_types: String,
+    headers: String,
+    enabled: bool,
+    disabled_reason: Option<String>,
+    disabled_at: Option<i64>,
+    fifo: bool,
+    max_in_flight: i32,
+    rate_limit_per_second: Option<i32>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<EndpointRow> for Endpoint {
+    type Error = StoreError;
+    fn try_from(row: EndpointRow) -> Result<Self, StoreError> {
+        let event_types: Vec<String> = serde_json::from_str(&row.event_types).map_err(corrupt)?;
+        let headers: BTreeMap<String, String> = serde_json::from_str(&row.headers).map_err(corrupt)?;
+        Ok(Endpoint {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            url: row.url,
+            description: row.description,
+            event_types,
+            headers,
+            enabled: row.enabled,
+            disabled_reason: row.disabled_reason,
+            disabled_at: row.disabled_at,
+            fifo: row.fifo,
+            max_in_flight: row.max_in_flight,
+            rate_limit_per_second: row.rate_limit_per_second,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SecretsRow {
+    pub(crate) secret: String,
+    pub(crate) previous_secret: Option<String>,
+    pub(crate) previous_secret_expires_at: Option<i64>,
+}
+
+impl From<SecretsRow> for Secrets {
+    fn from(row: SecretsRow) -> Self {
+        Secrets {
+            current: row.secret,
+            previous: row.previous_secret,
+            previous_expires_at: row.previous_secret_expires_at,
+        }
+    }
+}
+
+pub(crate) fn corrupt(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(error.to_string())
+}
+
+pub(crate) fn to_json(value: &impl serde::Serialize) -> String {
+    // Serialising maps and vectors of strings cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+/// Expands to `#[async_trait] impl Store for $store { <portable methods> $extra }`.
+/// `$store` must have inherent `writer()` and `reader()` returning its pool.
+macro_rules! store_common {
+    ($store:ty, { $($extra:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::storage::Store for $store {
+            $($extra)*
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("select 1").execute(self.reader()).await.map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn insert_token(&self, token: &Token, hash: &str) -> Result<(), StoreError> {
+                sqlx::query(
+                    r#"insert into tokens (id, name, tenant_id, token_hash, prefix, created_at)
+                    values ($1, $2, $3, $4, $5, $6)"#,
+                )
+                .bind(&token.id)
+                .bind(&token.name)
+                .bind(&token.tenant_id)
+                .bind(hash)
+                .bind(&token.prefix)
+                .bind(token.created_at)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn find_token_by_hash(&self, hash: &str) -> Result<Option<Token>, StoreError> {
+                let row: Option<TokenRow> = sqlx::query_as(
+                    r#"select t.id, t.name, t.tenant_id, t.prefix, t.created_at, t.last_used_at
+                    from tokens t
+                    left join tenants n on n.id = t.tenant_id
+                    where t.token_hash = $1
+                      and t.revoked_at is null
+                      and (t.tenant_id is null or n.deleted_at is null)"#,
+                )
+                .bind(hash)
+                .fetch_optional(self.reader())
+                .await
+                .map_err(map_err)?;
+                Ok(row.map(Token::from))
+            }
+
+            async fn touch_token(&self, id: &str, at: i64) -> Result<(), StoreError> {
+                sqlx::query("update tokens set last_used_at = $2 where id = $1")
+                    .bind(id)
+                    .bind(at)
+                    .execute(self.writer())
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn list_tokens(&self, tenant_id: Option<&str>, page: &PageQuery) -> Result<Vec<Token>, StoreError> {
+                let rows: Vec<TokenRow> = sqlx::query_as(
+                    r#"select id, name, tenant_id, prefix, created_at, last_used_at
+                    from tokens
+                    where revoked_at is null
+                      and ($1 is null or tenant_id = $1)
+                      and ($2 is null or id < $2)
+                    order by id desc
+                    limit $3"#,
+                )
+                .bind(tenant_id)
+                .bind(&page.after)
+                .bind(page.limit)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                Ok(rows.into_iter().map(Token::from).collect())
+            }
+
+            async fn revoke_token(&self, id: &str, at: i64) -> Result<(), StoreError> {
+                let done = sqlx::query("update tokens set revoked_at = $2 where id = $1 and revoked_at is null")
+                    .bind(id)
+                    .bind(at)
+                    .execute(self.writer())
+                    .await
+                    .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn count_admin_tokens(&self) -> Result<i64, StoreError> {
+                let (count,): (i64,) =
+                    sqlx::query_as("select count(*) from tokens where tenant_id is null and revoked_at is null")
+                        .fetch_one(self.reader())
+                        .await
+                        .map_err(map_err)?;
+                Ok(count)
+            }
+
+            async fn insert_event_type(&self, event_type: &EventType) -> Result<(), StoreError> {
+                sqlx::query(
+                    r#"insert into event_types (name, description, schema, archived, created_at, updated_at)
+                    values ($1, $2, $3, $4, $5, $6)"#,
+                )
+                .bind(&event_type.name)
+                .bind(&event_type.description)
+                .bind(event_type.schema.as_ref().map(to_json))
+                .bind(event_type.archived)
+                .bind(event_type.created_at)
+                .bind(event_type.updated_at)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn get_event_type(&self, name: &str) -> Result<EventType, StoreError> {
+                let row: EventTypeRow = sqlx::query_as(
+                    r#"select name, description, schema, archived, created_at, updated_at
+                    from event_types
+                    where name = $1"#,
+                )
+                .bind(name)
+                .fetch_one(self.reader())
+                .await
+                .map_err(map_err)?;
+                row.try_into()
+            }
+
+            async fn list_event_types(&self, include_archived: bool, page: &PageQuery) -> Result<Vec<EventType>, StoreError> {
+                let rows: Vec<EventTypeRow> = sqlx::query_as(
+                    r#"select name, description, schema, archived, created_at, updated_at
+                    from event_types
+                    where ($1 or not archived)
+                      and ($2 is null or name > $2)
+                    order by name
+                    limit $3"#,
+                )
+                .bind(include_archived)
+                .bind(&page.after)
+                .bind(page.limit)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                rows.into_iter().map(EventType::try_from).collect()
+            }
+
+            async fn update_event_type(&self, event_type: &EventType) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    r#"update event_types
+                    set description = $2, schema = $3, archived = $4, updated_at = $5
+                    where name = $1"#,
+                )
+                .bind(&event_type.name)
+                .bind(&event_type.description)
+                .bind(event_type.schema.as_ref().map(to_json))
+                .bind(event_type.archived)
+                .bind(event_type.updated_at)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn insert_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+                sqlx::query(
+                    r#"insert into tenants (id, external_id, name, metadata, created_at, updated_at)
+                    values ($1, $2, $3, $4, $5, $6)"#,
+                )
+                .bind(&tenant.id)
+                .bind(&tenant.external_id)
+                .bind(&tenant.name)
+                .bind(to_json(&tenant.metadata))
+                .bind(tenant.created_at)
+                .bind(tenant.updated_at)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn get_tenant(&self, key: &str) -> Result<Tenant, StoreError> {
+                let row: TenantRow = sqlx::query_as(
+                    r#"select id, external_id, name, metadata, created_at, updated_at
+                    from tenants
+                    where (id = $1 or external_id = $1)
+                      and deleted_at is null"#,
+                )
+                .bind(key)
+                .fetch_one(self.reader())
+                .await
+                .map_err(map_err)?;
+                row.try_into()
+            }
+
+            async fn list_tenants(&self, page: &PageQuery) -> Result<Vec<Tenant>, StoreError> {
+                let rows: Vec<TenantRow> = sqlx::query_as(
+                    r#"select id, external_id, name, metadata, created_at, updated_at
+                    from tenants
+                    where deleted_at is null
+                      and ($1 is null or id < $1)
+                    order by id desc
+                    limit $2"#,
+                )
+                .bind(&page.after)
+                .bind(page.limit)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                rows.into_iter().map(Tenant::try_from).collect()
+            }
+
+            async fn update_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    r#"update tenants
+                    set external_id = $2, name = $3, metadata = $4, updated_at = $5
+                    where id = $1 and deleted_at is null"#,
+                )
+                .bind(&tenant.id)
+                .bind(&tenant.external_id)
+                .bind(&tenant.name)
+                .bind(to_json(&tenant.metadata))
+                .bind(tenant.updated_at)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn delete_tenant(&self, id: &str, at: i64) -> Result<(), StoreError> {
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let done = sqlx::query("update tenants set deleted_at = $2 where id = $1 and deleted_at is null")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                sqlx::query(
+                    r#"update deliveries
+                    set status = 'failed', last_error = 'endpoint_deleted', completed_at = $2
+                    where tenant_id = $1 and status = 'pending'"#,
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                sqlx::query("update endpoints set deleted_at = $2 where tenant_id = $1 and deleted_at is null")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                sqlx::query("update tokens set revoked_at = $2 where tenant_id = $1 and revoked_at is null")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn insert_endpoint(&self, endpoint: &Endpoint, secret: &str) -> Result<(), StoreError> {
+                sqlx::query(
+                    r#"insert into endpoints (
+                        id, tenant_id, url, description, event_types, headers, enabled,
+                        disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
+                        secret, created_at, updated_at
+                    )
+                    values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"#,
+                )
+                .bind(&endpoint.id)
+                .bind(&endpoint.tenant_id)
+                .bind(&endpoint.url)
+                .bind(&endpoint.description)
+                .bind(to_json(&endpoint.event_types))
+                .bind(to_json(&endpoint.headers))
+                .bind(endpoint.enabled)
+                .bind(&endpoint.disabled_reason)
+                .bind(endpoint.disabled_at)
+                .bind(endpoint.fifo)
+                .bind(endpoint.max_in_flight)
+                .bind(endpoint.rate_limit_per_second)
+                .bind(secret)
+                .bind(endpoint.created_at)
+                .bind(endpoint.updated_at)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn get_endpoint(&self, tenant_id: &str, id: &str) -> Result<Endpoint, StoreError> {
+                let row: EndpointRow = sqlx::query_as(
+                    r#"select id, tenant_id, url, description, event_types, headers, enabled,
+                        disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
+                        created_at, updated_at
+                    from endpoints
+                    where tenant_id = $1 and id = $2 and deleted_at is null"#,
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_one(self.reader())
+                .await
+                .map_err(map_err)?;
+                row.try_into()
+            }
+
+            async fn list_endpoints(&self, tenant_id: &str, page: &PageQuery) -> Result<Vec<Endpoint>, StoreError> {
+                let rows: Vec<EndpointRow> = sqlx::query_as(
+                    r#"select id, tenant_id, url, description, event_types, headers, enabled,
+                        disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
+                        created_at, updated_at
+                    from endpoints
+                    where tenant_id = $1
+                      and deleted_at is null
+                      and ($2 is null or id < $2)
+                    order by id desc
+                    limit $3"#,
+                )
+                .bind(tenant_id)
+                .bind(&page.after)
+                .bind(page.limit)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                rows.into_iter().map(Endpoint::try_from).collect()
+            }
+
+            async fn update_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    r#"update endpoints
+                    set url = $3, description = $4, event_types = $5, headers = $6, enabled = $7,
+                        disabled_reason = $8, disabled_at = $9, fifo = $10, max_in_flight = $11,
+                        rate_limit_per_second = $12, updated_at = $13
+                    where tenant_id = $1 and id = $2 and deleted_at is null"#,
+                )
+                .bind(&endpoint.tenant_id)
+                .bind(&endpoint.id)
+                .bind(&endpoint.url)
+                .bind(&endpoint.description)
+                .bind(to_json(&endpoint.event_types))
+                .bind(to_json(&endpoint.headers))
+                .bind(endpoint.enabled)
+                .bind(&endpoint.disabled_reason)
+                .bind(endpoint.disabled_at)
+                .bind(endpoint.fifo)
+                .bind(endpoint.max_in_flight)
+                .bind(endpoint.rate_limit_per_second)
+                .bind(endpoint.updated_at)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn delete_endpoint(&self, tenant_id: &str, id: &str, at: i64) -> Result<(), StoreError> {
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let done = sqlx::query(
+                    "update endpoints set deleted_at = $3 where tenant_id = $1 and id = $2 and deleted_at is null",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                sqlx::query(
+                    r#"update deliveries
+                    set status = 'failed', last_error = 'endpoint_deleted', completed_at = $2
+                    where endpoint_id = $1 and status = 'pending'"#,
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn get_secrets(&self, tenant_id: &str, id: &str) -> Result<Secrets, StoreError> {
+                let row: SecretsRow = sqlx::query_as(
+                    r#"select secret, previous_secret, previous_secret_expires_at
+                    from endpoints
+                    where tenant_id = $1 and id = $2 and deleted_at is null"#,
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_one(self.reader())
+                .await
+                .map_err(map_err)?;
+                Ok(row.into())
+            }
+        }
+    };
+}

@@ -1,0 +1,66 @@
+//! The PostgreSQL backend: one pool per process; many processes may share one database.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use super::common::*;
+use super::{Backend, PageQuery, StoreError, map_err};
+use crate::config::{Durability, StoreConfig};
+use crate::domain::endpoint::{Endpoint, Secrets};
+use crate::domain::event_type::EventType;
+use crate::domain::tenant::Tenant;
+use crate::domain::token::Token;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A store on a PostgreSQL database.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database named by `url`.
+    pub async fn connect(url: &str, config: &StoreConfig) -> anyhow::Result<PgStore> {
+        let synchronous_commit = match config.durability {
+            Durability::Durable => "on",
+            Durability::Relaxed => "off",
+        };
+        let options = PgConnectOptions::from_str(url)
+            .context("invalid `database_url`")?
+            .options([("synchronous_commit", synchronous_commit)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .with_context(|| {
+                format!("could not connect to PostgreSQL at `{}`", crate::config::redact_url(url))
+            })?;
+        Ok(PgStore { pool })
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+store_common!(PgStore, {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await.map_err(|e| StoreError::Database(e.into()))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+});

@@ -1,0 +1,78 @@
+//! The SQLite backend: one file in WAL mode with foreign keys on and a busy timeout; writes go
+//! through a single-connection pool (SQLite has one writer), reads through a separate pool.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::common::*;
+use super::{Backend, PageQuery, StoreError, map_err};
+use crate::config::{Durability, StoreConfig};
+use crate::domain::endpoint::{Endpoint, Secrets};
+use crate::domain::event_type::EventType;
+use crate::domain::tenant::Tenant;
+use crate::domain::token::Token;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// A store on an SQLite file.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file named by `url`.
+    pub async fn connect(url: &str, config: &StoreConfig) -> anyhow::Result<SqliteStore> {
+        let synchronous = match config.durability {
+            Durability::Durable => SqliteSynchronous::Full,
+            Durability::Relaxed => SqliteSynchronous::Normal,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("invalid `database_url` `{url}`"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("temp_store", "memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("could not open the SQLite database `{url}`"))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .connect_with(options.read_only(false))
+            .await
+            .with_context(|| format!("could not open the SQLite database `{url}`"))?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+}
+
+store_common!(SqliteStore, {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.writer).await.map_err(|e| StoreError::Database(e.into()))
+    }
+
+    async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+});
