@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::domain::token::hash_token;
 use crate::http::{self, AppState};
 use crate::storage::{self, Store};
@@ -18,6 +20,7 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     bootstrap_token: Option<String>,
+    dispatcher: Option<Dispatcher>,
 }
 
 impl App {
@@ -31,8 +34,14 @@ impl App {
             .await
             .with_context(|| format!("could not listen on `{}`", config.listen))?;
         let admin_hash = config.admin_token.as_ref().map(|t| hash_token(&t.0));
-        let state = AppState { store, config: Arc::new(config), admin_hash };
-        Ok(App { listener, state, bootstrap_token })
+        let wakeup = Arc::new(Notify::new());
+        let dispatcher = if config.dispatcher_enabled {
+            Some(Dispatcher::new(&config, store.clone(), wakeup.clone())?)
+        } else {
+            None
+        };
+        let state = AppState { store, config: Arc::new(config), admin_hash, wakeup };
+        Ok(App { listener, state, bootstrap_token, dispatcher })
     }
 
     /// The bound address (useful with port 0).
@@ -50,16 +59,23 @@ impl App {
         self.state.store.clone()
     }
 
-    /// Serves until `shutdown` is cancelled, then finishes in-flight requests and closes the store.
+    /// Serves until `shutdown` is cancelled, then finishes in-flight requests, lets the
+    /// dispatcher drain within its grace period, and closes the store.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App { listener, state, .. } = self;
+        let App { listener, state, dispatcher, .. } = self;
         let store = state.store.clone();
+        let dispatching = dispatcher.map(|d| tokio::spawn(d.run(shutdown.clone())));
         let router = http::router(state);
         let signal = shutdown.clone();
-        axum::serve(listener, router)
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { signal.cancelled().await })
             .await
-            .context("the HTTP server failed")?;
+            .context("the HTTP server failed");
+        shutdown.cancel();
+        if let Some(dispatching) = dispatching {
+            let _ = dispatching.await;
+        }
+        served?;
         store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -35,9 +35,14 @@ pub struct Config {
     pub store: StoreConfig,
     /// Management API settings.
     pub api: ApiConfig,
+    /// Signature headers.
+    pub signing: SigningConfig,
     /// Whether this process serves the management API (`false` for `serve --role worker`).
     #[serde(skip)]
     pub api_enabled: bool,
+    /// Whether this process runs the dispatcher (`false` for `serve --role api`).
+    #[serde(skip)]
+    pub dispatcher_enabled: bool,
 }
 
 impl Default for Config {
@@ -52,7 +57,9 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             store: StoreConfig::default(),
             api: ApiConfig::default(),
+            signing: SigningConfig::default(),
             api_enabled: true,
+            dispatcher_enabled: true,
         }
     }
 }
@@ -77,6 +84,31 @@ pub struct DeliveryConfig {
     /// Backoff after attempts 1, 2, 3 (`5s,5m,30m`); each is jittered by ±20 %.
     #[serde(deserialize_with = "duration_list")]
     pub retry_schedule: Vec<Duration>,
+    /// Attempts in flight at once in this process, across all endpoints (256).
+    pub max_in_flight: usize,
+    /// Default cap on attempts in flight per endpoint, for endpoints created without one (10).
+    pub max_in_flight_per_endpoint: i32,
+    /// How long a claim holds a delivery (`30s`); must be at least `timeout` + 5s.
+    #[serde(deserialize_with = "duration")]
+    pub lease: Duration,
+    /// How long a stopping process waits for attempts in flight (default `timeout` + 5s).
+    #[serde(deserialize_with = "opt_duration")]
+    pub shutdown_grace: Option<Duration>,
+    /// Largest honoured `Retry-After` (`1h`).
+    #[serde(deserialize_with = "duration")]
+    pub retry_after_max: Duration,
+    /// Retry 4xx answers (other than 410) instead of failing at once (false).
+    pub retry_client_errors: bool,
+    /// Longest the dispatcher sleeps between looks at the store when nothing wakes it (`1s`).
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+}
+
+impl DeliveryConfig {
+    /// The effective shutdown grace period.
+    pub fn grace(&self) -> Duration {
+        self.shutdown_grace.unwrap_or(self.timeout + Duration::from_secs(5))
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -88,6 +120,13 @@ impl Default for DeliveryConfig {
                 Duration::from_secs(5 * 60),
                 Duration::from_secs(30 * 60),
             ],
+            max_in_flight: 256,
+            max_in_flight_per_endpoint: 10,
+            lease: Duration::from_secs(30),
+            shutdown_grace: None,
+            retry_after_max: Duration::from_secs(3600),
+            retry_client_errors: false,
+            poll_interval: Duration::from_secs(1),
         }
     }
 }
@@ -161,6 +200,17 @@ impl Default for ApiConfig {
     }
 }
 
+/// `[signing]`: the optional classic body-only signature header.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SigningConfig {
+    /// Header name for a lowercase hex HMAC-SHA256 of the body, keyed by the whole secret string,
+    /// such as `X-AetherFlow-Signature`; unset = not sent.
+    pub hex_header: Option<String>,
+    /// Prefix of that header's value, such as `sha256=`.
+    pub hex_prefix: String,
+}
+
 /// A secret string that never appears in `Debug` output.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -210,6 +260,28 @@ impl Config {
         }
         if self.delivery.timeout.is_zero() || self.delivery.timeout > Duration::from_secs(300) {
             bail!("invalid `delivery.timeout`: expected a duration between 1ms and 5m");
+        }
+        let delivery = &self.delivery;
+        if delivery.lease < delivery.timeout + Duration::from_secs(5) {
+            bail!("invalid `delivery.lease`: must be at least `delivery.timeout` + 5s");
+        }
+        if delivery.max_in_flight == 0 || delivery.max_in_flight > 100_000 {
+            bail!("invalid `delivery.max_in_flight`: expected 1 to 100000");
+        }
+        if !(1..=1000).contains(&delivery.max_in_flight_per_endpoint) {
+            bail!("invalid `delivery.max_in_flight_per_endpoint`: expected 1 to 1000");
+        }
+        if delivery.poll_interval.is_zero() || delivery.poll_interval > Duration::from_secs(60) {
+            bail!("invalid `delivery.poll_interval`: expected between 1ms and 60s");
+        }
+        if let Some(name) = &self.signing.hex_header {
+            let lower = name.to_ascii_lowercase();
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || lower.starts_with("webhook-")
+                || lower == "content-type"
+            {
+                bail!("invalid `signing.hex_header` `{name}`: expected a header name such as X-Signature");
+            }
         }
         if self.delivery.retry_schedule.len() > 20 {
             bail!("invalid `delivery.retry_schedule`: at most 20 retries are accepted");
@@ -289,6 +361,10 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
         }
         StringOrNumber::Text(text) => parse_duration(&text).map_err(de::Error::custom),
     }
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    duration(deserializer).map(Some)
 }
 
 fn duration_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {

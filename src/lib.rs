@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dispatch;
 pub mod domain;
 pub mod http;
 pub mod storage;

@@ -143,42 +143,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(mut config: Config, role: Role) -> anyhow::Result<()> {
+    // Listen for signals before announcing the address, so a prompt SIGTERM is never missed.
+    let shutdown = CancellationToken::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("could not listen for SIGTERM")?;
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
     if config.dev {
         tracing::warn!(
             "DEV MODE: http:// and private or loopback endpoint URLs are allowed; never use this in production"
         );
     }
     config.api_enabled = role != Role::Worker;
+    config.dispatcher_enabled = role != Role::Api;
     let app = App::build(config).await?;
     println!("Herald {} listening on http://{}", env!("CARGO_PKG_VERSION"), app.local_addr());
     if let Some(token) = app.bootstrap_token() {
         println!("Admin token (shown once, store it now): {token}");
     }
-    let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
     app.run(shutdown).await
-}
-
-async fn wait_for_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(error) => {
-                tracing::error!(%error, "could not listen for SIGTERM");
-                let _ = ctrl_c.await;
-                shutdown.cancel();
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }

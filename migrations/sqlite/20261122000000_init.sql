@@ -50,8 +50,7 @@ create table endpoints (
     secret text not null,
     previous_secret text,
     previous_secret_expires_at integer,
-    -- dispatcher state shared by every replica
-    in_flight integer not null default 0,
+    -- dispatcher state shared by every replica (attempts in flight are counted from deliveries' leases)
     paused_until integer,
     next_fifo_seq integer not null default 0,
     rate_next_at integer,
@@ -86,6 +85,10 @@ create table deliveries (
     status text not null check (status in ('pending', 'delivered', 'failed')),
     attempt_count integer not null default 0,
     run_attempts integer not null default 0,
+    -- attempts allowed in the current run; null = 1 + the configured retries
+    max_attempts integer,
+    -- test deliveries skip the endpoint's enabled flag, FIFO lane and pause
+    bypass boolean not null default false,
     next_attempt_at integer not null,
     fifo_seq integer,
     lease_until integer,
@@ -99,6 +102,8 @@ create index deliveries_endpoint_due on deliveries (endpoint_id, next_attempt_at
 create index deliveries_fifo on deliveries (endpoint_id, fifo_seq)
     where status = 'pending' and fifo_seq is not null;
 create index deliveries_leased on deliveries (lease_until) where lease_until is not null;
+create index deliveries_endpoint_leased on deliveries (endpoint_id, lease_until) where lease_until is not null;
+create index deliveries_bypass on deliveries (next_attempt_at) where bypass and status = 'pending';
 create index deliveries_tenant on deliveries (tenant_id, id);
 create index deliveries_tenant_status on deliveries (tenant_id, status, id);
 create index deliveries_event on deliveries (event_id);

@@ -118,8 +118,22 @@ pub fn validate_url(url: &str, dev: bool) -> Result<(), String> {
         "http" => return Err("must use https:// (http:// is allowed only in dev mode)".into()),
         other => return Err(format!("scheme `{other}` is not supported: use https://")),
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err("must name a host".into());
+    match parsed.host() {
+        None => return Err("must name a host".into()),
+        Some(_) if dev => {}
+        Some(url::Host::Ipv4(ip)) if super::net::is_blocked(ip.into()) => {
+            return Err(format!("address {ip} is private, loopback or reserved (allowed only in dev mode)"));
+        }
+        Some(url::Host::Ipv6(ip)) if super::net::is_blocked(ip.into()) => {
+            return Err(format!("address {ip} is private, loopback or reserved (allowed only in dev mode)"));
+        }
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if name == "localhost" || name.ends_with(".localhost") {
+                return Err("`localhost` is allowed only in dev mode".into());
+            }
+        }
+        Some(_) => {}
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not contain credentials; use a custom header such as Authorization".into());
@@ -209,6 +223,11 @@ mod tests {
         assert!(validate_url("https://example.com/hooks", false).is_ok());
         assert!(validate_url("http://example.com/hooks", false).is_err());
         assert!(validate_url("http://127.0.0.1:9000/hooks", true).is_ok());
+        assert!(validate_url("https://127.0.0.1/hooks", false).is_err());
+        assert!(validate_url("https://[::ffff:10.0.0.1]/hooks", false).is_err());
+        assert!(validate_url("https://169.254.169.254/latest", false).is_err());
+        assert!(validate_url("https://LOCALHOST./x", false).is_err());
+        assert!(validate_url("https://8.8.8.8/hooks", false).is_ok());
         assert!(validate_url("ftp://example.com", true).is_err());
         assert!(validate_url("https://user:pw@example.com", false).is_err());
         assert!(validate_url("https://example.com/#frag", false).is_err());

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -23,9 +24,6 @@ use crate::domain::time::{format_micros, now_micros};
 use crate::domain::{Invalid, check_text};
 use crate::storage::StoreError;
 
-/// Default cap on attempts in flight per endpoint.
-pub const DEFAULT_MAX_IN_FLIGHT: i32 = 10;
-
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/tenants/{tenant}/endpoints", get(list_endpoints).post(create_endpoint))
@@ -34,6 +32,12 @@ pub(crate) fn router() -> Router<AppState> {
             get(get_endpoint).patch(update_endpoint).delete(delete_endpoint),
         )
         .route("/v1/tenants/{tenant}/endpoints/{ep}/secret", get(get_endpoint_secret))
+        .route("/v1/tenants/{tenant}/endpoints/{ep}/secret/rotate", post(rotate_endpoint_secret))
+        .route("/v1/tenants/{tenant}/endpoints/{ep}/secret/previous", delete(delete_previous_secret))
+        .route("/v1/tenants/{tenant}/endpoints/{ep}/enable", post(enable_endpoint))
+        .route("/v1/tenants/{tenant}/endpoints/{ep}/disable", post(disable_endpoint))
+        .route("/v1/tenants/{tenant}/endpoints/{ep}/test", post(test_endpoint))
+        .route("/v1/tenants/{tenant}/endpoints/{ep}/recover", post(recover_endpoint))
 }
 
 /// Body of `POST /v1/tenants/{tenant}/endpoints`.
@@ -176,14 +180,23 @@ pub struct SecretOut {
 
 /// Checks every editable field of `endpoint`, including that exact event type names exist and
 /// are not archived.
-async fn validate(state: &AppState, invalid: &mut Invalid, endpoint: &mut Endpoint) -> Result<(), ApiError> {
+/// `check_catalogue` is false when a PATCH leaves `event_types` alone: a subscription to a type
+/// archived since stays valid until it is rewritten.
+async fn validate(
+    state: &AppState,
+    invalid: &mut Invalid,
+    endpoint: &mut Endpoint,
+    check_catalogue: bool,
+) -> Result<(), ApiError> {
     if let Err(why) = validate_url(&endpoint.url, state.config.dev) {
         invalid.push("url", why);
     }
     check_text(invalid, "description", &endpoint.description, 2000);
     let (normalised, _) = parse_event_types(invalid, &endpoint.event_types);
     for (i, entry) in endpoint.event_types.iter().enumerate() {
-        if let Ok(Pattern::Exact(name)) = Pattern::parse(entry) {
+        if let Ok(Pattern::Exact(name)) = Pattern::parse(entry)
+            && check_catalogue
+        {
             match state.store.get_event_type(&name).await {
                 Ok(t) if t.archived => {
                     invalid.push(format!("event_types[{i}]"), format!("event type `{name}` is archived"))
@@ -243,13 +256,13 @@ pub async fn create_endpoint(
         disabled_reason: (!enabled).then(|| "disabled on creation".to_owned()),
         disabled_at: (!enabled).then_some(now),
         fifo: body.fifo,
-        max_in_flight: body.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+        max_in_flight: body.max_in_flight.unwrap_or(state.config.delivery.max_in_flight_per_endpoint),
         rate_limit_per_second: body.rate_limit_per_second,
         created_at: now,
         updated_at: now,
     };
     let mut invalid = Invalid::default();
-    validate(&state, &mut invalid, &mut endpoint).await?;
+    validate(&state, &mut invalid, &mut endpoint, true).await?;
     if let Some(secret) = &body.secret
         && let Err(why) = validate_secret(secret)
     {
@@ -312,6 +325,7 @@ pub async fn update_endpoint(
     if let Some(description) = patch.description {
         endpoint.description = description;
     }
+    let check_catalogue = patch.event_types.is_some();
     if let Some(event_types) = patch.event_types {
         endpoint.event_types = event_types;
     }
@@ -348,7 +362,7 @@ pub async fn update_endpoint(
         }
     }
     let mut invalid = Invalid::default();
-    validate(&state, &mut invalid, &mut endpoint).await?;
+    validate(&state, &mut invalid, &mut endpoint, check_catalogue).await?;
     invalid.into_result().map_err(ApiError::Invalid)?;
     endpoint.updated_at = now;
     match state.store.update_endpoint(&endpoint).await {
@@ -396,4 +410,249 @@ pub async fn get_endpoint_secret(
         secret: secrets.current,
         previous_secret_expires_at: secrets.previous_expires_at.filter(|at| *at > now).map(format_micros),
     }))
+}
+
+/// Body of `POST …/secret/rotate`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateIn {
+    /// How long the old secret keeps signing, 0–604800 seconds (default 86400).
+    pub grace_period_seconds: Option<i64>,
+    /// Your own new `whsec_…` secret; generated when absent.
+    pub secret: Option<String>,
+}
+
+/// The new secret after a rotation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedOut {
+    /// The new current secret.
+    pub secret: String,
+    /// When the previous secret stops signing (`null` with a grace period of 0).
+    pub previous_secret_expires_at: Option<String>,
+}
+
+/// Parses an optional JSON body: an empty body means the defaults.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    super::extract::parse_json_object(body)
+}
+
+/// Rotate the signing secret. Until the grace period ends, attempts carry two signatures, the
+/// new secret's first.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret/rotate", tag = "endpoints", request_body = RotateIn,
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
+    security(("bearer" = [])),
+    responses((status = 200, body = RotatedOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn rotate_endpoint_secret(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((tenant, ep)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<RotatedOut>, ApiError> {
+    let tenant = auth.tenant(&state, &tenant).await?;
+    let input: RotateIn = optional_body(&body)?;
+    let mut invalid = Invalid::default();
+    let grace = input.grace_period_seconds.unwrap_or(86_400);
+    if !(0..=604_800).contains(&grace) {
+        invalid.push("grace_period_seconds", "must be between 0 and 604800");
+    }
+    if let Some(secret) = &input.secret
+        && let Err(why) = validate_secret(secret)
+    {
+        invalid.push("secret", why);
+    }
+    invalid.into_result().map_err(ApiError::Invalid)?;
+    load(&state, &tenant.id, &ep).await?;
+    let secret = input.secret.unwrap_or_else(generate_secret);
+    let expires = now_micros() + grace * 1_000_000;
+    match state.store.rotate_secret(&tenant.id, &ep, &secret, expires).await {
+        Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", &ep)),
+        other => other.map_err(ApiError::from),
+    }?;
+    Ok(Json(RotatedOut { secret, previous_secret_expires_at: (grace > 0).then(|| format_micros(expires)) }))
+}
+
+/// End a rotation's grace period now: only the current secret signs from the next attempt on.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret/previous", tag = "endpoints",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
+    security(("bearer" = [])),
+    responses((status = 204, description = "the previous secret no longer signs"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_previous_secret(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((tenant, ep)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = auth.tenant(&state, &tenant).await?;
+    match state.store.delete_previous_secret(&tenant.id, &ep).await {
+        Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", &ep)),
+        other => other.map_err(ApiError::from),
+    }?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of `POST …/disable`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisableIn {
+    /// Recorded as `disabled_reason`.
+    pub reason: Option<String>,
+}
+
+async fn set_enabled(
+    state: &AppState,
+    auth: &Auth,
+    tenant: &str,
+    ep: &str,
+    enabled: bool,
+    reason: Option<String>,
+) -> Result<Json<EndpointOut>, ApiError> {
+    let tenant = auth.tenant(state, tenant).await?;
+    let mut endpoint = load(state, &tenant.id, ep).await?;
+    let now = now_micros();
+    if enabled {
+        endpoint.enabled = true;
+        endpoint.disabled_reason = None;
+        endpoint.disabled_at = None;
+    } else {
+        let mut invalid = Invalid::default();
+        if let Some(reason) = &reason {
+            check_text(&mut invalid, "reason", reason, 500);
+        }
+        invalid.into_result().map_err(ApiError::Invalid)?;
+        if endpoint.enabled {
+            endpoint.disabled_at = Some(now);
+        }
+        endpoint.enabled = false;
+        endpoint.disabled_reason = Some(reason.unwrap_or_else(|| "disabled by request".to_owned()));
+    }
+    endpoint.updated_at = now;
+    match state.store.update_endpoint(&endpoint).await {
+        Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", ep)),
+        other => other.map_err(ApiError::from),
+    }?;
+    Ok(Json(endpoint.into()))
+}
+
+/// Enable an endpoint (clears the disabled reason). Nothing is re-queued: use `recover`.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/enable", tag = "endpoints",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
+    security(("bearer" = [])),
+    responses((status = 200, body = EndpointOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn enable_endpoint(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((tenant, ep)): Path<(String, String)>,
+) -> Result<Json<EndpointOut>, ApiError> {
+    set_enabled(&state, &auth, &tenant, &ep, true, None).await
+}
+
+/// Disable an endpoint: no more claims; its pending deliveries fail with `endpoint_disabled`
+/// and can be replayed with `recover` after enabling.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/disable", tag = "endpoints", request_body = DisableIn,
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
+    security(("bearer" = [])),
+    responses((status = 200, body = EndpointOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn disable_endpoint(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((tenant, ep)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<EndpointOut>, ApiError> {
+    let input: DisableIn = optional_body(&body)?;
+    set_enabled(&state, &auth, &tenant, &ep, false, input.reason).await
+}
+
+/// Send a real `webhook.test` event `{endpoint_id}` to this endpoint alone, even when it is
+/// disabled: one attempt, no retries, no re-enabling.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/test", tag = "endpoints",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
+    security(("bearer" = [])),
+    responses((status = 202, body = super::events::EventAccepted), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn test_endpoint(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((tenant, ep)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<super::events::EventAccepted>), ApiError> {
+    use crate::domain::event::envelope;
+    use crate::domain::event_type::WEBHOOK_TEST;
+    let tenant = auth.tenant(&state, &tenant).await?;
+    let endpoint = load(&state, &tenant.id, &ep).await?;
+    let id = new_id(IdKind::Event);
+    let created_at = now_micros();
+    let timestamp = format_micros(created_at);
+    let data = serde_json::json!({ "endpoint_id": endpoint.id }).to_string();
+    let event = crate::storage::NewEvent {
+        payload: envelope(&id, WEBHOOK_TEST, &timestamp, &data),
+        id: id.clone(),
+        tenant_id: tenant.id,
+        event_type: WEBHOOK_TEST.to_owned(),
+        idempotency: None,
+        created_at,
+        only_endpoint: Some(endpoint.id),
+    };
+    state.store.ingest(std::slice::from_ref(&event), created_at).await?;
+    state.wakeup.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(super::events::EventAccepted { id, event: WEBHOOK_TEST.to_owned(), timestamp, deliveries: 1 }),
+    ))
+}
+
+/// Body of `POST …/recover`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverIn {
+    /// Replay failed deliveries created at or after this time (RFC 3339 with offset).
+    pub since: String,
+    /// … and before this time (default now); the window is at most 14 days.
+    pub until: Option<String>,
+}
+
+/// How many deliveries were queued again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoverOut {
+    /// Deliveries made pending.
+    pub requeued: u64,
+}
+
+/// Replay this endpoint's failed deliveries created in `[since, until)`.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/recover", tag = "endpoints", request_body = RecoverIn,
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
+    security(("bearer" = [])),
+    responses((status = 202, body = RecoverOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn recover_endpoint(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((tenant, ep)): Path<(String, String)>,
+    ApiJson(input): ApiJson<RecoverIn>,
+) -> Result<(StatusCode, Json<RecoverOut>), ApiError> {
+    use crate::domain::time::parse_rfc3339;
+    let tenant = auth.tenant(&state, &tenant).await?;
+    let now = now_micros();
+    let mut invalid = Invalid::default();
+    let since = parse_rfc3339(&input.since).map_err(|why| invalid.push("since", why)).ok();
+    let until = match &input.until {
+        Some(text) => parse_rfc3339(text).map_err(|why| invalid.push("until", why)).ok(),
+        None => Some(now),
+    };
+    if let (Some(since), Some(until)) = (since, until) {
+        if since >= until {
+            invalid.push("since", "must be before `until`");
+        } else if until - since > 14 * 86_400 * 1_000_000 {
+            invalid.push("since", "the window may span at most 14 days");
+        }
+    }
+    invalid.into_result().map_err(ApiError::Invalid)?;
+    let (since, until) = (since.unwrap_or_default(), until.unwrap_or(now));
+    let requeued = state
+        .store
+        .recover_endpoint(&tenant.id, &ep, since, until)
+        .await
+        .map_err(|e| super::deliveries::retry_error(e, "endpoint", &ep))?;
+    if requeued > 0 {
+        state.wakeup.notify_one();
+    }
+    Ok((StatusCode::ACCEPTED, Json(RecoverOut { requeued })))
 }

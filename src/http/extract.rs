@@ -1,8 +1,8 @@
 //! Extractors that answer in our error shape: `ApiJson`, `ApiQuery`, the bearer-token `Auth`, and
 //! list pagination with opaque cursors bound to their filters.
 
-use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -21,50 +21,72 @@ use crate::domain::time::now_micros;
 use crate::domain::token::{Scope, hash_token, shown_prefix};
 use crate::storage::{PageQuery, StoreError};
 
-/// A JSON body whose rejections are problem+json: 400 malformed, 415 not JSON, 413 too large,
-/// 422 wrong shape.
+/// A JSON object body whose rejections are problem+json: 415 not JSON, 413 too large, 400
+/// malformed (checked over the whole body first), 422 not an object or the wrong shape (naming the
+/// field).
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected a body with `content-type: application/json`".into(),
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("the request body is larger than this route accepts".into())
+            } else {
+                ApiError::BadRequest(format!("the body could not be read: {}", rejection.body_text()))
+            }
+        })?;
+        parse_json_object(&bytes).map(ApiJson)
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(e) => {
-            let text = e.body_text();
-            let message = text
-                .strip_prefix("Failed to deserialize the JSON body into the target type: ")
-                .unwrap_or(&text);
-            let (field, message) = split_path(message);
-            ApiError::invalid(&field, message)
-        }
-        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!(
-            "the body is not valid JSON: {}",
-            e.body_text().trim_start_matches("Failed to parse the request body as JSON: ")
-        )),
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::UnsupportedMediaType("expected a body with `content-type: application/json`".into())
-        }
-        other if other.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::PayloadTooLarge("the request body is larger than this route accepts".into())
-        }
-        other => ApiError::BadRequest(format!("the body could not be read: {}", other.body_text())),
+/// Parses a JSON object body into `T`, with the error statuses of `ApiJson`.
+pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(ApiError::BadRequest(format!("the body is not valid JSON: {error}")));
     }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let field = if path == "." || path.is_empty() { "body".to_owned() } else { path };
+        let message = error.into_inner().to_string();
+        let message = match message.find(" at line ") {
+            Some(at) => message[..at].to_owned(),
+            None => message,
+        };
+        // serde reports an unknown field at the object holding it; name the field itself.
+        let field = match message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
+            Some(unknown) if field == "body" => unknown.to_owned(),
+            Some(unknown) => format!("{field}.{unknown}"),
+            None => field,
+        };
+        ApiError::invalid(&field, message)
+    })
 }
 
-/// Splits serde_path_to_error's `path: message` into a field name and a message.
+/// Splits serde's `path: message` into a field name and a message.
 fn split_path(text: &str) -> (String, String) {
     match text.split_once(": ") {
         Some((path, message)) if !path.contains(' ') && path != "." => (path.to_owned(), message.to_owned()),
-        _ => ("body".to_owned(), text.to_owned()),
+        _ => ("query".to_owned(), text.to_owned()),
     }
 }
 

@@ -1,10 +1,13 @@
 //! The HTTP API: one router per resource, the shared state, and the OpenAPI document built from
 //! the handlers' annotations.
 
+pub mod deliveries;
 pub mod endpoints;
 pub mod error;
 pub mod event_types;
+pub mod events;
 pub mod extract;
+pub mod idempotency;
 pub mod ops;
 pub mod tenants;
 
@@ -34,6 +37,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// SHA-256 (hex) of the configured bootstrap admin token, if any.
     pub admin_hash: Option<String>,
+    /// Wakes the local dispatcher when deliveries are committed.
+    pub wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// Builds the whole router.
@@ -41,9 +46,15 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.api.body_limit;
     let mut router = Router::new().merge(ops::router());
     if state.config.api_enabled {
-        router = router.merge(event_types::router()).merge(tenants::router()).merge(endpoints::router());
+        router = router
+            .merge(event_types::router())
+            .merge(tenants::router())
+            .merge(endpoints::router())
+            .merge(events::router(&state))
+            .merge(deliveries::router());
     }
     router
+        .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -115,6 +126,19 @@ impl Modify for BearerAuth {
         endpoints::update_endpoint,
         endpoints::delete_endpoint,
         endpoints::get_endpoint_secret,
+        endpoints::rotate_endpoint_secret,
+        endpoints::delete_previous_secret,
+        endpoints::enable_endpoint,
+        endpoints::disable_endpoint,
+        endpoints::test_endpoint,
+        endpoints::recover_endpoint,
+        events::create_event,
+        events::create_events_batch,
+        events::list_events,
+        events::get_event,
+        deliveries::list_deliveries,
+        deliveries::get_delivery,
+        deliveries::retry_delivery,
         ops::healthz,
         ops::readyz,
         ops::openapi,

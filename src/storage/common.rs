@@ -489,11 +489,13 @@ macro_rules! store_common {
             }
 
             async fn update_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError> {
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
                 let done = sqlx::query(
                     r#"update endpoints
                     set url = $3, description = $4, event_types = $5, headers = $6, enabled = $7,
                         disabled_reason = $8, disabled_at = $9, fifo = $10, max_in_flight = $11,
-                        rate_limit_per_second = $12, updated_at = $13
+                        rate_limit_per_second = $12, updated_at = $13,
+                        failing_since = case when $7 and not enabled then null else failing_since end
                     where tenant_id = $1 and id = $2 and deleted_at is null"#,
                 )
                 .bind(&endpoint.tenant_id)
@@ -509,12 +511,16 @@ macro_rules! store_common {
                 .bind(endpoint.max_in_flight)
                 .bind(endpoint.rate_limit_per_second)
                 .bind(endpoint.updated_at)
-                .execute(self.writer())
+                .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::NotFound);
                 }
+                if !endpoint.enabled {
+                    Self::fail_pending(&mut tx, &endpoint.id, "endpoint_disabled", endpoint.updated_at).await?;
+                }
+                tx.commit().await.map_err(map_err)?;
                 Ok(())
             }
 
@@ -544,6 +550,183 @@ macro_rules! store_common {
                 .map_err(map_err)?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(())
+            }
+
+            async fn rotate_secret(
+                &self,
+                tenant_id: &str,
+                id: &str,
+                secret: &str,
+                previous_expires_at: i64,
+            ) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    r#"update endpoints
+                    set previous_secret = secret, previous_secret_expires_at = $4, secret = $3
+                    where tenant_id = $1 and id = $2 and deleted_at is null"#,
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .bind(secret)
+                .bind(previous_expires_at)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn delete_previous_secret(&self, tenant_id: &str, id: &str) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    r#"update endpoints
+                    set previous_secret = null, previous_secret_expires_at = null
+                    where tenant_id = $1 and id = $2 and deleted_at is null"#,
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn begin_idempotent(
+                &self,
+                scope: &str,
+                key: &str,
+                request_hash: &str,
+                since: i64,
+            ) -> Result<IdempotencyState, StoreError> {
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                sqlx::query("delete from idempotency_keys where scope = $1 and key = $2 and created_at < $3")
+                    .bind(scope)
+                    .bind(key)
+                    .bind(since)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let inserted = sqlx::query(
+                    r#"insert into idempotency_keys (scope, key, request_hash, created_at)
+                    values ($1, $2, $3, $4)
+                    on conflict do nothing"#,
+                )
+                .bind(scope)
+                .bind(key)
+                .bind(request_hash)
+                .bind($crate::domain::time::now_micros())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+                let state = if inserted == 1 {
+                    IdempotencyState::Started
+                } else {
+                    let (hash, status, body): (String, Option<i32>, Option<String>) = sqlx::query_as(
+                        r#"select request_hash, response_status, response_body
+                        from idempotency_keys
+                        where scope = $1 and key = $2"#,
+                    )
+                    .bind(scope)
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    match (hash == request_hash, status, body) {
+                        (false, _, _) => IdempotencyState::Mismatch,
+                        (true, Some(status), Some(body)) => {
+                            IdempotencyState::Replay { status: status as u16, body }
+                        }
+                        _ => IdempotencyState::InProgress,
+                    }
+                };
+                tx.commit().await.map_err(map_err)?;
+                Ok(state)
+            }
+
+            async fn finish_idempotent(&self, scope: &str, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
+                sqlx::query(
+                    r#"update idempotency_keys set response_status = $3, response_body = $4
+                    where scope = $1 and key = $2"#,
+                )
+                .bind(scope)
+                .bind(key)
+                .bind(i32::from(status))
+                .bind(body)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn abandon_idempotent(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+                sqlx::query("delete from idempotency_keys where scope = $1 and key = $2 and response_status is null")
+                    .bind(scope)
+                    .bind(key)
+                    .execute(self.writer())
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn ingest(&self, events: &[NewEvent], idempotency_since: i64) -> Result<Vec<IngestOutcome>, StoreError> {
+                self.ingest_impl(events, idempotency_since).await
+            }
+
+            async fn get_event(&self, tenant_id: &str, id: &str) -> Result<Event, StoreError> {
+                self.get_event_impl(tenant_id, id).await
+            }
+
+            async fn list_events(&self, tenant_id: &str, filter: &EventFilter, page: &PageQuery) -> Result<Vec<Event>, StoreError> {
+                self.list_events_impl(tenant_id, filter, page).await
+            }
+
+            async fn list_event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
+                self.list_event_deliveries_impl(event_id).await
+            }
+
+            async fn list_deliveries(
+                &self,
+                tenant_id: &str,
+                filter: &DeliveryFilter,
+                page: &PageQuery,
+            ) -> Result<Vec<Delivery>, StoreError> {
+                self.list_deliveries_impl(tenant_id, filter, page).await
+            }
+
+            async fn get_delivery(&self, tenant_id: &str, id: &str) -> Result<Delivery, StoreError> {
+                self.get_delivery_impl(tenant_id, id).await
+            }
+
+            async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>, StoreError> {
+                self.list_attempts_impl(delivery_id).await
+            }
+
+            async fn retry_delivery(&self, tenant_id: &str, id: &str) -> Result<(), RetryError> {
+                self.retry_delivery_impl(tenant_id, id).await
+            }
+
+            async fn recover_endpoint(&self, tenant_id: &str, id: &str, since: i64, until: i64) -> Result<u64, RetryError> {
+                self.recover_endpoint_impl(tenant_id, id, since, until).await
+            }
+
+            async fn reap_expired_leases(&self, max_run_attempts: i32) -> Result<u64, StoreError> {
+                self.reap_expired_leases_impl(max_run_attempts).await
+            }
+
+            async fn claim_due(&self, limit: i64, lease: std::time::Duration) -> Result<Vec<Claimed>, StoreError> {
+                self.claim_due_impl(limit, lease).await
+            }
+
+            async fn record_attempts(&self, records: &[AttemptRecord]) -> Result<u64, StoreError> {
+                self.record_attempts_impl(records).await
+            }
+
+            async fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError> {
+                self.next_due_after_impl(now).await
             }
 
             async fn get_secrets(&self, tenant_id: &str, id: &str) -> Result<Secrets, StoreError> {

@@ -8,6 +8,8 @@
 
 #[macro_use]
 mod common;
+#[macro_use]
+mod delivery;
 pub mod postgres;
 pub mod sqlite;
 
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::Config;
+use crate::domain::delivery::{Attempt, Delivery, Event};
 use crate::domain::endpoint::{Endpoint, Secrets};
 use crate::domain::event_type::EventType;
 use crate::domain::tenant::Tenant;
@@ -117,6 +120,262 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_endpoint(&self, tenant_id: &str, id: &str, at: i64) -> Result<(), StoreError>;
     /// The endpoint's signing secrets.
     async fn get_secrets(&self, tenant_id: &str, id: &str) -> Result<Secrets, StoreError>;
+    /// Makes `secret` current; the old one signs too until `previous_expires_at`.
+    async fn rotate_secret(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        secret: &str,
+        previous_expires_at: i64,
+    ) -> Result<(), StoreError>;
+    /// Ends a rotation's grace period now.
+    async fn delete_previous_secret(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
+
+    /// Writes events and their fan-out (one delivery per matching endpoint) in one transaction.
+    async fn ingest(
+        &self,
+        events: &[NewEvent],
+        idempotency_since: i64,
+    ) -> Result<Vec<IngestOutcome>, StoreError>;
+    /// One event of a tenant.
+    async fn get_event(&self, tenant_id: &str, id: &str) -> Result<Event, StoreError>;
+    /// A tenant's events, newest first.
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        filter: &EventFilter,
+        page: &PageQuery,
+    ) -> Result<Vec<Event>, StoreError>;
+    /// The deliveries of one event.
+    async fn list_event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError>;
+    /// A tenant's deliveries, newest first.
+    async fn list_deliveries(
+        &self,
+        tenant_id: &str,
+        filter: &DeliveryFilter,
+        page: &PageQuery,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// One delivery of a tenant.
+    async fn get_delivery(&self, tenant_id: &str, id: &str) -> Result<Delivery, StoreError>;
+    /// Every attempt of a delivery, by number.
+    async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>, StoreError>;
+    /// Queues a delivery again now (manual replay).
+    async fn retry_delivery(&self, tenant_id: &str, id: &str) -> Result<(), RetryError>;
+    /// Replays an endpoint's failed deliveries created in `[since, until)`; returns how many.
+    async fn recover_endpoint(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<u64, RetryError>;
+
+    /// Closes attempts whose lease lapsed (a crashed or stopped process) as `interrupted`, and
+    /// requeues or fails their deliveries. Returns how many were closed.
+    async fn reap_expired_leases(&self, max_run_attempts: i32) -> Result<u64, StoreError>;
+    /// Claims up to `limit` deliveries that can start now, opening an attempt for each.
+    async fn claim_due(&self, limit: i64, lease: std::time::Duration) -> Result<Vec<Claimed>, StoreError>;
+    /// Records finished attempts and their deliveries' new states in one transaction. Returns
+    /// how many were stale (their lease had been taken over) and dropped.
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> Result<u64, StoreError>;
+    /// Starts an idempotent request: records the key, or reports what an earlier request with the
+    /// same key did. Keys older than `since` are forgotten first.
+    async fn begin_idempotent(
+        &self,
+        scope: &str,
+        key: &str,
+        request_hash: &str,
+        since: i64,
+    ) -> Result<IdempotencyState, StoreError>;
+    /// Stores the answer of a successful idempotent request.
+    async fn finish_idempotent(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError>;
+    /// Forgets a key whose request failed, so it can be tried again.
+    async fn abandon_idempotent(&self, scope: &str, key: &str) -> Result<(), StoreError>;
+
+    /// When the earliest pending delivery due after `now` falls due (Unix µs), if any.
+    async fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError>;
+}
+
+/// An event to write, with what the fan-out needs.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// `evt_…`
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Event type name.
+    pub event_type: String,
+    /// The envelope.
+    pub payload: String,
+    /// Idempotency key and a hash of `(event, data)`.
+    pub idempotency: Option<(String, String)>,
+    /// Unix µs.
+    pub created_at: i64,
+    /// Deliver to this endpoint alone, bypassing its enabled flag and FIFO lane, one attempt
+    /// (`webhook.test`).
+    pub only_endpoint: Option<String>,
+}
+
+/// What an idempotency key says about a request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum IdempotencyState {
+    /// New key: go ahead.
+    Started,
+    /// Seen with the same request; this was the answer.
+    Replay {
+        /// HTTP status.
+        status: u16,
+        /// JSON body.
+        body: String,
+    },
+    /// Seen with a different request.
+    Mismatch,
+    /// Seen, and that request has not finished.
+    InProgress,
+}
+
+/// What ingest did with one event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum IngestOutcome {
+    /// Written, with this many deliveries.
+    Created {
+        /// Delivery rows created.
+        deliveries: i32,
+    },
+    /// The idempotency key was known within the window, for the same request: the first event.
+    Replayed(Event),
+    /// The idempotency key was known within the window, for a different request.
+    KeyConflict,
+}
+
+/// Filters of the event list.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Exact event type.
+    pub event_type: Option<String>,
+    /// Created at or after (Unix µs).
+    pub since: Option<i64>,
+    /// Created before (Unix µs).
+    pub until: Option<i64>,
+}
+
+/// Filters of the delivery list.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryFilter {
+    /// `pending`, `delivered` or `failed`.
+    pub status: Option<String>,
+    /// One endpoint.
+    pub endpoint_id: Option<String>,
+    /// One event.
+    pub event_id: Option<String>,
+    /// Created at or after (Unix µs).
+    pub since: Option<i64>,
+    /// Created before (Unix µs).
+    pub until: Option<i64>,
+}
+
+/// Why a replay was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    /// No such delivery or endpoint.
+    #[error("not found")]
+    NotFound,
+    /// An attempt is under way.
+    #[error("an attempt is in flight")]
+    InFlight,
+    /// The endpoint is disabled.
+    #[error("the endpoint is disabled")]
+    EndpointDisabled,
+    /// The endpoint was deleted.
+    #[error("the endpoint was deleted")]
+    EndpointDeleted,
+    /// The event's payload was removed by retention.
+    #[error("the event payload is no longer stored")]
+    PayloadGone,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A delivery claimed for one attempt, with everything needed to send it.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// `dlv_…`
+    pub delivery_id: String,
+    /// `evt_…` (the `webhook-id`).
+    pub event_id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Target.
+    pub endpoint_id: String,
+    /// The open attempt row.
+    pub attempt_id: String,
+    /// Its number (1, 2, … never reset).
+    pub attempt_number: i32,
+    /// Its place in the current run (1-based).
+    pub run_attempt: i32,
+    /// Attempts this run allows, when the delivery sets its own (test events: 1).
+    pub max_attempts: Option<i32>,
+    /// Written by this claim; recording only happens while it still matches.
+    pub lease_token: String,
+    /// Endpoint URL as of the claim.
+    pub url: String,
+    /// Custom headers as of the claim.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Secrets as of the claim.
+    pub secrets: Secrets,
+    /// The envelope; `None` if retention removed it.
+    pub payload: Option<String>,
+}
+
+/// A delivery's next state after an attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NextState {
+    /// Done.
+    Delivered,
+    /// Due again after this many microseconds (added to the database clock).
+    Retry(i64),
+    /// Dead letter.
+    Failed,
+}
+
+/// One finished attempt to record.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    /// The delivery.
+    pub delivery_id: String,
+    /// The open attempt row.
+    pub attempt_id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The claim's lease token.
+    pub lease_token: String,
+    /// Unix µs.
+    pub finished_at: i64,
+    /// Milliseconds.
+    pub duration_ms: i64,
+    /// Response status.
+    pub status_code: Option<i32>,
+    /// Failure kind.
+    pub error_kind: Option<&'static str>,
+    /// Failure detail.
+    pub error: Option<String>,
+    /// Kept response body.
+    pub response_body: Option<String>,
+    /// The delivery's next state.
+    pub next: NextState,
+    /// The delivery's `last_error` (none on success).
+    pub last_error: Option<String>,
+    /// Pause the endpoint for this many microseconds (Retry-After).
+    pub pause_for: Option<i64>,
+    /// Disable the endpoint with this reason (410 Gone).
+    pub disable_reason: Option<String>,
 }
 
 /// Opens the store named by `config.database_url`, without migrating.

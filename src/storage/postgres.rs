@@ -7,8 +7,13 @@ use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::common::*;
-use super::{Backend, PageQuery, StoreError, map_err};
+use super::delivery::*;
+use super::{
+    AttemptRecord, Backend, Claimed, DeliveryFilter, EventFilter, IdempotencyState, IngestOutcome, NewEvent,
+    NextState, PageQuery, RetryError, StoreError, map_err,
+};
 use crate::config::{Durability, StoreConfig};
+use crate::domain::delivery::{Attempt, Delivery, Event};
 use crate::domain::endpoint::{Endpoint, Secrets};
 use crate::domain::event_type::EventType;
 use crate::domain::tenant::Tenant;
@@ -42,6 +47,17 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
+    /// The database clock, in Unix microseconds: every replica compares due and lease times
+    /// against it, never against its own clock.
+    async fn db_now(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<i64, StoreError> {
+        let (now,): (i64,) =
+            sqlx::query_as("select (extract(epoch from clock_timestamp()) * 1000000)::bigint")
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(map_err)?;
+        Ok(now)
+    }
+
     fn writer(&self) -> &PgPool {
         &self.pool
     }
@@ -50,6 +66,13 @@ impl PgStore {
         &self.pool
     }
 }
+
+delivery_common!(
+    PgStore,
+    sqlx::Postgres,
+    lock_d = " for update of d skip locked",
+    lock_e = " for update of e skip locked"
+);
 
 store_common!(PgStore, {
     fn backend(&self) -> Backend {

@@ -10,8 +10,13 @@ use sqlx::sqlite::{
 };
 
 use super::common::*;
-use super::{Backend, PageQuery, StoreError, map_err};
+use super::delivery::*;
+use super::{
+    AttemptRecord, Backend, Claimed, DeliveryFilter, EventFilter, IdempotencyState, IngestOutcome, NewEvent,
+    NextState, PageQuery, RetryError, StoreError, map_err,
+};
 use crate::config::{Durability, StoreConfig};
+use crate::domain::delivery::{Attempt, Delivery, Event};
 use crate::domain::endpoint::{Endpoint, Secrets};
 use crate::domain::event_type::EventType;
 use crate::domain::tenant::Tenant;
@@ -53,6 +58,11 @@ impl SqliteStore {
         Ok(SqliteStore { writer, reader })
     }
 
+    /// The clock due and lease times compare against: this process's (SQLite has one writer).
+    async fn db_now(_tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<i64, StoreError> {
+        Ok(crate::domain::time::now_micros())
+    }
+
     fn writer(&self) -> &SqlitePool {
         &self.writer
     }
@@ -61,6 +71,8 @@ impl SqliteStore {
         &self.reader
     }
 }
+
+delivery_common!(SqliteStore, sqlx::Sqlite, lock_d = "", lock_e = "");
 
 store_common!(SqliteStore, {
     fn backend(&self) -> Backend {

@@ -1,0 +1,305 @@
+//! The dispatcher: claims due deliveries in batches (each claim opens the attempt row and takes
+//! a lease), sends them concurrently under a global bound, and hands results to a recorder that
+//! writes them in batches. No transaction is open while a request is on the wire.
+
+pub mod send;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::domain::retry::{Outcome, RetryPolicy, jitter};
+use crate::domain::time::now_micros;
+use crate::storage::{AttemptRecord, Claimed, NextState, Store};
+use send::{Sender, Sent};
+
+/// Most deliveries claimed in one round trip.
+const CLAIM_BATCH: usize = 256;
+/// Most results written in one transaction.
+const RECORD_BATCH: usize = 512;
+
+/// What one `dispatch_once` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dispatched {
+    /// Started this many attempts.
+    Started(usize),
+    /// Nothing could start now.
+    Idle,
+}
+
+/// Everything the dispatcher needs, bundled.
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    sender: Sender,
+    policy: RetryPolicy,
+    lease: Duration,
+    grace: Duration,
+    poll_interval: Duration,
+    permits: Arc<Semaphore>,
+    wakeup: Arc<Notify>,
+    results: mpsc::UnboundedSender<AttemptRecord>,
+    recorder: Arc<Mutex<Option<mpsc::UnboundedReceiver<AttemptRecord>>>>,
+    in_flight: Arc<Mutex<HashMap<String, Claimed>>>,
+    tasks: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+}
+
+impl Dispatcher {
+    /// Builds a dispatcher over `store`; `wakeup` is notified when new work is committed.
+    pub fn new(config: &Config, store: Arc<dyn Store>, wakeup: Arc<Notify>) -> anyhow::Result<Dispatcher> {
+        let (results, receiver) = mpsc::unbounded_channel();
+        Ok(Dispatcher {
+            store,
+            sender: Sender::new(config)?,
+            policy: RetryPolicy {
+                schedule: config.delivery.retry_schedule.clone(),
+                retry_after_max: config.delivery.retry_after_max,
+                retry_client_errors: config.delivery.retry_client_errors,
+            },
+            lease: config.delivery.lease,
+            grace: config.delivery.grace(),
+            poll_interval: config.delivery.poll_interval,
+            permits: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
+            wakeup,
+            results,
+            recorder: Arc::new(Mutex::new(Some(receiver))),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            tasks: Arc::new(tokio::sync::Mutex::new(JoinSet::new())),
+        })
+    }
+
+    /// Attempts a run allows: the first plus one per configured retry.
+    pub fn max_run_attempts(&self) -> i32 {
+        self.policy.schedule.len() as i32 + 1
+    }
+
+    /// Runs until `shutdown`: claim, send, record; then drains within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let receiver = self.recorder.lock().ok().and_then(|mut r| r.take());
+        let recorder = receiver
+            .map(|receiver| tokio::spawn(record_loop(self.store.clone(), self.wakeup.clone(), receiver)));
+        let mut last_reap = tokio::time::Instant::now() - self.lease;
+        while !shutdown.is_cancelled() {
+            if last_reap.elapsed() >= self.lease / 4 {
+                last_reap = tokio::time::Instant::now();
+                match self.store.reap_expired_leases(self.max_run_attempts()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(count = n, "closed attempts whose lease lapsed as interrupted"),
+                    Err(error) => tracing::error!(%error, "could not reap expired leases"),
+                }
+            }
+            match self.dispatch_once().await {
+                Ok(Dispatched::Started(_)) => continue,
+                Ok(Dispatched::Idle) => self.idle(&shutdown).await,
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "claiming deliveries failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(self.poll_interval) => {}
+                    }
+                }
+            }
+        }
+        self.drain().await;
+        drop(self.results);
+        if let Some(recorder) = recorder {
+            let _ = recorder.await;
+        }
+    }
+
+    async fn idle(&self, shutdown: &CancellationToken) {
+        let now = now_micros();
+        let sleep = match self.store.next_due_after(now).await {
+            Ok(Some(due)) => Duration::from_micros((due - now).max(0) as u64).min(self.poll_interval),
+            _ => self.poll_interval,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = self.wakeup.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+
+    /// Claims what can start now and starts it. Waits for a free slot when all are busy.
+    pub async fn dispatch_once(&self) -> anyhow::Result<Dispatched> {
+        let mut tasks = self.tasks.lock().await;
+        while tasks.try_join_next().is_some() {}
+        if self.permits.available_permits() == 0 {
+            drop(tasks);
+            // Wait for any attempt to finish; its permit comes back.
+            let permit = self.permits.clone().acquire_owned().await?;
+            drop(permit);
+            return Ok(Dispatched::Started(0));
+        }
+        let free = self.permits.available_permits().min(CLAIM_BATCH);
+        let claimed = self.store.claim_due(free as i64, self.lease).await?;
+        if claimed.is_empty() {
+            return Ok(Dispatched::Idle);
+        }
+        let count = claimed.len();
+        for claim in claimed {
+            let permit = self.permits.clone().acquire_owned().await?;
+            if let Ok(mut map) = self.in_flight.lock() {
+                map.insert(claim.attempt_id.clone(), claim.clone());
+            }
+            let this = self.clone();
+            tasks.spawn(async move {
+                let record = this.attempt(claim).await;
+                if let Ok(mut map) = this.in_flight.lock() {
+                    map.remove(&record.attempt_id);
+                }
+                let _ = this.results.send(record);
+                drop(permit);
+            });
+        }
+        Ok(Dispatched::Started(count))
+    }
+
+    /// Sends one claimed delivery and decides its next state.
+    async fn attempt(&self, claim: Claimed) -> AttemptRecord {
+        let Some(payload) = claim.payload.clone() else {
+            return self.record(&claim, gone(), Outcome::GiveUp { disable_endpoint: false });
+        };
+        let sent = self.sender.send(&claim, payload).await;
+        let mut outcome = self.policy.decide(&sent.result, claim.run_attempt as u32, jitter());
+        if let Some(max) = claim.max_attempts
+            && claim.run_attempt >= max
+            && matches!(outcome, Outcome::Retry { .. })
+        {
+            outcome = Outcome::GiveUp { disable_endpoint: false };
+        }
+        tracing::debug!(
+            delivery.id = %claim.delivery_id,
+            endpoint.id = %claim.endpoint_id,
+            attempt.number = claim.attempt_number,
+            status = sent.result.status,
+            duration_ms = sent.duration.as_millis() as u64,
+            "attempt finished"
+        );
+        self.record(&claim, sent, outcome)
+    }
+
+    fn record(&self, claim: &Claimed, sent: Sent, outcome: Outcome) -> AttemptRecord {
+        let (next, pause_for, disable_reason) = match outcome {
+            Outcome::Delivered => (NextState::Delivered, None, None),
+            Outcome::Retry { after, pause_endpoint } => {
+                let micros = after.as_micros() as i64;
+                (NextState::Retry(micros), pause_endpoint.then_some(micros), None)
+            }
+            Outcome::GiveUp { disable_endpoint } => (
+                NextState::Failed,
+                None,
+                disable_endpoint.then(|| "the endpoint answered 410 Gone".to_owned()),
+            ),
+        };
+        AttemptRecord {
+            delivery_id: claim.delivery_id.clone(),
+            attempt_id: claim.attempt_id.clone(),
+            endpoint_id: claim.endpoint_id.clone(),
+            lease_token: claim.lease_token.clone(),
+            finished_at: now_micros(),
+            duration_ms: sent.duration.as_millis() as i64,
+            status_code: sent.result.status.map(i32::from),
+            error_kind: sent.result.error.map(|k| k.as_str()),
+            last_error: sent.error.clone(),
+            error: sent.error,
+            response_body: sent.response_body,
+            next,
+            pause_for,
+            disable_reason,
+        }
+    }
+
+    /// Stops: waits for attempts in flight up to the grace period, then records the rest as
+    /// interrupted and releases their leases.
+    async fn drain(&self) {
+        let mut tasks = self.tasks.lock().await;
+        let deadline = tokio::time::Instant::now() + self.grace;
+        while !tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        let left: Vec<Claimed> =
+            self.in_flight.lock().map(|mut m| m.drain().map(|(_, c)| c).collect()).unwrap_or_default();
+        for claim in left {
+            let max = claim.max_attempts.unwrap_or(self.max_run_attempts());
+            let next = if claim.run_attempt >= max { NextState::Failed } else { NextState::Retry(0) };
+            let record = AttemptRecord {
+                delivery_id: claim.delivery_id.clone(),
+                attempt_id: claim.attempt_id.clone(),
+                endpoint_id: claim.endpoint_id.clone(),
+                lease_token: claim.lease_token.clone(),
+                finished_at: now_micros(),
+                duration_ms: 0,
+                status_code: None,
+                error_kind: Some("interrupted"),
+                error: Some("interrupted: the process stopped before the attempt finished".into()),
+                last_error: Some("interrupted".into()),
+                response_body: None,
+                next,
+                pause_for: None,
+                disable_reason: None,
+            };
+            let _ = self.results.send(record);
+        }
+    }
+}
+
+/// Writes results in batches: whatever has arrived is written in one transaction.
+async fn record_loop(
+    store: Arc<dyn Store>,
+    wakeup: Arc<Notify>,
+    mut receiver: mpsc::UnboundedReceiver<AttemptRecord>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while receiver.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let mut tries = 0;
+        loop {
+            match store.record_attempts(&batch).await {
+                Ok(stale) => {
+                    if stale > 0 {
+                        tracing::warn!(count = stale, "dropped results whose lease was taken over");
+                    }
+                    break;
+                }
+                Err(error) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(%error, tries, "recording attempts failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(error) => {
+                    // Their leases lapse and the reaper closes them as interrupted.
+                    tracing::error!(%error, count = batch.len(), "could not record attempts");
+                    break;
+                }
+            }
+        }
+        batch.clear();
+        wakeup.notify_one();
+    }
+}
+
+fn gone() -> Sent {
+    Sent {
+        result: crate::domain::retry::AttemptResult {
+            status: None,
+            error: Some(crate::domain::retry::ErrorKind::Other),
+            retry_after: None,
+        },
+        duration: Duration::ZERO,
+        response_body: None,
+        error: Some("the event payload is no longer stored".into()),
+    }
+}

@@ -1,0 +1,201 @@
+//! One attempt on the wire: sign the stored envelope, POST it with reqwest over rustls (shared
+//! pool, keep-alive, no redirects, no proxy), keep at most 8 KiB of the answer, classify errors.
+
+use std::error::Error as _;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+
+use crate::config::Config;
+use crate::domain::retry::{AttemptResult, ErrorKind, parse_retry_after};
+use crate::domain::signing::{hex_signature, secret_key, signature_header};
+use crate::storage::Claimed;
+
+/// Most response body bytes kept.
+pub const MAX_RESPONSE_BODY: usize = 8 * 1024;
+
+/// The outbound HTTP side, shared by every attempt of a process.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    timeout: Duration,
+    user_agent: HeaderValue,
+    hex_header: Option<(HeaderName, String)>,
+}
+
+/// What one attempt produced.
+#[derive(Debug)]
+pub struct Sent {
+    /// Status and error classification.
+    pub result: AttemptResult,
+    /// How long it took.
+    pub duration: Duration,
+    /// Up to 8 KiB of the body, lossy UTF-8.
+    pub response_body: Option<String>,
+    /// Failure detail in words.
+    pub error: Option<String>,
+}
+
+impl Sender {
+    /// Builds the shared client.
+    pub fn new(config: &Config) -> anyhow::Result<Sender> {
+        let timeout = config.delivery.timeout;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()?;
+        let user_agent = HeaderValue::from_str(&format!("Herald/{}", env!("CARGO_PKG_VERSION")))?;
+        let hex_header = match &config.signing.hex_header {
+            Some(name) => Some((HeaderName::from_bytes(name.as_bytes())?, config.signing.hex_prefix.clone())),
+            None => None,
+        };
+        Ok(Sender { client, timeout, user_agent, hex_header })
+    }
+
+    /// The headers of one attempt: content type, user agent, the Standard Webhooks trio, the
+    /// optional classic header, then the endpoint's custom headers (which cannot replace ours).
+    pub fn headers(&self, claimed: &Claimed, body: &[u8], unix_seconds: i64, now_micros: i64) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, self.user_agent.clone());
+        let secrets = &claimed.secrets;
+        let mut keys = vec![secret_key(&secrets.current)];
+        if let (Some(previous), Some(expires)) = (&secrets.previous, secrets.previous_expires_at)
+            && expires > now_micros
+        {
+            keys.push(secret_key(previous));
+        }
+        let signature = signature_header(&keys, &claimed.event_id, unix_seconds, body);
+        for (name, value) in [
+            ("webhook-id", claimed.event_id.clone()),
+            ("webhook-timestamp", unix_seconds.to_string()),
+            ("webhook-signature", signature),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        if let Some((name, prefix)) = &self.hex_header
+            && let Ok(value) = HeaderValue::from_str(&hex_signature(&secrets.current, body, prefix))
+        {
+            headers.insert(name.clone(), value);
+        }
+        for (name, value) in &claimed.headers {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value))
+                && !headers.contains_key(&name)
+            {
+                headers.insert(name, value);
+            }
+        }
+        headers
+    }
+
+    /// Makes one attempt. Never fails: every problem is an outcome.
+    pub async fn send(&self, claimed: &Claimed, body: String) -> Sent {
+        let now = chrono::Utc::now();
+        let headers = self.headers(claimed, body.as_bytes(), now.timestamp(), now.timestamp_micros());
+        let started = Instant::now();
+        let request = self.client.post(&claimed.url).headers(headers).body(body);
+        let attempt = async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let retry_after = if matches!(status, 429 | 503) {
+                response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, chrono::Utc::now()))
+            } else {
+                None
+            };
+            let mut response = response;
+            let mut kept = Vec::new();
+            while kept.len() < MAX_RESPONSE_BODY {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => {
+                        let room = MAX_RESPONSE_BODY - kept.len();
+                        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    }
+                    // The status line decides; a body cut short is not a failure.
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            Ok::<_, reqwest::Error>((status, retry_after, kept))
+        };
+        let outcome = tokio::time::timeout(self.timeout, attempt).await;
+        let duration = started.elapsed();
+        match outcome {
+            Ok(Ok((status, retry_after, kept))) => {
+                let ok = (200..300).contains(&status);
+                Sent {
+                    result: AttemptResult {
+                        status: Some(status),
+                        error: (!ok).then_some(ErrorKind::HttpStatus),
+                        retry_after,
+                    },
+                    duration,
+                    response_body: Some(String::from_utf8_lossy(&kept).into_owned()),
+                    error: (!ok).then(|| format!("HTTP {status}")),
+                }
+            }
+            Ok(Err(error)) => {
+                let kind = classify(&error);
+                Sent {
+                    result: AttemptResult { status: None, error: Some(kind), retry_after: None },
+                    duration,
+                    response_body: None,
+                    error: Some(describe(kind, &error.without_url())),
+                }
+            }
+            Err(_) => Sent {
+                result: AttemptResult { status: None, error: Some(ErrorKind::Timeout), retry_after: None },
+                duration,
+                response_body: None,
+                error: Some(format!("timeout: no complete answer within {}ms", self.timeout.as_millis())),
+            },
+        }
+    }
+}
+
+fn chain_text(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text.to_lowercase()
+}
+
+/// Sorts a transport failure into the recorded `error_kind`.
+fn classify(error: &reqwest::Error) -> ErrorKind {
+    if error.is_timeout() {
+        return ErrorKind::Timeout;
+    }
+    let text = chain_text(error);
+    if text.contains("dns error")
+        || text.contains("failed to lookup")
+        || text.contains("name or service not known")
+    {
+        ErrorKind::Dns
+    } else if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+        ErrorKind::Tls
+    } else if error.is_connect() {
+        ErrorKind::Connect
+    } else {
+        ErrorKind::Other
+    }
+}
+
+fn describe(kind: ErrorKind, error: &reqwest::Error) -> String {
+    let mut text = format!("{}: {}", kind.as_str(), chain_text(error));
+    text.truncate(1000);
+    text
+}

@@ -1,0 +1,221 @@
+//! Deliveries and their attempts: list, inspect, replay (`…/deliveries/{id}/retry`).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::events::parse_time;
+use super::extract::{ApiQuery, Auth, PageParams, Pager};
+use crate::domain::delivery::{Attempt, Delivery};
+use crate::domain::time::format_micros;
+use crate::storage::{DeliveryFilter, RetryError, StoreError};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants/{tenant}/deliveries", get(list_deliveries))
+        .route("/v1/tenants/{tenant}/deliveries/{id}", get(get_delivery))
+        .route("/v1/tenants/{tenant}/deliveries/{id}/retry", post(retry_delivery))
+}
+
+/// A delivery: one event bound for one endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryOut {
+    /// `dlv_…`
+    pub id: String,
+    /// `evt_…`
+    pub event_id: String,
+    /// `ep_…`
+    pub endpoint_id: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Whether an attempt is under way (pending only).
+    pub in_flight: bool,
+    /// Attempts ever made.
+    pub attempt_count: i32,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<String>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// When it was delivered or failed.
+    pub completed_at: Option<String>,
+    /// Every attempt (single-delivery route only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptOut>>,
+}
+
+impl From<Delivery> for DeliveryOut {
+    fn from(d: Delivery) -> Self {
+        DeliveryOut {
+            id: d.id,
+            event_id: d.event_id,
+            endpoint_id: d.endpoint_id,
+            status: d.status,
+            in_flight: d.in_flight,
+            attempt_count: d.attempt_count,
+            next_attempt_at: d.next_attempt_at.map(format_micros),
+            last_error: d.last_error,
+            created_at: format_micros(d.created_at),
+            completed_at: d.completed_at.map(format_micros),
+            attempts: None,
+        }
+    }
+}
+
+/// One HTTP request of a delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptOut {
+    /// `att_…`
+    pub id: String,
+    /// 1, 2, 3… never reset by replays.
+    pub number: i32,
+    /// RFC 3339.
+    pub started_at: String,
+    /// `null` while under way.
+    pub duration_ms: Option<i64>,
+    /// The response status, if one came.
+    pub status_code: Option<i32>,
+    /// `http_status`, `timeout`, `connect`, `tls`, `dns`, `blocked_address`, `interrupted` or `other`.
+    pub error_kind: Option<String>,
+    /// Failure detail.
+    pub error: Option<String>,
+    /// Up to 8 KiB of the response body.
+    pub response_body: Option<String>,
+}
+
+impl From<Attempt> for AttemptOut {
+    fn from(a: Attempt) -> Self {
+        AttemptOut {
+            id: a.id,
+            number: a.number,
+            started_at: format_micros(a.started_at),
+            duration_ms: a.duration_ms,
+            status_code: a.status_code,
+            error_kind: a.error_kind,
+            error: a.error,
+            response_body: a.response_body,
+        }
+    }
+}
+
+/// A page of deliveries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    /// Newest first.
+    pub data: Vec<DeliveryOut>,
+    /// Cursor of the next page, `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters of the delivery list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    /// `pending` (in-flight ones included), `delivered` or `failed`.
+    pub status: Option<String>,
+    /// Only this endpoint.
+    pub endpoint_id: Option<String>,
+    /// Only this event.
+    pub event_id: Option<String>,
+    /// Created at or after (RFC 3339 with offset).
+    pub since: Option<String>,
+    /// Created before (RFC 3339 with offset).
+    pub until: Option<String>,
+    #[serde(flatten)]
+    #[param(ignore)]
+    page: PageParams,
+}
+
+/// List a tenant's deliveries, newest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/deliveries", tag = "deliveries",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), DeliveryQuery, PageParams),
+    security(("bearer" = [])),
+    responses((status = 200, body = DeliveryList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(tenant): Path<String>,
+    ApiQuery(query): ApiQuery<DeliveryQuery>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let tenant = auth.tenant(&state, &tenant).await?;
+    if let Some(status) = &query.status
+        && !matches!(status.as_str(), "pending" | "delivered" | "failed")
+    {
+        return Err(ApiError::invalid("status", "must be `pending`, `delivered` or `failed`"));
+    }
+    let filter = DeliveryFilter {
+        status: query.status.clone(),
+        endpoint_id: query.endpoint_id.clone(),
+        event_id: query.event_id.clone(),
+        since: parse_time("since", query.since.as_deref())?,
+        until: parse_time("until", query.until.as_deref())?,
+    };
+    let pager = Pager::new(&query.page, &format!("deliveries|{}|{:?}", tenant.id, filter))?;
+    let rows = state.store.list_deliveries(&tenant.id, &filter, &pager.query()).await?;
+    let (rows, next_cursor) = pager.finish(rows, |d| &d.id);
+    Ok(Json(DeliveryList { data: rows.into_iter().map(Into::into).collect(), next_cursor }))
+}
+
+async fn load(state: &AppState, tenant_id: &str, id: &str) -> Result<DeliveryOut, ApiError> {
+    let delivery = match state.store.get_delivery(tenant_id, id).await {
+        Err(StoreError::NotFound) => Err(ApiError::not_found("delivery", id)),
+        other => other.map_err(ApiError::from),
+    }?;
+    let attempts = state.store.list_attempts(&delivery.id).await?;
+    let mut out = DeliveryOut::from(delivery);
+    out.attempts = Some(attempts.into_iter().map(Into::into).collect());
+    Ok(out)
+}
+
+/// Get one delivery with every attempt.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/deliveries/{id}", tag = "deliveries",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`dlv_…`")),
+    security(("bearer" = [])),
+    responses((status = 200, body = DeliveryOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_delivery(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<DeliveryOut>, ApiError> {
+    let tenant = auth.tenant(&state, &tenant).await?;
+    Ok(Json(load(&state, &tenant.id, &id).await?))
+}
+
+/// Maps a refused replay to its answer.
+pub(crate) fn retry_error(error: RetryError, what: &str, id: &str) -> ApiError {
+    match error {
+        RetryError::NotFound => ApiError::not_found(what, id),
+        RetryError::InFlight => ApiError::Conflict(format!("delivery `{id}` has an attempt in flight")),
+        RetryError::EndpointDisabled => {
+            ApiError::Conflict("the endpoint is disabled; enable it first".into())
+        }
+        RetryError::EndpointDeleted => ApiError::Conflict("the endpoint was deleted".into()),
+        RetryError::PayloadGone => {
+            ApiError::Conflict("the event's payload is no longer stored (retention)".into())
+        }
+        RetryError::Store(error) => error.into(),
+    }
+}
+
+/// Queue a delivery again now. A `failed` or `delivered` one starts a new run of attempts.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/deliveries/{id}/retry", tag = "deliveries",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`dlv_…`")),
+    security(("bearer" = [])),
+    responses((status = 202, body = DeliveryOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn retry_delivery(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<DeliveryOut>), ApiError> {
+    let tenant = auth.tenant(&state, &tenant).await?;
+    state.store.retry_delivery(&tenant.id, &id).await.map_err(|e| retry_error(e, "delivery", &id))?;
+    state.wakeup.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(load(&state, &tenant.id, &id).await?)))
+}

@@ -1,0 +1,481 @@
+//! Ingest (`POST …/events`, `POST …/events/batch`) and the event read routes. `data` is kept as
+//! the producer's raw JSON (whitespace removed), parsed only to validate it.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager};
+use crate::domain::Invalid;
+use crate::domain::delivery::{Delivery, Event};
+use crate::domain::event::{data_of_envelope, envelope, minify, parse_data, validate_idempotency_key};
+use crate::domain::id::{IdKind, new_id};
+use crate::domain::time::{format_micros, now_micros, parse_rfc3339};
+use crate::storage::{EventFilter, IngestOutcome, NewEvent, StoreError};
+
+/// Most events in one batch request.
+pub const MAX_BATCH: usize = 1000;
+/// Room for the envelope fields around `data` in a single-event request body.
+const REQUEST_OVERHEAD: usize = 16 * 1024;
+
+pub(crate) fn router(state: &AppState) -> Router<AppState> {
+    let single = state.config.ingest.payload_limit + REQUEST_OVERHEAD;
+    let batch = state.config.ingest.batch_body_limit;
+    Router::new()
+        .route(
+            "/v1/tenants/{tenant}/events",
+            get(list_events).post(create_event).layer(DefaultBodyLimit::max(single)),
+        )
+        .route(
+            "/v1/tenants/{tenant}/events/batch",
+            post(create_events_batch).layer(DefaultBodyLimit::max(batch)),
+        )
+        .route("/v1/tenants/{tenant}/events/{id}", get(get_event))
+}
+
+/// One event to emit.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventIn {
+    /// A catalogued, non-archived event type.
+    #[schema(example = "workflow.completed")]
+    pub event: String,
+    /// A JSON object; sent exactly as given, whitespace removed.
+    #[schema(value_type = Object)]
+    pub data: Box<RawValue>,
+    /// 1–255 printable ASCII characters; wins over the `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to an accepted event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventAccepted {
+    /// `evt_…` (the `webhook-id` receivers see).
+    pub id: String,
+    /// Event type.
+    pub event: String,
+    /// When Herald accepted it (RFC 3339), as in the envelope.
+    pub timestamp: String,
+    /// Delivery rows created (disabled endpoints included).
+    pub deliveries: i32,
+}
+
+/// Body of the batch route.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchIn {
+    /// Up to 1,000 events, each `{event, data, idempotency_key?}`.
+    #[schema(value_type = Vec<EventIn>)]
+    pub events: Vec<Box<RawValue>>,
+}
+
+/// One batch item's result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItemOut {
+    /// Position in the request.
+    pub index: usize,
+    /// 202 accepted, 409 idempotency conflict, 422 invalid.
+    pub status: u16,
+    /// The event id (202).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Deliveries created (202).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<i32>,
+    /// True when an idempotency key returned an earlier event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<bool>,
+    /// What was wrong (409, 422).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The batch answer, in input order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchOut {
+    /// One result per input event.
+    pub data: Vec<BatchItemOut>,
+}
+
+/// A stored event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventOut {
+    /// `evt_…`
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Event type.
+    pub event: String,
+    /// RFC 3339.
+    pub timestamp: String,
+    /// The payload as sent; `null` once removed by retention.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Box<RawValue>>,
+    /// The producer's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Delivery rows created at ingest.
+    pub deliveries: i32,
+    /// Per-delivery state (single-event route only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_summaries: Option<Vec<DeliverySummary>>,
+}
+
+/// One delivery of an event, in brief.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliverySummary {
+    /// `dlv_…`
+    pub id: String,
+    /// Target.
+    pub endpoint_id: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made.
+    pub attempt_count: i32,
+    /// Next attempt (pending only).
+    pub next_attempt_at: Option<String>,
+}
+
+impl From<Delivery> for DeliverySummary {
+    fn from(d: Delivery) -> Self {
+        DeliverySummary {
+            id: d.id,
+            endpoint_id: d.endpoint_id,
+            status: d.status,
+            attempt_count: d.attempt_count,
+            next_attempt_at: d.next_attempt_at.map(format_micros),
+        }
+    }
+}
+
+impl From<Event> for EventOut {
+    fn from(e: Event) -> Self {
+        let data = e
+            .payload
+            .as_deref()
+            .and_then(data_of_envelope)
+            .and_then(|raw| RawValue::from_string(raw.to_owned()).ok());
+        EventOut {
+            id: e.id,
+            tenant_id: e.tenant_id,
+            event: e.event_type,
+            timestamp: format_micros(e.created_at),
+            data,
+            idempotency_key: e.idempotency_key,
+            deliveries: e.deliveries,
+            delivery_summaries: None,
+        }
+    }
+}
+
+/// A page of events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    /// Newest first.
+    pub data: Vec<EventOut>,
+    /// Cursor of the next page, `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Why one event cannot be accepted.
+enum Refusal {
+    TooLarge(String),
+    Invalid(Invalid),
+    Store(ApiError),
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::TooLarge(detail) => ApiError::PayloadTooLarge(detail),
+            Refusal::Invalid(invalid) => ApiError::Invalid(invalid),
+            Refusal::Store(error) => error,
+        }
+    }
+}
+
+/// Validates one event and builds its envelope.
+async fn prepare(
+    state: &AppState,
+    tenant_id: &str,
+    input: EventIn,
+    header_key: Option<&str>,
+) -> Result<NewEvent, Refusal> {
+    let mut invalid = Invalid::default();
+    let raw = input.data.get();
+    if raw.len() > state.config.ingest.payload_limit {
+        return Err(Refusal::TooLarge(format!(
+            "`data` is {} bytes; the limit is {} bytes",
+            raw.len(),
+            state.config.ingest.payload_limit
+        )));
+    }
+    let schema = match state.store.get_event_type(&input.event).await {
+        Ok(t) if t.archived => {
+            invalid.push("event", format!("event type `{}` is archived", input.event));
+            None
+        }
+        Ok(t) => t.schema,
+        Err(StoreError::NotFound) => {
+            invalid.push("event", format!("event type `{}` does not exist", input.event));
+            None
+        }
+        Err(other) => return Err(Refusal::Store(other.into())),
+    };
+    match parse_data(raw) {
+        Ok(value) => {
+            if let Some(schema) = &schema {
+                match jsonschema::validator_for(schema) {
+                    Ok(validator) => {
+                        for error in validator.iter_errors(&value).take(20) {
+                            let path = error.instance_path().to_string();
+                            invalid.push(format!("data{path}"), error.to_string());
+                        }
+                    }
+                    Err(error) => {
+                        invalid.push("event", format!("the event type's schema cannot be used: {error}"))
+                    }
+                }
+            }
+        }
+        Err(why) => invalid.push("data", why),
+    }
+    let key = input.idempotency_key.as_deref().or(header_key);
+    if let Some(key) = key
+        && let Err(why) = validate_idempotency_key(key)
+    {
+        invalid.push("idempotency_key", why);
+    }
+    invalid.into_result().map_err(Refusal::Invalid)?;
+    let data = minify(raw);
+    let id = new_id(IdKind::Event);
+    let created_at = now_micros();
+    let payload = envelope(&id, &input.event, &format_micros(created_at), &data);
+    let idempotency = key.map(|key| {
+        let hash = hex::encode(Sha256::digest(format!("{}\n{data}", input.event).as_bytes()));
+        (key.to_owned(), hash)
+    });
+    Ok(NewEvent {
+        id,
+        tenant_id: tenant_id.to_owned(),
+        event_type: input.event,
+        payload,
+        idempotency,
+        created_at,
+        only_endpoint: None,
+    })
+}
+
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::invalid("Idempotency-Key", "must be printable ASCII")),
+    }
+}
+
+fn accepted(event: &NewEvent, deliveries: i32) -> EventAccepted {
+    EventAccepted {
+        id: event.id.clone(),
+        event: event.event_type.clone(),
+        timestamp: format_micros(event.created_at),
+        deliveries,
+    }
+}
+
+fn replayed(first: &Event) -> EventAccepted {
+    EventAccepted {
+        id: first.id.clone(),
+        event: first.event_type.clone(),
+        timestamp: format_micros(first.created_at),
+        deliveries: first.deliveries,
+    }
+}
+
+fn idempotency_since(state: &AppState) -> i64 {
+    now_micros() - state.config.ingest.idempotency_window.as_micros() as i64
+}
+
+/// Emit one event for a tenant. 202 means the event and its deliveries are committed.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events", request_body = EventIn,
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "used when the body has no `idempotency_key`")),
+    security(("bearer" = [])),
+    responses((status = 202, body = EventAccepted), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_event(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    ApiJson(input): ApiJson<EventIn>,
+) -> Result<Response, ApiError> {
+    auth.require_admin()?;
+    let tenant = auth.tenant(&state, &tenant).await?;
+    let header_key = idempotency_header(&headers)?;
+    let event = prepare(&state, &tenant.id, input, header_key).await?;
+    let outcome = state.store.ingest(std::slice::from_ref(&event), idempotency_since(&state)).await?;
+    match outcome.into_iter().next() {
+        Some(IngestOutcome::Created { deliveries }) => {
+            if deliveries > 0 {
+                state.wakeup.notify_one();
+            }
+            Ok((StatusCode::ACCEPTED, Json(accepted(&event, deliveries))).into_response())
+        }
+        Some(IngestOutcome::Replayed(first)) => {
+            let mut response = (StatusCode::ACCEPTED, Json(replayed(&first))).into_response();
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        Some(IngestOutcome::KeyConflict) => Err(ApiError::Conflict(
+            "this idempotency key was already used with a different `event` or `data`".into(),
+        )),
+        None => Err(ApiError::Internal(anyhow::anyhow!("ingest returned no outcome"))),
+    }
+}
+
+/// Emit up to 1,000 events. Not atomic: every accepted item is committed before the answer, and
+/// each item has its own status.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/events/batch", tag = "events", request_body = BatchIn,
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
+    responses((status = 202, body = BatchOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn create_events_batch(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(tenant): Path<String>,
+    ApiJson(batch): ApiJson<BatchIn>,
+) -> Result<(StatusCode, Json<BatchOut>), ApiError> {
+    auth.require_admin()?;
+    let tenant = auth.tenant(&state, &tenant).await?;
+    if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
+        return Err(ApiError::invalid("events", format!("must hold between 1 and {MAX_BATCH} events")));
+    }
+    let mut results: Vec<BatchItemOut> = Vec::with_capacity(batch.events.len());
+    let mut ready: Vec<(usize, NewEvent)> = Vec::new();
+    for (index, raw) in batch.events.into_iter().enumerate() {
+        let refusal = match serde_json::from_str::<EventIn>(raw.get()) {
+            Ok(input) => match prepare(&state, &tenant.id, input, None).await {
+                Ok(event) => {
+                    ready.push((index, event));
+                    None
+                }
+                Err(Refusal::Store(error)) => return Err(error),
+                Err(Refusal::TooLarge(detail)) => Some(detail),
+                Err(Refusal::Invalid(invalid)) => Some(invalid.to_string()),
+            },
+            Err(error) => Some(format!("not a valid event: {error}")),
+        };
+        results.push(BatchItemOut {
+            index,
+            status: if refusal.is_some() { 422 } else { 202 },
+            id: None,
+            deliveries: None,
+            replayed: None,
+            error: refusal,
+        });
+    }
+    let events: Vec<NewEvent> = ready.iter().map(|(_, e)| e.clone()).collect();
+    let outcomes = if events.is_empty() {
+        Vec::new()
+    } else {
+        state.store.ingest(&events, idempotency_since(&state)).await?
+    };
+    let mut woke = false;
+    for ((index, event), outcome) in ready.iter().zip(outcomes) {
+        let item = &mut results[*index];
+        match outcome {
+            IngestOutcome::Created { deliveries } => {
+                woke |= deliveries > 0;
+                item.id = Some(event.id.clone());
+                item.deliveries = Some(deliveries);
+            }
+            IngestOutcome::Replayed(first) => {
+                item.id = Some(first.id);
+                item.deliveries = Some(first.deliveries);
+                item.replayed = Some(true);
+            }
+            IngestOutcome::KeyConflict => {
+                item.status = 409;
+                item.error =
+                    Some("this idempotency key was already used with a different `event` or `data`".into());
+            }
+        }
+    }
+    if woke {
+        state.wakeup.notify_one();
+    }
+    Ok((StatusCode::ACCEPTED, Json(BatchOut { data: results })))
+}
+
+/// Filters of the event list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventQuery {
+    /// Only this event type.
+    pub event_type: Option<String>,
+    /// Accepted at or after (RFC 3339 with offset).
+    pub since: Option<String>,
+    /// Accepted before (RFC 3339 with offset).
+    pub until: Option<String>,
+    #[serde(flatten)]
+    #[param(ignore)]
+    page: PageParams,
+}
+
+/// Parses an optional RFC 3339 query parameter.
+pub(crate) fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value.map(|v| parse_rfc3339(v).map_err(|why| ApiError::invalid(field, why))).transpose()
+}
+
+/// List a tenant's events, newest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), EventQuery, PageParams),
+    security(("bearer" = [])),
+    responses((status = 200, body = EventList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_events(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(tenant): Path<String>,
+    ApiQuery(query): ApiQuery<EventQuery>,
+) -> Result<Json<EventList>, ApiError> {
+    let tenant = auth.tenant(&state, &tenant).await?;
+    let filter = EventFilter {
+        event_type: query.event_type.clone(),
+        since: parse_time("since", query.since.as_deref())?,
+        until: parse_time("until", query.until.as_deref())?,
+    };
+    let pager = Pager::new(&query.page, &format!("events|{}|{:?}", tenant.id, filter))?;
+    let rows = state.store.list_events(&tenant.id, &filter, &pager.query()).await?;
+    let (rows, next_cursor) = pager.finish(rows, |e| &e.id);
+    Ok(Json(EventList { data: rows.into_iter().map(Into::into).collect(), next_cursor }))
+}
+
+/// Get one event with the state of each of its deliveries.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events/{id}", tag = "events",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`evt_…`")),
+    security(("bearer" = [])),
+    responses((status = 200, body = EventOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_event(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<EventOut>, ApiError> {
+    let tenant = auth.tenant(&state, &tenant).await?;
+    let event = match state.store.get_event(&tenant.id, &id).await {
+        Err(StoreError::NotFound) => Err(ApiError::not_found("event", &id)),
+        other => other.map_err(ApiError::from),
+    }?;
+    let deliveries = state.store.list_event_deliveries(&event.id).await?;
+    let mut out = EventOut::from(event);
+    out.delivery_summaries = Some(deliveries.into_iter().map(Into::into).collect());
+    Ok(Json(out))
+}

@@ -1,0 +1,965 @@
+//! Delivery SQL shared by both backends: ingest with fan-out, claims with leases, batched
+//! recording, lease reaping, replays and the read routes. `delivery_common!` expands to inherent
+//! `*_impl` methods; the `Store` impl delegates to them. Backends pass the row-locking suffix
+//! their claim queries need (PostgreSQL: `for update … skip locked`; SQLite has one writer).
+
+use std::collections::BTreeMap;
+
+use crate::domain::delivery::{Attempt, Delivery, Event};
+use crate::domain::endpoint::Secrets;
+
+use super::StoreError;
+use super::common::corrupt;
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    id: String,
+    tenant_id: String,
+    event_type: String,
+    payload: Option<String>,
+    idempotency_key: Option<String>,
+    deliveries: i32,
+    created_at: i64,
+}
+
+impl From<EventRow> for Event {
+    fn from(row: EventRow) -> Self {
+        Event {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            event_type: row.event_type,
+            payload: row.payload,
+            idempotency_key: row.idempotency_key,
+            deliveries: row.deliveries,
+            created_at: row.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct DeliveryRow {
+    id: String,
+    event_id: String,
+    endpoint_id: String,
+    status: String,
+    attempt_count: i32,
+    next_attempt_at: i64,
+    lease_until: Option<i64>,
+    last_error: Option<String>,
+    created_at: i64,
+    completed_at: Option<i64>,
+}
+
+impl DeliveryRow {
+    pub(crate) fn into_delivery(self, now: i64) -> Delivery {
+        let pending = self.status == "pending";
+        Delivery {
+            id: self.id,
+            event_id: self.event_id,
+            endpoint_id: self.endpoint_id,
+            in_flight: pending && self.lease_until.is_some_and(|l| l > now),
+            next_attempt_at: pending.then_some(self.next_attempt_at),
+            status: self.status,
+            attempt_count: self.attempt_count,
+            last_error: self.last_error,
+            created_at: self.created_at,
+            completed_at: self.completed_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AttemptRow {
+    id: String,
+    number: i32,
+    started_at: i64,
+    duration_ms: Option<i64>,
+    status_code: Option<i32>,
+    error_kind: Option<String>,
+    error: Option<String>,
+    response_body: Option<String>,
+}
+
+impl From<AttemptRow> for Attempt {
+    fn from(row: AttemptRow) -> Self {
+        Attempt {
+            id: row.id,
+            number: row.number,
+            started_at: row.started_at,
+            duration_ms: row.duration_ms,
+            status_code: row.status_code,
+            error_kind: row.error_kind,
+            error: row.error,
+            response_body: row.response_body,
+        }
+    }
+}
+
+/// The fan-out view of an endpoint.
+#[derive(sqlx::FromRow)]
+pub(crate) struct FanoutRow {
+    pub(crate) id: String,
+    pub(crate) event_types: String,
+    pub(crate) enabled: bool,
+    pub(crate) fifo: bool,
+}
+
+/// An endpoint with deliveries that may be claimable, and what sending to it needs.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CandidateRow {
+    pub(crate) id: String,
+    pub(crate) max_in_flight: i32,
+    pub(crate) fifo: bool,
+    pub(crate) rate_limit_per_second: Option<i32>,
+    pub(crate) rate_next_at: Option<i64>,
+    pub(crate) url: String,
+    pub(crate) headers: String,
+    pub(crate) secret: String,
+    pub(crate) previous_secret: Option<String>,
+    pub(crate) previous_secret_expires_at: Option<i64>,
+}
+
+impl CandidateRow {
+    pub(crate) fn headers(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        serde_json::from_str(&self.headers).map_err(corrupt)
+    }
+
+    pub(crate) fn secrets(&self) -> Secrets {
+        Secrets {
+            current: self.secret.clone(),
+            previous: self.previous_secret.clone(),
+            previous_expires_at: self.previous_secret_expires_at,
+        }
+    }
+
+    /// How many requests the endpoint's rate limit allows now, and the new theoretical arrival
+    /// time after `n` of them (GCRA with a burst of a tenth of a second's worth).
+    pub(crate) fn rate_room(&self, now: i64) -> Option<(i64, i64, i64)> {
+        let rate = i64::from(self.rate_limit_per_second?).max(1);
+        let interval = 1_000_000 / rate;
+        let burst = (rate / 10).max(1);
+        let tat = self.rate_next_at.unwrap_or(now).max(now);
+        let allowed = ((now + burst * interval - tat) / interval).max(0);
+        Some((allowed, tat, interval))
+    }
+}
+
+/// A claimable delivery.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClaimRow {
+    pub(crate) id: String,
+    pub(crate) event_id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) endpoint_id: String,
+    pub(crate) attempt_count: i32,
+    pub(crate) run_attempts: i32,
+    pub(crate) max_attempts: Option<i32>,
+    pub(crate) next_attempt_at: i64,
+    pub(crate) lease_until: Option<i64>,
+    pub(crate) payload: Option<String>,
+}
+
+/// A delivery whose lease lapsed.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ExpiredRow {
+    pub(crate) id: String,
+    pub(crate) status: String,
+    pub(crate) run_attempts: i32,
+    pub(crate) max_attempts: Option<i32>,
+}
+
+/// What a replay needs to know about a delivery.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ReplayRow {
+    pub(crate) status: String,
+    pub(crate) lease_until: Option<i64>,
+    pub(crate) enabled: bool,
+    pub(crate) deleted_at: Option<i64>,
+    pub(crate) payload_gone: bool,
+}
+
+/// Expands to inherent `*_impl` methods on `$store`. `$lock` is appended to the claim and reap
+/// selects (row locks on PostgreSQL, empty on SQLite); `$lock_e` locks candidate endpoints.
+macro_rules! delivery_common {
+    ($store:ty, $db:ty, lock_d = $lock:literal, lock_e = $lock_e:literal) => {
+        impl $store {
+            /// Fails an endpoint's pending deliveries that are not in flight.
+            async fn fail_pending(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                endpoint_id: &str,
+                reason: &str,
+                now: i64,
+            ) -> Result<u64, StoreError> {
+                let done = sqlx::query(
+                    r#"update deliveries
+                    set status = 'failed', last_error = $2, completed_at = $3
+                    where endpoint_id = $1 and status = 'pending' and not bypass and lease_until is null"#,
+                )
+                .bind(endpoint_id)
+                .bind(reason)
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn ingest_impl(
+                &self,
+                events: &[NewEvent],
+                idempotency_since: i64,
+            ) -> Result<Vec<IngestOutcome>, StoreError> {
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let mut outcomes = Vec::with_capacity(events.len());
+                let mut fanout: std::collections::HashMap<String, Vec<FanoutRow>> = Default::default();
+                for event in events {
+                    if let Some((key, hash)) = &event.idempotency {
+                        let scope = format!("events:{}", event.tenant_id);
+                        sqlx::query(
+                            "delete from idempotency_keys where scope = $1 and key = $2 and created_at < $3",
+                        )
+                        .bind(&scope)
+                        .bind(key)
+                        .bind(idempotency_since)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                        let inserted = sqlx::query(
+                            r#"insert into idempotency_keys (scope, key, request_hash, resource_id, created_at)
+                            values ($1, $2, $3, $4, $5)
+                            on conflict do nothing"#,
+                        )
+                        .bind(&scope)
+                        .bind(key)
+                        .bind(hash)
+                        .bind(&event.id)
+                        .bind(event.created_at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?
+                        .rows_affected();
+                        if inserted == 0 {
+                            let (known_hash, resource_id): (String, Option<String>) = sqlx::query_as(
+                                "select request_hash, resource_id from idempotency_keys where scope = $1 and key = $2",
+                            )
+                            .bind(&scope)
+                            .bind(key)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                            if known_hash != *hash {
+                                outcomes.push(IngestOutcome::KeyConflict);
+                                continue;
+                            }
+                            let first: Option<EventRow> = sqlx::query_as(
+                                r#"select id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at
+                                from events
+                                where id = $1"#,
+                            )
+                            .bind(resource_id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                            match first {
+                                Some(first) => {
+                                    outcomes.push(IngestOutcome::Replayed(first.into()));
+                                    continue;
+                                }
+                                None => {
+                                    sqlx::query(
+                                        r#"update idempotency_keys set resource_id = $3, created_at = $4
+                                        where scope = $1 and key = $2"#,
+                                    )
+                                    .bind(&scope)
+                                    .bind(key)
+                                    .bind(&event.id)
+                                    .bind(event.created_at)
+                                    .execute(&mut *tx)
+                                    .await
+                                    .map_err(map_err)?;
+                                }
+                            }
+                        }
+                    }
+                    // (endpoint id, enabled, fifo lane, bypass)
+                    let targets: Vec<(String, bool, bool, bool)> = match &event.only_endpoint {
+                        Some(endpoint_id) => vec![(endpoint_id.clone(), true, false, true)],
+                        None => {
+                            if !fanout.contains_key(&event.tenant_id) {
+                                let rows: Vec<FanoutRow> = sqlx::query_as(
+                                    r#"select id, event_types, enabled, fifo
+                                    from endpoints
+                                    where tenant_id = $1 and deleted_at is null
+                                    order by id"#,
+                                )
+                                .bind(&event.tenant_id)
+                                .fetch_all(&mut *tx)
+                                .await
+                                .map_err(map_err)?;
+                                fanout.insert(event.tenant_id.clone(), rows);
+                            }
+                            let mut targets = Vec::new();
+                            for row in fanout.get(&event.tenant_id).map(Vec::as_slice).unwrap_or_default() {
+                                let patterns: Vec<String> =
+                                    serde_json::from_str(&row.event_types).map_err(corrupt)?;
+                                if $crate::domain::event_type::subscribed(&patterns, &event.event_type) {
+                                    targets.push((row.id.clone(), row.enabled, row.fifo, false));
+                                }
+                            }
+                            targets
+                        }
+                    };
+                    sqlx::query(
+                        r#"insert into events (id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at)
+                        values ($1, $2, $3, $4, $5, $6, $7)"#,
+                    )
+                    .bind(&event.id)
+                    .bind(&event.tenant_id)
+                    .bind(&event.event_type)
+                    .bind(&event.payload)
+                    .bind(event.idempotency.as_ref().map(|(key, _)| key.as_str()))
+                    .bind(targets.len() as i32)
+                    .bind(event.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    for (endpoint_id, enabled, fifo, bypass) in &targets {
+                        let fifo_seq: Option<i64> = if *fifo && *enabled {
+                            let (seq,): (i64,) = sqlx::query_as(
+                                r#"update endpoints set next_fifo_seq = next_fifo_seq + 1
+                                where id = $1
+                                returning next_fifo_seq"#,
+                            )
+                            .bind(endpoint_id)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                            Some(seq)
+                        } else {
+                            None
+                        };
+                        let (status, last_error, completed_at) = if *enabled {
+                            ("pending", None, None)
+                        } else {
+                            ("failed", Some("endpoint_disabled"), Some(event.created_at))
+                        };
+                        sqlx::query(
+                            r#"insert into deliveries (
+                                id, event_id, tenant_id, endpoint_id, status, next_attempt_at, fifo_seq,
+                                last_error, completed_at, max_attempts, bypass, created_at
+                            )
+                            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"#,
+                        )
+                        .bind($crate::domain::id::new_id($crate::domain::id::IdKind::Delivery))
+                        .bind(&event.id)
+                        .bind(&event.tenant_id)
+                        .bind(endpoint_id)
+                        .bind(status)
+                        .bind(event.created_at)
+                        .bind(fifo_seq)
+                        .bind(last_error)
+                        .bind(completed_at)
+                        .bind(bypass.then_some(1i32))
+                        .bind(*bypass)
+                        .bind(event.created_at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    }
+                    outcomes.push(IngestOutcome::Created { deliveries: targets.len() as i32 });
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(outcomes)
+            }
+
+            async fn get_event_impl(&self, tenant_id: &str, id: &str) -> Result<Event, StoreError> {
+                let row: EventRow = sqlx::query_as(
+                    r#"select id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at
+                    from events
+                    where tenant_id = $1 and id = $2"#,
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_one(self.reader())
+                .await
+                .map_err(map_err)?;
+                Ok(row.into())
+            }
+
+            async fn list_events_impl(
+                &self,
+                tenant_id: &str,
+                filter: &EventFilter,
+                page: &PageQuery,
+            ) -> Result<Vec<Event>, StoreError> {
+                let rows: Vec<EventRow> = sqlx::query_as(
+                    r#"select id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at
+                    from events
+                    where tenant_id = $1
+                      and ($2 is null or event_type = $2)
+                      and ($3 is null or created_at >= $3)
+                      and ($4 is null or created_at < $4)
+                      and ($5 is null or id < $5)
+                    order by id desc
+                    limit $6"#,
+                )
+                .bind(tenant_id)
+                .bind(&filter.event_type)
+                .bind(filter.since)
+                .bind(filter.until)
+                .bind(&page.after)
+                .bind(page.limit)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                Ok(rows.into_iter().map(Event::from).collect())
+            }
+
+            async fn list_event_deliveries_impl(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
+                let rows: Vec<DeliveryRow> = sqlx::query_as(
+                    r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
+                        last_error, created_at, completed_at
+                    from deliveries
+                    where event_id = $1
+                    order by id"#,
+                )
+                .bind(event_id)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                let now = $crate::domain::time::now_micros();
+                Ok(rows.into_iter().map(|r| r.into_delivery(now)).collect())
+            }
+
+            async fn list_deliveries_impl(
+                &self,
+                tenant_id: &str,
+                filter: &DeliveryFilter,
+                page: &PageQuery,
+            ) -> Result<Vec<Delivery>, StoreError> {
+                let rows: Vec<DeliveryRow> = sqlx::query_as(
+                    r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
+                        last_error, created_at, completed_at
+                    from deliveries
+                    where tenant_id = $1
+                      and ($2 is null or status = $2)
+                      and ($3 is null or endpoint_id = $3)
+                      and ($4 is null or event_id = $4)
+                      and ($5 is null or created_at >= $5)
+                      and ($6 is null or created_at < $6)
+                      and ($7 is null or id < $7)
+                    order by id desc
+                    limit $8"#,
+                )
+                .bind(tenant_id)
+                .bind(&filter.status)
+                .bind(&filter.endpoint_id)
+                .bind(&filter.event_id)
+                .bind(filter.since)
+                .bind(filter.until)
+                .bind(&page.after)
+                .bind(page.limit)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                let now = $crate::domain::time::now_micros();
+                Ok(rows.into_iter().map(|r| r.into_delivery(now)).collect())
+            }
+
+            async fn get_delivery_impl(&self, tenant_id: &str, id: &str) -> Result<Delivery, StoreError> {
+                let row: DeliveryRow = sqlx::query_as(
+                    r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
+                        last_error, created_at, completed_at
+                    from deliveries
+                    where tenant_id = $1 and id = $2"#,
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_one(self.reader())
+                .await
+                .map_err(map_err)?;
+                Ok(row.into_delivery($crate::domain::time::now_micros()))
+            }
+
+            async fn list_attempts_impl(&self, delivery_id: &str) -> Result<Vec<Attempt>, StoreError> {
+                let rows: Vec<AttemptRow> = sqlx::query_as(
+                    r#"select id, number, started_at, duration_ms, status_code, error_kind, error, response_body
+                    from attempts
+                    where delivery_id = $1
+                    order by number"#,
+                )
+                .bind(delivery_id)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                Ok(rows.into_iter().map(Attempt::from).collect())
+            }
+
+            async fn retry_delivery_impl(&self, tenant_id: &str, id: &str) -> Result<(), RetryError> {
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let now = Self::db_now(&mut tx).await?;
+                let row: Option<ReplayRow> = sqlx::query_as(
+                    r#"select d.status, d.lease_until, e.enabled, e.deleted_at, ev.payload is null as payload_gone
+                    from deliveries d
+                    join endpoints e on e.id = d.endpoint_id
+                    join events ev on ev.id = d.event_id
+                    where d.tenant_id = $1 and d.id = $2"#,
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                let row = row.ok_or(RetryError::NotFound)?;
+                if row.lease_until.is_some_and(|l| l > now) {
+                    return Err(RetryError::InFlight);
+                }
+                if row.deleted_at.is_some() {
+                    return Err(RetryError::EndpointDeleted);
+                }
+                if !row.enabled {
+                    return Err(RetryError::EndpointDisabled);
+                }
+                if row.payload_gone {
+                    return Err(RetryError::PayloadGone);
+                }
+                if row.status == "pending" {
+                    sqlx::query("update deliveries set next_attempt_at = $2 where id = $1")
+                        .bind(id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                } else {
+                    sqlx::query(
+                        r#"update deliveries
+                        set status = 'pending', run_attempts = 0, next_attempt_at = $2, completed_at = null,
+                            max_attempts = null, lease_until = null, lease_token = null
+                        where id = $1"#,
+                    )
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn recover_endpoint_impl(
+                &self,
+                tenant_id: &str,
+                id: &str,
+                since: i64,
+                until: i64,
+            ) -> Result<u64, RetryError> {
+                let state: Option<(bool,)> = sqlx::query_as(
+                    "select enabled from endpoints where tenant_id = $1 and id = $2 and deleted_at is null",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(self.reader())
+                .await
+                .map_err(map_err)?;
+                match state {
+                    None => return Err(RetryError::NotFound),
+                    Some((false,)) => return Err(RetryError::EndpointDisabled),
+                    Some((true,)) => {}
+                }
+                let mut requeued = 0;
+                loop {
+                    let mut tx = self.writer().begin().await.map_err(map_err)?;
+                    let now = Self::db_now(&mut tx).await?;
+                    let done = sqlx::query(
+                        r#"update deliveries
+                        set status = 'pending', run_attempts = 0, next_attempt_at = $4, completed_at = null,
+                            max_attempts = null
+                        where id in (
+                            select d.id
+                            from deliveries d
+                            join events ev on ev.id = d.event_id
+                            where d.endpoint_id = $1
+                              and d.status = 'failed'
+                              and d.created_at >= $2
+                              and d.created_at < $3
+                              and ev.payload is not null
+                              and coalesce(d.last_error, '') <> 'endpoint_deleted'
+                            limit 1000
+                        )"#,
+                    )
+                    .bind(id)
+                    .bind(since)
+                    .bind(until)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+                    .rows_affected();
+                    tx.commit().await.map_err(map_err)?;
+                    requeued += done;
+                    if done < 1000 {
+                        return Ok(requeued);
+                    }
+                }
+            }
+
+            async fn reap_expired_leases_impl(&self, max_run_attempts: i32) -> Result<u64, StoreError> {
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let now = Self::db_now(&mut tx).await?;
+                let expired: Vec<ExpiredRow> = sqlx::query_as(concat!(
+                    r#"select d.id, d.status, d.run_attempts, d.max_attempts
+                    from deliveries d
+                    where d.lease_until is not null and d.lease_until < $1
+                    limit 500"#,
+                    $lock
+                ))
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                for row in &expired {
+                    sqlx::query(
+                        r#"update attempts
+                        set finished_at = $2, duration_ms = ($2 - started_at) / 1000, error_kind = 'interrupted',
+                            error = 'the attempt was interrupted before its outcome was recorded'
+                        where delivery_id = $1 and finished_at is null"#,
+                    )
+                    .bind(&row.id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    let allowed = row.max_attempts.unwrap_or(max_run_attempts);
+                    let (status, completed_at) = match row.status.as_str() {
+                        "pending" if row.run_attempts >= allowed => ("failed", Some(now)),
+                        "pending" => ("pending", None),
+                        _ => ("", None),
+                    };
+                    if status.is_empty() {
+                        sqlx::query("update deliveries set lease_until = null, lease_token = null where id = $1")
+                            .bind(&row.id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                    } else {
+                        sqlx::query(
+                            r#"update deliveries
+                            set status = $2, completed_at = $3, next_attempt_at = $4, last_error = 'interrupted',
+                                lease_until = null, lease_token = null
+                            where id = $1"#,
+                        )
+                        .bind(&row.id)
+                        .bind(status)
+                        .bind(completed_at)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    }
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(expired.len() as u64)
+            }
+
+            async fn claim_due_impl(&self, limit: i64, lease: std::time::Duration) -> Result<Vec<Claimed>, StoreError> {
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let now = Self::db_now(&mut tx).await?;
+                let lease_until = now + lease.as_micros() as i64;
+                let mut picked: Vec<(ClaimRow, std::sync::Arc<CandidateRow>)> = Vec::new();
+
+                // Test deliveries skip the endpoint's enabled flag, FIFO lane and pause.
+                let bypass: Vec<ClaimRow> = sqlx::query_as(concat!(
+                    r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
+                        d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+                    from deliveries d
+                    join events ev on ev.id = d.event_id
+                    where d.bypass and d.status = 'pending' and d.next_attempt_at <= $1
+                      and (d.lease_until is null or d.lease_until < $1)
+                    order by d.next_attempt_at
+                    limit $2"#,
+                    $lock
+                ))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                for row in bypass {
+                    let endpoint: Option<CandidateRow> = sqlx::query_as(
+                        r#"select id, max_in_flight, fifo, rate_limit_per_second, rate_next_at, url, headers, secret,
+                            previous_secret, previous_secret_expires_at
+                        from endpoints
+                        where id = $1 and deleted_at is null"#,
+                    )
+                    .bind(&row.endpoint_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    if let Some(endpoint) = endpoint {
+                        picked.push((row, std::sync::Arc::new(endpoint)));
+                    }
+                }
+
+                let candidates: Vec<CandidateRow> = sqlx::query_as(concat!(
+                    r#"select e.id, e.max_in_flight, e.fifo, e.rate_limit_per_second, e.rate_next_at, e.url,
+                        e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at
+                    from endpoints e
+                    where e.enabled
+                      and e.deleted_at is null
+                      and (e.paused_until is null or e.paused_until <= $1)
+                      and exists (
+                        select 1
+                        from deliveries d
+                        where d.endpoint_id = e.id
+                          and d.status = 'pending'
+                          and d.next_attempt_at <= $1
+                          and (d.lease_until is null or d.lease_until < $1)
+                      )
+                    order by random()
+                    limit 1000"#,
+                    $lock_e
+                ))
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
+
+                for endpoint in candidates {
+                    let remaining = limit - picked.len() as i64;
+                    if remaining <= 0 {
+                        break;
+                    }
+                    let (in_flight,): (i64,) = sqlx::query_as(
+                        "select count(*) from deliveries where endpoint_id = $1 and lease_until > $2",
+                    )
+                    .bind(&endpoint.id)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    let mut room = if endpoint.fifo {
+                        i64::from(in_flight == 0)
+                    } else {
+                        i64::from(endpoint.max_in_flight) - in_flight
+                    };
+                    let rate = endpoint.rate_room(now);
+                    if let Some((allowed, _, _)) = rate {
+                        room = room.min(allowed);
+                    }
+                    room = room.min(remaining);
+                    if room <= 0 {
+                        continue;
+                    }
+                    let rows: Vec<ClaimRow> = if endpoint.fifo {
+                        let head: Option<ClaimRow> = sqlx::query_as(
+                            r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
+                                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+                            from deliveries d
+                            join events ev on ev.id = d.event_id
+                            where d.endpoint_id = $1 and d.status = 'pending' and not d.bypass
+                            order by d.fifo_seq nulls first, d.id
+                            limit 1"#,
+                        )
+                        .bind(&endpoint.id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                        head.filter(|h| h.next_attempt_at <= now && h.lease_until.is_none_or(|l| l < now))
+                            .into_iter()
+                            .collect()
+                    } else {
+                        sqlx::query_as(
+                            r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
+                                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+                            from deliveries d
+                            join events ev on ev.id = d.event_id
+                            where d.endpoint_id = $1
+                              and d.status = 'pending'
+                              and d.next_attempt_at <= $2
+                              and (d.lease_until is null or d.lease_until < $2)
+                            order by d.next_attempt_at, d.id
+                            limit $3"#,
+                        )
+                        .bind(&endpoint.id)
+                        .bind(now)
+                        .bind(room)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(map_err)?
+                    };
+                    if let Some((_, tat, interval)) = rate
+                        && !rows.is_empty()
+                    {
+                        sqlx::query("update endpoints set rate_next_at = $2 where id = $1")
+                            .bind(&endpoint.id)
+                            .bind(tat + interval * rows.len() as i64)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                    }
+                    let endpoint = std::sync::Arc::new(endpoint);
+                    picked.extend(rows.into_iter().map(|row| (row, endpoint.clone())));
+                }
+
+                let mut claimed = Vec::with_capacity(picked.len());
+                for (row, endpoint) in picked {
+                    let lease_token = uuid::Uuid::new_v4().simple().to_string();
+                    let attempt_id = $crate::domain::id::new_id($crate::domain::id::IdKind::Attempt);
+                    let number = row.attempt_count + 1;
+                    sqlx::query(
+                        r#"update deliveries
+                        set lease_until = $2, lease_token = $3, attempt_count = attempt_count + 1,
+                            run_attempts = run_attempts + 1
+                        where id = $1"#,
+                    )
+                    .bind(&row.id)
+                    .bind(lease_until)
+                    .bind(&lease_token)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    sqlx::query(
+                        r#"insert into attempts (id, delivery_id, endpoint_id, number, started_at)
+                        values ($1, $2, $3, $4, $5)"#,
+                    )
+                    .bind(&attempt_id)
+                    .bind(&row.id)
+                    .bind(&row.endpoint_id)
+                    .bind(number)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    claimed.push(Claimed {
+                        delivery_id: row.id,
+                        event_id: row.event_id,
+                        tenant_id: row.tenant_id,
+                        endpoint_id: row.endpoint_id,
+                        attempt_id,
+                        attempt_number: number,
+                        run_attempt: row.run_attempts + 1,
+                        max_attempts: row.max_attempts,
+                        lease_token,
+                        url: endpoint.url.clone(),
+                        headers: endpoint.headers()?,
+                        secrets: endpoint.secrets(),
+                        payload: row.payload,
+                    });
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(claimed)
+            }
+
+            async fn record_attempts_impl(&self, records: &[AttemptRecord]) -> Result<u64, StoreError> {
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let now = Self::db_now(&mut tx).await?;
+                let mut stale = 0;
+                for record in records {
+                    let (status, next_attempt_at, completed_at) = match record.next {
+                        NextState::Delivered => ("delivered", None, Some(now)),
+                        NextState::Retry(delay) => ("pending", Some(now + delay), None),
+                        NextState::Failed => ("failed", None, Some(now)),
+                    };
+                    let done = sqlx::query(
+                        r#"update deliveries
+                        set status = case when status = 'pending' then $3 else status end,
+                            next_attempt_at = coalesce($4, next_attempt_at),
+                            completed_at = case when status = 'pending' then $5 else completed_at end,
+                            last_error = case when status = 'pending' then $6 else last_error end,
+                            lease_until = null,
+                            lease_token = null
+                        where id = $1 and lease_token = $2"#,
+                    )
+                    .bind(&record.delivery_id)
+                    .bind(&record.lease_token)
+                    .bind(status)
+                    .bind(next_attempt_at)
+                    .bind(completed_at)
+                    .bind(&record.last_error)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+                    .rows_affected();
+                    if done == 0 {
+                        stale += 1;
+                        continue;
+                    }
+                    sqlx::query(
+                        r#"update attempts
+                        set finished_at = $2, duration_ms = $3, status_code = $4, error_kind = $5, error = $6,
+                            response_body = $7
+                        where id = $1 and finished_at is null"#,
+                    )
+                    .bind(&record.attempt_id)
+                    .bind(record.finished_at)
+                    .bind(record.duration_ms)
+                    .bind(record.status_code)
+                    .bind(record.error_kind)
+                    .bind(&record.error)
+                    .bind(&record.response_body)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    if record.next == NextState::Delivered {
+                        sqlx::query("update endpoints set last_success_at = $2, failing_since = null where id = $1")
+                            .bind(&record.endpoint_id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                    } else {
+                        sqlx::query(
+                            "update endpoints set failing_since = coalesce(failing_since, $2) where id = $1",
+                        )
+                        .bind(&record.endpoint_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    }
+                    if let Some(pause) = record.pause_for {
+                        sqlx::query(
+                            r#"update endpoints set paused_until = $2
+                            where id = $1 and (paused_until is null or paused_until < $2)"#,
+                        )
+                        .bind(&record.endpoint_id)
+                        .bind(now + pause)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    }
+                    if let Some(reason) = &record.disable_reason {
+                        let disabled = sqlx::query(
+                            r#"update endpoints set enabled = false, disabled_reason = $2, disabled_at = $3
+                            where id = $1 and enabled"#,
+                        )
+                        .bind(&record.endpoint_id)
+                        .bind(reason)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?
+                        .rows_affected();
+                        if disabled > 0 {
+                            Self::fail_pending(&mut tx, &record.endpoint_id, "endpoint_disabled", now).await?;
+                        }
+                    }
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(stale)
+            }
+
+            async fn next_due_after_impl(&self, now: i64) -> Result<Option<i64>, StoreError> {
+                let (next,): (Option<i64>,) = sqlx::query_as(
+                    "select min(next_attempt_at) from deliveries where status = 'pending' and next_attempt_at > $1",
+                )
+                .bind(now)
+                .fetch_one(self.reader())
+                .await
+                .map_err(map_err)?;
+                Ok(next)
+            }
+        }
+    };
+}

@@ -1,0 +1,16 @@
+//! Herald's integration suite: one binary, one module per concern, each test against a real app
+//! (or store) on SQLite, or on PostgreSQL when `HERALD_TEST_POSTGRES_URL` is set.
+
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod cli;
+mod endpoints;
+mod errors;
+mod event_types;
+mod helpers;
+mod ops;
+mod pagination;
+mod storage;
+mod tenants;
+mod tokens;

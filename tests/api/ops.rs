@@ -1,0 +1,104 @@
+//! Operational routes: liveness, readiness, the OpenAPI document, and errors for unknown routes.
+
+use reqwest::Method;
+
+use std::time::Duration;
+
+use crate::helpers::{eventually, spawn_app};
+
+#[tokio::test]
+async fn health_check_answers_200_without_a_token() {
+    let app = spawn_app().await;
+    let response = app.request(Method::GET, "/healthz", None, None).await;
+    response.expect(200);
+}
+
+#[tokio::test]
+async fn readiness_check_answers_200_when_the_database_is_reachable() {
+    let app = spawn_app().await;
+    let response = app.request(Method::GET, "/readyz", None, None).await;
+    response.expect(200);
+}
+
+#[tokio::test]
+async fn openapi_document_describes_every_management_route() {
+    let app = spawn_app().await;
+    let response = app.request(Method::GET, "/openapi.json", None, None).await;
+    response.expect(200);
+    assert!(response.content_type().starts_with("application/json"), "{}", response.content_type());
+    let doc = &response.body;
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')),
+        "openapi version: {}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().expect("paths object");
+    let expected: &[(&str, &[&str])] = &[
+        ("/v1/event-types", &["get", "post"]),
+        ("/v1/event-types/{name}", &["get", "patch", "delete"]),
+        ("/v1/tenants", &["get", "post"]),
+        ("/v1/tenants/{tenant}", &["get", "patch", "delete"]),
+        ("/v1/tenants/{tenant}/tokens", &["post"]),
+        ("/v1/tokens", &["get"]),
+        ("/v1/tokens/{id}", &["delete"]),
+        ("/v1/tenants/{tenant}/endpoints", &["get", "post"]),
+        ("/v1/tenants/{tenant}/endpoints/{ep}", &["get", "patch", "delete"]),
+        ("/v1/tenants/{tenant}/endpoints/{ep}/secret", &["get"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+    ];
+    let mut missing = Vec::new();
+    for (path, methods) in expected {
+        match paths.get(*path) {
+            None => missing.push(format!("{path} (whole path)")),
+            Some(item) => {
+                for method in *methods {
+                    if item.get(*method).is_none() {
+                        missing.push(format!("{} {path}", method.to_uppercase()));
+                    }
+                }
+            }
+        }
+    }
+    let listed: Vec<&String> = paths.keys().collect();
+    assert!(missing.is_empty(), "missing from /openapi.json: {missing:?}; listed: {listed:?}");
+}
+
+#[tokio::test]
+async fn an_unknown_route_answers_404_as_a_problem() {
+    let app = spawn_app().await;
+    let response = app.get("/v1/no-such-thing", &app.admin_token).await;
+    response.expect_problem(404);
+}
+
+#[tokio::test]
+async fn a_wrong_method_on_a_known_route_is_refused_as_a_problem() {
+    let app = spawn_app().await;
+    let response = app.request(Method::PUT, "/v1/tenants", Some(&app.admin_token), None).await;
+    response.expect_problem(405);
+}
+
+#[tokio::test]
+async fn when_the_database_is_gone_readiness_fails_and_errors_reveal_no_internals() {
+    let app = spawn_app().await;
+    app.create_tenant().await;
+    if !app.db.break_postgres().await {
+        eprintln!("skipped: needs PostgreSQL ({} is unset)", crate::helpers::POSTGRES_ENV);
+        return;
+    }
+    let ready = eventually(Duration::from_secs(20), "/readyz to fail", || async {
+        let response = app.request(Method::GET, "/readyz", None, None).await;
+        (response.status.as_u16() == 503).then_some(response)
+    })
+    .await;
+    assert!(!ready.text.contains("herald_test_"), "{}", ready.text);
+    let response = app.admin_get("/v1/tenants").await;
+    assert!(response.status.is_server_error(), "{}", response.text);
+    response.expect_problem(response.status.as_u16());
+    let lower = response.text.to_lowercase();
+    for internal in
+        ["herald_test_", "sqlx", "postgres", "database \"", "error returned from", "pool", "connection"]
+    {
+        assert!(!lower.contains(internal), "a 5xx leaks `{internal}`: {}", response.text);
+    }
+}
