@@ -40,7 +40,8 @@ impl App {
         } else {
             None
         };
-        let state = AppState { store, config: Arc::new(config), admin_hash, wakeup };
+        let metrics = crate::metrics::install()?;
+        let state = AppState { store, config: Arc::new(config), admin_hash, wakeup, metrics };
         Ok(App { listener, state, bootstrap_token, dispatcher })
     }
 

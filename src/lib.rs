@@ -8,6 +8,8 @@
 //! - [`app`] — wiring; `App::build` and `App::run`.
 //! - [`domain`] — pure types and rules (ids, names, URLs, secrets, tokens).
 //! - [`http`] — the REST API, one router per resource, problem+json errors, OpenAPI.
+//! - [`metrics`] — Prometheus metric names and the recorder.
+//! - [`dispatch`] — the dispatcher: claim, send, record.
 //! - [`storage`] — the `Store` trait with SQLite and PostgreSQL backends.
 //! - [`telemetry`] — logging.
 
@@ -16,5 +18,6 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod storage;
 pub mod telemetry;

@@ -57,6 +57,8 @@ create table endpoints (
     -- health
     last_success_at bigint,
     failing_since bigint,
+    last_error text,
+    last_error_at bigint,
     created_at bigint not null,
     updated_at bigint not null,
     deleted_at bigint
@@ -140,6 +142,23 @@ create table idempotency_keys (
     primary key (scope, key)
 );
 create index idempotency_keys_created on idempotency_keys (created_at);
+
+-- per-endpoint rollup of attempts, maintained as attempts are recorded: minute buckets ('m')
+-- answer the 1h window, hour buckets ('h') the 24h and 7d windows
+create table endpoint_stats (
+    endpoint_id text not null,
+    tenant_id text not null,
+    period text not null check (period in ('m', 'h')),
+    bucket_start bigint not null,
+    attempts bigint not null default 0,
+    successes bigint not null default 0,
+    failures bigint not null default 0,
+    -- exact latency histogram: {"<milliseconds>": count}
+    latency_counts text not null default '{}',
+    primary key (endpoint_id, period, bucket_start)
+);
+create index endpoint_stats_period on endpoint_stats (period, bucket_start);
+create index endpoint_stats_tenant on endpoint_stats (tenant_id, period, bucket_start);
 
 -- guards for maintenance jobs that every replica may run at once
 create table job_locks (

@@ -84,7 +84,9 @@ impl Dispatcher {
         let recorder = receiver
             .map(|receiver| tokio::spawn(record_loop(self.store.clone(), self.wakeup.clone(), receiver)));
         let mut last_reap = tokio::time::Instant::now() - self.lease;
+        metrics::gauge!(crate::metrics::DISPATCHER_UP).set(1.0);
         while !shutdown.is_cancelled() {
+            metrics::gauge!(crate::metrics::DISPATCHER_LAST_CLAIM).set(chrono::Utc::now().timestamp() as f64);
             if last_reap.elapsed() >= self.lease / 4 {
                 last_reap = tokio::time::Instant::now();
                 match self.store.reap_expired_leases(self.max_run_attempts()).await {
@@ -106,6 +108,7 @@ impl Dispatcher {
             }
         }
         self.drain().await;
+        metrics::gauge!(crate::metrics::DISPATCHER_UP).set(0.0);
         drop(self.results);
         if let Some(recorder) = recorder {
             let _ = recorder.await;
@@ -173,6 +176,24 @@ impl Dispatcher {
         {
             outcome = Outcome::GiveUp { disable_endpoint: false };
         }
+        let label = match sent.result.error {
+            None => "success",
+            Some(kind) => kind.outcome_label(),
+        };
+        metrics::counter!(crate::metrics::ATTEMPTS, "outcome" => label).increment(1);
+        metrics::histogram!(crate::metrics::ATTEMPT_DURATION).record(sent.duration.as_secs_f64());
+        match &outcome {
+            Outcome::Delivered => {
+                metrics::counter!(crate::metrics::DELIVERIES_COMPLETED, "result" => "delivered").increment(1)
+            }
+            Outcome::GiveUp { disable_endpoint } => {
+                metrics::counter!(crate::metrics::DELIVERIES_COMPLETED, "result" => "failed").increment(1);
+                if *disable_endpoint {
+                    metrics::counter!(crate::metrics::ENDPOINTS_DISABLED_TOTAL).increment(1);
+                }
+            }
+            Outcome::Retry { .. } => {}
+        }
         tracing::debug!(
             delivery.id = %claim.delivery_id,
             endpoint.id = %claim.endpoint_id,
@@ -201,6 +222,7 @@ impl Dispatcher {
             delivery_id: claim.delivery_id.clone(),
             attempt_id: claim.attempt_id.clone(),
             endpoint_id: claim.endpoint_id.clone(),
+            tenant_id: claim.tenant_id.clone(),
             lease_token: claim.lease_token.clone(),
             finished_at: now_micros(),
             duration_ms: sent.duration.as_millis() as i64,
@@ -240,6 +262,7 @@ impl Dispatcher {
                 delivery_id: claim.delivery_id.clone(),
                 attempt_id: claim.attempt_id.clone(),
                 endpoint_id: claim.endpoint_id.clone(),
+                tenant_id: claim.tenant_id.clone(),
                 lease_token: claim.lease_token.clone(),
                 finished_at: now_micros(),
                 duration_ms: 0,
@@ -270,6 +293,7 @@ async fn record_loop(
             match store.record_attempts(&batch).await {
                 Ok(stale) => {
                     if stale > 0 {
+                        metrics::counter!(crate::metrics::STALE_RESULTS).increment(stale);
                         tracing::warn!(count = stale, "dropped results whose lease was taken over");
                     }
                     break;

@@ -8,6 +8,7 @@ pub mod id;
 pub mod net;
 pub mod retry;
 pub mod signing;
+pub mod stats;
 pub mod tenant;
 pub mod time;
 pub mod token;

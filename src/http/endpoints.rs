@@ -348,6 +348,7 @@ pub async fn update_endpoint(
             endpoint.disabled_at = None;
         }
         Some(false) if endpoint.enabled => {
+            metrics::counter!(crate::metrics::ENDPOINTS_DISABLED_TOTAL).increment(1);
             endpoint.enabled = false;
             endpoint.disabled_reason =
                 Some(patch.disabled_reason.unwrap_or_else(|| "disabled by request".to_owned()));
@@ -523,6 +524,7 @@ async fn set_enabled(
         invalid.into_result().map_err(ApiError::Invalid)?;
         if endpoint.enabled {
             endpoint.disabled_at = Some(now);
+            metrics::counter!(crate::metrics::ENDPOINTS_DISABLED_TOTAL).increment(1);
         }
         endpoint.enabled = false;
         endpoint.disabled_reason = Some(reason.unwrap_or_else(|| "disabled by request".to_owned()));

@@ -274,6 +274,11 @@ async fn prepare(
     })
 }
 
+fn count_ingested(event_type: &str, deliveries: i32) {
+    metrics::counter!(crate::metrics::EVENTS_INGESTED, "event_type" => event_type.to_owned()).increment(1);
+    metrics::counter!(crate::metrics::DELIVERIES_CREATED).increment(deliveries as u64);
+}
+
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     match headers.get("idempotency-key") {
         None => Ok(None),
@@ -326,6 +331,7 @@ pub async fn create_event(
     let outcome = state.store.ingest(std::slice::from_ref(&event), idempotency_since(&state)).await?;
     match outcome.into_iter().next() {
         Some(IngestOutcome::Created { deliveries }) => {
+            count_ingested(&event.event_type, deliveries);
             if deliveries > 0 {
                 state.wakeup.notify_one();
             }
@@ -394,6 +400,7 @@ pub async fn create_events_batch(
         let item = &mut results[*index];
         match outcome {
             IngestOutcome::Created { deliveries } => {
+                count_ingested(&event.event_type, deliveries);
                 woke |= deliveries > 0;
                 item.id = Some(event.id.clone());
                 item.deliveries = Some(deliveries);

@@ -178,6 +178,7 @@ impl FromRequestParts<AppState> for Auth {
             None => {
                 let route = parts.uri.path().to_owned();
                 tracing::info!(route, token.prefix = shown_prefix(presented), "authentication failed");
+                metrics::counter!(crate::metrics::AUTH_FAILURES).increment(1);
                 Err(ApiError::Unauthorized)
             }
         }

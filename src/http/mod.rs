@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, the shared state, and the OpenAPI document built from
 //! the handlers' annotations.
 
+pub mod dashboard;
 pub mod deliveries;
 pub mod endpoints;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod events;
 pub mod extract;
 pub mod idempotency;
 pub mod ops;
+pub mod stats;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub admin_hash: Option<String>,
     /// Wakes the local dispatcher when deliveries are committed.
     pub wakeup: Arc<tokio::sync::Notify>,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 /// Builds the whole router.
@@ -51,10 +55,13 @@ pub fn router(state: AppState) -> Router {
             .merge(tenants::router())
             .merge(endpoints::router())
             .merge(events::router(&state))
-            .merge(deliveries::router());
+            .merge(deliveries::router())
+            .merge(stats::router())
+            .merge(dashboard::router());
     }
     router
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency))
+        .layer(axum::middleware::from_fn(track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -63,6 +70,23 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
         }))
         .with_state(state)
+}
+
+/// Counts requests and their latency by route template, method and status class.
+async fn track(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let class = format!("{}xx", response.status().as_u16() / 100);
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status_class" => class)
+        .increment(1);
+    metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn not_found() -> impl IntoResponse {
@@ -142,6 +166,12 @@ impl Modify for BearerAuth {
         ops::healthz,
         ops::readyz,
         ops::openapi,
+        ops::metrics,
+        stats::get_endpoint_stats,
+        stats::list_tenant_endpoint_stats,
+        stats::list_endpoint_stats,
+        stats::whoami,
+        dashboard::dashboard,
     )
 )]
 pub struct ApiDoc;

@@ -16,6 +16,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
 }
 
 /// Health answer.
@@ -43,6 +44,14 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthOut>, Ap
         }
         Err(_) => Err(ApiError::Unavailable),
     }
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    crate::metrics::refresh_store_gauges(state.store.as_ref()).await;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 
 /// This API's OpenAPI document.

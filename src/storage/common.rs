@@ -725,6 +725,23 @@ macro_rules! store_common {
                 self.record_attempts_impl(records).await
             }
 
+            async fn endpoint_window(&self, endpoint_id: &str, period: &str, since: i64) -> Result<WindowTotals, StoreError> {
+                self.endpoint_window_impl(endpoint_id, period, since).await
+            }
+
+            async fn endpoints_overview(
+                &self,
+                tenant_id: Option<&str>,
+                period: &str,
+                since: i64,
+            ) -> Result<Vec<EndpointHealth>, StoreError> {
+                self.endpoints_overview_impl(tenant_id, period, since).await
+            }
+
+            async fn delivery_gauges(&self) -> Result<DeliveryGauges, StoreError> {
+                self.delivery_gauges_impl().await
+            }
+
             async fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError> {
                 self.next_due_after_impl(now).await
             }

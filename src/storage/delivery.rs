@@ -159,6 +159,19 @@ pub(crate) struct ClaimRow {
     pub(crate) payload: Option<String>,
 }
 
+/// An endpoint's health columns.
+#[derive(sqlx::FromRow)]
+pub(crate) struct HealthRow {
+    pub(crate) id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) url: String,
+    pub(crate) enabled: bool,
+    pub(crate) disabled_reason: Option<String>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_error_at: Option<i64>,
+    pub(crate) last_success_at: Option<i64>,
+}
+
 /// A delivery whose lease lapsed.
 #[derive(sqlx::FromRow)]
 pub(crate) struct ExpiredRow {
@@ -181,7 +194,7 @@ pub(crate) struct ReplayRow {
 /// Expands to inherent `*_impl` methods on `$store`. `$lock` is appended to the claim and reap
 /// selects (row locks on PostgreSQL, empty on SQLite); `$lock_e` locks candidate endpoints.
 macro_rules! delivery_common {
-    ($store:ty, $db:ty, lock_d = $lock:literal, lock_e = $lock_e:literal) => {
+    ($store:ty, $db:ty, lock_d = $lock:literal, lock_e = $lock_e:literal, lock_row = $lock_row:literal) => {
         impl $store {
             /// Fails an endpoint's pending deliveries that are not in flight.
             async fn fail_pending(
@@ -855,7 +868,16 @@ macro_rules! delivery_common {
                 let mut tx = self.writer().begin().await.map_err(map_err)?;
                 let now = Self::db_now(&mut tx).await?;
                 let mut stale = 0;
-                for record in records {
+                // (endpoint, tenant, period, bucket) → (attempts, successes, failures, latency histogram)
+                let mut rollup: std::collections::BTreeMap<
+                    (String, String, &'static str, i64),
+                    (i64, i64, i64, std::collections::BTreeMap<i64, i64>),
+                > = Default::default();
+                // One lock order for every writer (endpoint, then delivery) keeps concurrent
+                // recorders on PostgreSQL free of deadlocks.
+                let mut ordered: Vec<&AttemptRecord> = records.iter().collect();
+                ordered.sort_by(|a, b| (&a.endpoint_id, &a.delivery_id).cmp(&(&b.endpoint_id, &b.delivery_id)));
+                for record in ordered {
                     let (status, next_attempt_at, completed_at) = match record.next {
                         NextState::Delivered => ("delivered", None, Some(now)),
                         NextState::Retry(delay) => ("pending", Some(now + delay), None),
@@ -885,6 +907,20 @@ macro_rules! delivery_common {
                         stale += 1;
                         continue;
                     }
+                    let success = record.status_code.is_some_and(|s| (200..300).contains(&s));
+                    for (period, size) in [("m", $crate::domain::stats::MINUTE), ("h", $crate::domain::stats::HOUR)] {
+                        let bucket = $crate::domain::stats::floor(record.finished_at, size);
+                        let entry = rollup
+                            .entry((record.endpoint_id.clone(), record.tenant_id.clone(), period, bucket))
+                            .or_default();
+                        entry.0 += 1;
+                        if success {
+                            entry.1 += 1;
+                        } else {
+                            entry.2 += 1;
+                        }
+                        *entry.3.entry(record.duration_ms.max(0)).or_default() += 1;
+                    }
                     sqlx::query(
                         r#"update attempts
                         set finished_at = $2, duration_ms = $3, status_code = $4, error_kind = $5, error = $6,
@@ -910,10 +946,13 @@ macro_rules! delivery_common {
                             .map_err(map_err)?;
                     } else {
                         sqlx::query(
-                            "update endpoints set failing_since = coalesce(failing_since, $2) where id = $1",
+                            r#"update endpoints
+                            set failing_since = coalesce(failing_since, $2), last_error = $3, last_error_at = $2
+                            where id = $1"#,
                         )
                         .bind(&record.endpoint_id)
                         .bind(now)
+                        .bind(&record.error)
                         .execute(&mut *tx)
                         .await
                         .map_err(map_err)?;
@@ -946,8 +985,174 @@ macro_rules! delivery_common {
                         }
                     }
                 }
+                for ((endpoint_id, tenant_id, period, bucket), (attempts, successes, failures, latency)) in rollup {
+                    sqlx::query(
+                        r#"insert into endpoint_stats (endpoint_id, tenant_id, period, bucket_start)
+                        values ($1, $2, $3, $4)
+                        on conflict do nothing"#,
+                    )
+                    .bind(&endpoint_id)
+                    .bind(&tenant_id)
+                    .bind(period)
+                    .bind(bucket)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    let (stored,): (String,) = sqlx::query_as(concat!(
+                        r#"select latency_counts
+                        from endpoint_stats
+                        where endpoint_id = $1 and period = $2 and bucket_start = $3"#,
+                        $lock_row
+                    ))
+                    .bind(&endpoint_id)
+                    .bind(period)
+                    .bind(bucket)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    let mut merged = latency;
+                    $crate::domain::stats::merge_histogram(&mut merged, &stored);
+                    sqlx::query(
+                        r#"update endpoint_stats
+                        set attempts = attempts + $4, successes = successes + $5, failures = failures + $6,
+                            latency_counts = $7
+                        where endpoint_id = $1 and period = $2 and bucket_start = $3"#,
+                    )
+                    .bind(&endpoint_id)
+                    .bind(period)
+                    .bind(bucket)
+                    .bind(attempts)
+                    .bind(successes)
+                    .bind(failures)
+                    .bind($crate::domain::stats::histogram_json(&merged))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                }
                 tx.commit().await.map_err(map_err)?;
                 Ok(stale)
+            }
+
+            async fn endpoint_window_impl(
+                &self,
+                endpoint_id: &str,
+                period: &str,
+                since: i64,
+            ) -> Result<WindowTotals, StoreError> {
+                let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+                    r#"select attempts, successes, failures, latency_counts
+                    from endpoint_stats
+                    where endpoint_id = $1 and period = $2 and bucket_start >= $3"#,
+                )
+                .bind(endpoint_id)
+                .bind(period)
+                .bind(since)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                let mut totals = WindowTotals::default();
+                for (attempts, successes, failures, latency) in rows {
+                    totals.attempts += attempts;
+                    totals.successes += successes;
+                    totals.failures += failures;
+                    $crate::domain::stats::merge_histogram(&mut totals.latency, &latency);
+                }
+                Ok(totals)
+            }
+
+            async fn endpoints_overview_impl(
+                &self,
+                tenant_id: Option<&str>,
+                period: &str,
+                since: i64,
+            ) -> Result<Vec<EndpointHealth>, StoreError> {
+                let endpoints: Vec<HealthRow> = sqlx::query_as(
+                    r#"select id, tenant_id, url, enabled, disabled_reason, last_error, last_error_at, last_success_at
+                    from endpoints
+                    where deleted_at is null and ($1 is null or tenant_id = $1)"#,
+                )
+                .bind(tenant_id)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                let sums: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+                    r#"select endpoint_id, cast(sum(attempts) as bigint), cast(sum(successes) as bigint),
+                        cast(sum(failures) as bigint)
+                    from endpoint_stats
+                    where period = $1 and bucket_start >= $2 and ($3 is null or tenant_id = $3)
+                    group by endpoint_id"#,
+                )
+                .bind(period)
+                .bind(since)
+                .bind(tenant_id)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                let backlog: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+                    r#"select endpoint_id, count(*), min(created_at)
+                    from deliveries
+                    where status = 'pending' and ($1 is null or tenant_id = $1)
+                    group by endpoint_id"#,
+                )
+                .bind(tenant_id)
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                let sums: std::collections::HashMap<String, (i64, i64, i64)> =
+                    sums.into_iter().map(|(id, a, s, f)| (id, (a, s, f))).collect();
+                let backlog: std::collections::HashMap<String, (i64, Option<i64>)> =
+                    backlog.into_iter().map(|(id, n, oldest)| (id, (n, oldest))).collect();
+                Ok(endpoints
+                    .into_iter()
+                    .map(|row| {
+                        let (attempts, successes, failures) = sums.get(&row.id).copied().unwrap_or_default();
+                        let (pending, oldest_pending_at) = backlog.get(&row.id).copied().unwrap_or_default();
+                        EndpointHealth {
+                            totals: WindowTotals { attempts, successes, failures, latency: Default::default() },
+                            pending,
+                            oldest_pending_at,
+                            endpoint_id: row.id,
+                            tenant_id: row.tenant_id,
+                            url: row.url,
+                            enabled: row.enabled,
+                            disabled_reason: row.disabled_reason,
+                            last_error: row.last_error,
+                            last_error_at: row.last_error_at,
+                            last_success_at: row.last_success_at,
+                        }
+                    })
+                    .collect())
+            }
+
+            async fn delivery_gauges_impl(&self) -> Result<DeliveryGauges, StoreError> {
+                let now = $crate::domain::time::now_micros();
+                let (pending,): (i64,) =
+                    sqlx::query_as("select count(*) from deliveries where status = 'pending'")
+                        .fetch_one(self.reader())
+                        .await
+                        .map_err(map_err)?;
+                let (oldest,): (Option<i64>,) = sqlx::query_as(
+                    r#"select min(next_attempt_at)
+                    from deliveries
+                    where status = 'pending'
+                      and next_attempt_at <= $1
+                      and (lease_until is null or lease_until < $1)"#,
+                )
+                .bind(now)
+                .fetch_one(self.reader())
+                .await
+                .map_err(map_err)?;
+                let (disabled,): (i64,) = sqlx::query_as(
+                    "select count(*) from endpoints where not enabled and deleted_at is null",
+                )
+                .fetch_one(self.reader())
+                .await
+                .map_err(map_err)?;
+                Ok(DeliveryGauges {
+                    pending,
+                    lag_seconds: oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1e6),
+                    endpoints_disabled: disabled,
+                })
             }
 
             async fn next_due_after_impl(&self, now: i64) -> Result<Option<i64>, StoreError> {

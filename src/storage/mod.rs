@@ -198,6 +198,25 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a key whose request failed, so it can be tried again.
     async fn abandon_idempotent(&self, scope: &str, key: &str) -> Result<(), StoreError>;
 
+    /// Rollup rows of one endpoint (`period` `m` or `h`, buckets from `since`), summed, with the
+    /// merged latency histogram.
+    async fn endpoint_window(
+        &self,
+        endpoint_id: &str,
+        period: &str,
+        since: i64,
+    ) -> Result<WindowTotals, StoreError>;
+    /// Every live endpoint (of one tenant, or all) with its window totals and backlog; no
+    /// latency histograms.
+    async fn endpoints_overview(
+        &self,
+        tenant_id: Option<&str>,
+        period: &str,
+        since: i64,
+    ) -> Result<Vec<EndpointHealth>, StoreError>;
+    /// Backlog figures for the metrics gauges.
+    async fn delivery_gauges(&self) -> Result<DeliveryGauges, StoreError>;
+
     /// When the earliest pending delivery due after `now` falls due (Unix µs), if any.
     async fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError>;
 }
@@ -220,6 +239,57 @@ pub struct NewEvent {
     /// Deliver to this endpoint alone, bypassing its enabled flag and FIFO lane, one attempt
     /// (`webhook.test`).
     pub only_endpoint: Option<String>,
+}
+
+/// Summed rollup rows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WindowTotals {
+    /// Attempts finished in the window.
+    pub attempts: i64,
+    /// 2xx answers.
+    pub successes: i64,
+    /// Everything else.
+    pub failures: i64,
+    /// Whole milliseconds → attempts.
+    pub latency: std::collections::BTreeMap<i64, i64>,
+}
+
+/// One endpoint as the on-call view shows it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EndpointHealth {
+    /// `ep_…`
+    pub endpoint_id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Target URL.
+    pub url: String,
+    /// Enabled flag.
+    pub enabled: bool,
+    /// Why disabled.
+    pub disabled_reason: Option<String>,
+    /// Last failure in words.
+    pub last_error: Option<String>,
+    /// When it happened (Unix µs).
+    pub last_error_at: Option<i64>,
+    /// Last 2xx (Unix µs).
+    pub last_success_at: Option<i64>,
+    /// Window totals (no histogram).
+    pub totals: WindowTotals,
+    /// Pending deliveries, in flight included.
+    pub pending: i64,
+    /// Creation time of the oldest pending delivery (Unix µs).
+    pub oldest_pending_at: Option<i64>,
+}
+
+/// Backlog figures, read from the store so every replica reports the same.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeliveryGauges {
+    /// Pending deliveries, in flight included.
+    pub pending: i64,
+    /// Age of the oldest due, unclaimed delivery, in seconds (0 when none).
+    pub lag_seconds: f64,
+    /// Endpoints disabled now.
+    pub endpoints_disabled: i64,
 }
 
 /// What an idempotency key says about a request.
@@ -354,6 +424,8 @@ pub struct AttemptRecord {
     pub attempt_id: String,
     /// The endpoint.
     pub endpoint_id: String,
+    /// The endpoint's tenant.
+    pub tenant_id: String,
     /// The claim's lease token.
     pub lease_token: String,
     /// Unix µs.

@@ -9,8 +9,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use super::common::*;
 use super::delivery::*;
 use super::{
-    AttemptRecord, Backend, Claimed, DeliveryFilter, EventFilter, IdempotencyState, IngestOutcome, NewEvent,
-    NextState, PageQuery, RetryError, StoreError, map_err,
+    AttemptRecord, Backend, Claimed, DeliveryFilter, DeliveryGauges, EndpointHealth, EventFilter,
+    IdempotencyState, IngestOutcome, NewEvent, NextState, PageQuery, RetryError, StoreError, WindowTotals,
+    map_err,
 };
 use crate::config::{Durability, StoreConfig};
 use crate::domain::delivery::{Attempt, Delivery, Event};
@@ -71,7 +72,8 @@ delivery_common!(
     PgStore,
     sqlx::Postgres,
     lock_d = " for update of d skip locked",
-    lock_e = " for update of e skip locked"
+    lock_e = " for update of e skip locked",
+    lock_row = " for update"
 );
 
 store_common!(PgStore, {

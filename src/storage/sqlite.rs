@@ -12,8 +12,9 @@ use sqlx::sqlite::{
 use super::common::*;
 use super::delivery::*;
 use super::{
-    AttemptRecord, Backend, Claimed, DeliveryFilter, EventFilter, IdempotencyState, IngestOutcome, NewEvent,
-    NextState, PageQuery, RetryError, StoreError, map_err,
+    AttemptRecord, Backend, Claimed, DeliveryFilter, DeliveryGauges, EndpointHealth, EventFilter,
+    IdempotencyState, IngestOutcome, NewEvent, NextState, PageQuery, RetryError, StoreError, WindowTotals,
+    map_err,
 };
 use crate::config::{Durability, StoreConfig};
 use crate::domain::delivery::{Attempt, Delivery, Event};
@@ -72,7 +73,7 @@ impl SqliteStore {
     }
 }
 
-delivery_common!(SqliteStore, sqlx::Sqlite, lock_d = "", lock_e = "");
+delivery_common!(SqliteStore, sqlx::Sqlite, lock_d = "", lock_e = "", lock_row = "");
 
 store_common!(SqliteStore, {
     fn backend(&self) -> Backend {

@@ -567,3 +567,20 @@ impl TestApp {
         .await
     }
 }
+
+impl TestApp {
+    /// `POST` a JSON body with extra request headers.
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> ApiResponse {
+        let mut request = self.client.post(self.url(path)).bearer_auth(token).json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        send(request).await
+    }
+}

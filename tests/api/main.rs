@@ -5,12 +5,19 @@
 
 mod auth;
 mod cli;
+mod crash;
+mod delivery;
 mod endpoints;
 mod errors;
 mod event_types;
 mod helpers;
+mod ingest;
+mod interop;
+mod observability;
 mod ops;
 mod pagination;
+mod receiver;
+mod replay;
 mod storage;
 mod tenants;
 mod tokens;

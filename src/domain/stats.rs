@@ -1,0 +1,135 @@
+//! Stats windows, buckets and percentiles. Latencies are kept as exact histograms of whole
+//! milliseconds, so percentiles from the rollup equal those computed from the attempts.
+
+use std::collections::BTreeMap;
+
+/// Microseconds in a minute.
+pub const MINUTE: i64 = 60 * 1_000_000;
+/// Microseconds in an hour.
+pub const HOUR: i64 = 60 * MINUTE;
+
+/// A stats window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    /// The last hour, in minute buckets.
+    Hour,
+    /// The last 24 hours, in hour buckets.
+    Day,
+    /// The last 7 days, in hour buckets.
+    Week,
+}
+
+impl Window {
+    /// Parses `1h`, `24h` or `7d`.
+    pub fn parse(text: &str) -> Option<Window> {
+        match text {
+            "1h" => Some(Window::Hour),
+            "24h" | "1d" => Some(Window::Day),
+            "7d" => Some(Window::Week),
+            _ => None,
+        }
+    }
+
+    /// The canonical name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Hour => "1h",
+            Window::Day => "24h",
+            Window::Week => "7d",
+        }
+    }
+
+    /// The rollup period that answers this window (`m` or `h`).
+    pub fn period(self) -> &'static str {
+        match self {
+            Window::Hour => "m",
+            Window::Day | Window::Week => "h",
+        }
+    }
+
+    /// The first bucket inside the window ending at `now`.
+    pub fn since(self, now: i64) -> i64 {
+        match self {
+            Window::Hour => floor(now - HOUR + MINUTE, MINUTE),
+            Window::Day => floor(now - 24 * HOUR + HOUR, HOUR),
+            Window::Week => floor(now - 7 * 24 * HOUR + HOUR, HOUR),
+        }
+    }
+}
+
+/// The start of the bucket of length `size` holding `at`.
+pub fn floor(at: i64, size: i64) -> i64 {
+    at - at.rem_euclid(size)
+}
+
+/// Nearest-rank percentile: the smallest recorded value with at least `p` % of the samples at or
+/// below it. `None` without samples.
+pub fn percentile(histogram: &BTreeMap<i64, i64>, p: f64) -> Option<i64> {
+    let total: i64 = histogram.values().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((p / 100.0) * total as f64).ceil().max(1.0) as i64;
+    let mut seen = 0;
+    for (value, count) in histogram {
+        seen += count;
+        if seen >= rank {
+            return Some(*value);
+        }
+    }
+    histogram.keys().next_back().copied()
+}
+
+/// Adds a stored histogram (`{"ms": count}`) into `into`.
+pub fn merge_histogram(into: &mut BTreeMap<i64, i64>, stored: &str) {
+    if let Ok(map) = serde_json::from_str::<BTreeMap<String, i64>>(stored) {
+        for (ms, count) in map {
+            if let Ok(ms) = ms.parse::<i64>() {
+                *into.entry(ms).or_default() += count;
+            }
+        }
+    }
+}
+
+/// Serialises a histogram for storage.
+pub fn histogram_json(histogram: &BTreeMap<i64, i64>) -> String {
+    let map: BTreeMap<String, i64> = histogram.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut h = BTreeMap::new();
+        for ms in 1..=100 {
+            h.insert(ms, 1);
+        }
+        assert_eq!(percentile(&h, 50.0), Some(50));
+        assert_eq!(percentile(&h, 95.0), Some(95));
+        assert_eq!(percentile(&h, 99.0), Some(99));
+        let skewed = BTreeMap::from([(5, 9), (1000, 1)]);
+        assert_eq!(percentile(&skewed, 50.0), Some(5));
+        assert_eq!(percentile(&skewed, 95.0), Some(1000));
+        assert_eq!(percentile(&BTreeMap::new(), 50.0), None);
+    }
+
+    #[test]
+    fn histograms_round_trip_and_merge() {
+        let h = BTreeMap::from([(3, 2), (10, 1)]);
+        let mut merged = BTreeMap::from([(3, 1)]);
+        merge_histogram(&mut merged, &histogram_json(&h));
+        assert_eq!(merged, BTreeMap::from([(3, 3), (10, 1)]));
+    }
+
+    #[test]
+    fn windows_parse_and_align() {
+        assert_eq!(Window::parse("24h"), Some(Window::Day));
+        assert_eq!(Window::parse("2h"), None);
+        let now = 10 * HOUR + 30 * MINUTE + 5;
+        assert_eq!(Window::Hour.since(now), 9 * HOUR + 31 * MINUTE);
+        assert_eq!(Window::Day.since(now), -13 * HOUR);
+    }
+}

@@ -1,0 +1,33 @@
+//! `/dashboard`: the on-call page and the customer portal, one self-contained HTML file served by
+//! the binary (no external assets). It signs in with a token kept in `sessionStorage` and calls
+//! the JSON API like any client.
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::AppState;
+
+const PAGE: &str = include_str!("dashboard.html");
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/dashboard", get(dashboard))
+}
+
+/// The dashboard page.
+#[utoipa::path(get, path = "/dashboard", tag = "ops", responses((status = 200, description = "HTML page", content_type = "text/html")))]
+pub async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        PAGE,
+    )
+}

@@ -1,0 +1,288 @@
+//! Failure rates for on-call: one endpoint's stats, a tenant's endpoints ranked, and the admin's
+//! cross-tenant view, all from the rollup maintained as attempts are recorded; and `GET /v1/me`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiQuery, Auth};
+use crate::domain::stats::{Window, percentile};
+use crate::domain::time::{format_micros, now_micros};
+use crate::domain::token::Scope;
+use crate::storage::{EndpointHealth, StoreError};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants/{tenant}/endpoints/{ep}/stats", get(get_endpoint_stats))
+        .route("/v1/tenants/{tenant}/stats/endpoints", get(list_tenant_endpoint_stats))
+        .route("/v1/stats/endpoints", get(list_endpoint_stats))
+        .route("/v1/me", get(whoami))
+}
+
+/// Attempt latency percentiles, milliseconds (nearest rank; `null` without attempts).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Latency {
+    /// Median.
+    pub p50: Option<i64>,
+    /// 95th percentile.
+    pub p95: Option<i64>,
+    /// 99th percentile.
+    pub p99: Option<i64>,
+}
+
+/// One endpoint's delivery health over a window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsOut {
+    /// `ep_…`
+    pub endpoint_id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Target URL.
+    pub url: String,
+    /// `1h`, `24h` or `7d`.
+    pub window: String,
+    /// Attempts finished in the window.
+    pub attempts: i64,
+    /// 2xx answers.
+    pub successes: i64,
+    /// Every other outcome.
+    pub failures: i64,
+    /// `failures / attempts` (0 without attempts).
+    pub failure_rate: f64,
+    /// Latency percentiles (omitted in ranked lists' `latency_ms` only when no attempts).
+    pub latency_ms: Latency,
+    /// Pending deliveries, in flight included.
+    pub pending: i64,
+    /// Age of the oldest pending delivery, seconds.
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// The last failure in words.
+    pub last_error: Option<String>,
+    /// When it happened.
+    pub last_error_at: Option<String>,
+    /// The last 2xx.
+    pub last_success_at: Option<String>,
+    /// Whether deliveries are attempted.
+    pub enabled: bool,
+    /// Why it is disabled.
+    pub disabled_reason: Option<String>,
+}
+
+/// Backlog across the listed scope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Totals {
+    /// Endpoints considered.
+    pub endpoints: usize,
+    /// Disabled endpoints among them.
+    pub disabled: usize,
+    /// Attempts in the window.
+    pub attempts: i64,
+    /// Failed attempts in the window.
+    pub failures: i64,
+    /// Pending deliveries.
+    pub pending: i64,
+    /// Age of the oldest pending delivery, seconds.
+    pub oldest_pending_age_seconds: Option<f64>,
+}
+
+/// Endpoints ranked for on-call.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsList {
+    /// The window.
+    pub window: String,
+    /// The ranking: `failure_rate`, `failures` or `lag`.
+    pub sort: String,
+    /// Backlog and totals over every endpoint in scope.
+    pub totals: Totals,
+    /// The worst endpoints first.
+    pub data: Vec<StatsOut>,
+}
+
+/// `?window=`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WindowQuery {
+    /// `1h` (default), `24h` or `7d`.
+    pub window: Option<String>,
+}
+
+/// `?window=&sort=&limit=`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RankQuery {
+    /// `1h` (default), `24h` or `7d`.
+    pub window: Option<String>,
+    /// `failure_rate` (default), `failures` or `lag`.
+    pub sort: Option<String>,
+    /// Endpoints to return, 1–100 (default 20).
+    #[param(value_type = Option<i64>)]
+    pub limit: Option<String>,
+}
+
+fn parse_window(text: Option<&str>) -> Result<Window, ApiError> {
+    Window::parse(text.unwrap_or("1h"))
+        .ok_or_else(|| ApiError::invalid("window", "must be `1h`, `24h` or `7d`"))
+}
+
+fn age(now: i64, at: Option<i64>) -> Option<f64> {
+    at.map(|at| ((now - at).max(0) as f64 / 1e6 * 1000.0).round() / 1000.0)
+}
+
+fn stats_out(health: EndpointHealth, window: Window, now: i64) -> StatsOut {
+    let totals = &health.totals;
+    let failure_rate =
+        if totals.attempts == 0 { 0.0 } else { totals.failures as f64 / totals.attempts as f64 };
+    StatsOut {
+        latency_ms: Latency {
+            p50: percentile(&totals.latency, 50.0),
+            p95: percentile(&totals.latency, 95.0),
+            p99: percentile(&totals.latency, 99.0),
+        },
+        window: window.as_str().to_owned(),
+        attempts: totals.attempts,
+        successes: totals.successes,
+        failures: totals.failures,
+        failure_rate,
+        pending: health.pending,
+        oldest_pending_age_seconds: age(now, health.oldest_pending_at),
+        last_error: health.last_error,
+        last_error_at: health.last_error_at.map(format_micros),
+        last_success_at: health.last_success_at.map(format_micros),
+        enabled: health.enabled,
+        disabled_reason: health.disabled_reason,
+        endpoint_id: health.endpoint_id,
+        tenant_id: health.tenant_id,
+        url: health.url,
+    }
+}
+
+/// One endpoint's stats.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}/stats", tag = "stats",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), WindowQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = StatsOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_endpoint_stats(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((tenant, ep)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<WindowQuery>,
+) -> Result<Json<StatsOut>, ApiError> {
+    let tenant = auth.tenant(&state, &tenant).await?;
+    let window = parse_window(query.window.as_deref())?;
+    match state.store.get_endpoint(&tenant.id, &ep).await {
+        Err(StoreError::NotFound) => return Err(ApiError::not_found("endpoint", &ep)),
+        other => other.map(|_| ()).map_err(ApiError::from)?,
+    }
+    let now = now_micros();
+    let since = window.since(now);
+    let mut health = state
+        .store
+        .endpoints_overview(Some(&tenant.id), window.period(), since)
+        .await?
+        .into_iter()
+        .find(|h| h.endpoint_id == ep)
+        .ok_or_else(|| ApiError::not_found("endpoint", &ep))?;
+    health.totals = state.store.endpoint_window(&ep, window.period(), since).await?;
+    Ok(Json(stats_out(health, window, now)))
+}
+
+async fn ranked(state: &AppState, tenant_id: Option<&str>, query: &RankQuery) -> Result<StatsList, ApiError> {
+    let window = parse_window(query.window.as_deref())?;
+    let sort = query.sort.as_deref().unwrap_or("failure_rate");
+    if !matches!(sort, "failure_rate" | "failures" | "lag") {
+        return Err(ApiError::invalid("sort", "must be `failure_rate`, `failures` or `lag`"));
+    }
+    let limit = match &query.limit {
+        None => 20,
+        Some(text) => text
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", "must be between 1 and 100"))?,
+    };
+    let now = now_micros();
+    let since = window.since(now);
+    let mut all = state.store.endpoints_overview(tenant_id, window.period(), since).await?;
+    let totals = Totals {
+        endpoints: all.len(),
+        disabled: all.iter().filter(|h| !h.enabled).count(),
+        attempts: all.iter().map(|h| h.totals.attempts).sum(),
+        failures: all.iter().map(|h| h.totals.failures).sum(),
+        pending: all.iter().map(|h| h.pending).sum(),
+        oldest_pending_age_seconds: age(now, all.iter().filter_map(|h| h.oldest_pending_at).min()),
+    };
+    let rate = |h: &EndpointHealth| {
+        if h.totals.attempts == 0 { 0.0 } else { h.totals.failures as f64 / h.totals.attempts as f64 }
+    };
+    match sort {
+        "failures" => all.sort_by(|a, b| b.totals.failures.cmp(&a.totals.failures)),
+        "lag" => all.sort_by_key(|h| h.oldest_pending_at.unwrap_or(i64::MAX)),
+        _ => all.sort_by(|a, b| rate(b).total_cmp(&rate(a)).then(b.totals.failures.cmp(&a.totals.failures))),
+    }
+    all.truncate(limit);
+    let mut data = Vec::with_capacity(all.len());
+    for mut health in all {
+        health.totals = state.store.endpoint_window(&health.endpoint_id, window.period(), since).await?;
+        data.push(stats_out(health, window, now));
+    }
+    Ok(StatsList { window: window.as_str().to_owned(), sort: sort.to_owned(), totals, data })
+}
+
+/// A tenant's endpoints, the worst first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/stats/endpoints", tag = "stats",
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), RankQuery), security(("bearer" = [])),
+    responses((status = 200, body = StatsList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_tenant_endpoint_stats(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(tenant): Path<String>,
+    ApiQuery(query): ApiQuery<RankQuery>,
+) -> Result<Json<StatsList>, ApiError> {
+    let tenant = auth.tenant(&state, &tenant).await?;
+    Ok(Json(ranked(&state, Some(&tenant.id), &query).await?))
+}
+
+/// Every tenant's endpoints, the worst first (admin).
+#[utoipa::path(get, path = "/v1/stats/endpoints", tag = "stats", params(RankQuery), security(("bearer" = [])),
+    responses((status = 200, body = StatsList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn list_endpoint_stats(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(query): ApiQuery<RankQuery>,
+) -> Result<Json<StatsList>, ApiError> {
+    auth.require_admin()?;
+    Ok(Json(ranked(&state, None, &query).await?))
+}
+
+/// Who the token speaks for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeOut {
+    /// `admin` or `tenant`.
+    pub scope: String,
+    /// The tenant of a tenant token.
+    pub tenant_id: Option<String>,
+    /// Its name.
+    pub tenant_name: Option<String>,
+}
+
+/// Describe the calling token (the dashboard uses it to choose its view).
+#[utoipa::path(get, path = "/v1/me", tag = "tokens", security(("bearer" = [])),
+    responses((status = 200, body = MeOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn whoami(State(state): State<AppState>, auth: Auth) -> Result<Json<MeOut>, ApiError> {
+    match &auth.scope {
+        Scope::Admin => Ok(Json(MeOut { scope: "admin".into(), tenant_id: None, tenant_name: None })),
+        Scope::Tenant(id) => {
+            let tenant = auth.tenant(&state, id).await?;
+            Ok(Json(MeOut {
+                scope: "tenant".into(),
+                tenant_id: Some(tenant.id),
+                tenant_name: Some(tenant.name),
+            }))
+        }
+    }
+}

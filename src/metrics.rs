@@ -1,0 +1,130 @@
+//! Prometheus metrics: the recorder (installed once per process), metric names as constants,
+//! and the store-derived gauges, recomputed at most every few seconds so every replica reports
+//! the same backlog.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::storage::Store;
+
+/// Events accepted, by `event_type`.
+pub const EVENTS_INGESTED: &str = "herald_events_ingested_total";
+/// Delivery rows created at ingest.
+pub const DELIVERIES_CREATED: &str = "herald_deliveries_created_total";
+/// Attempts, by `outcome` (`success`, `http_error`, `timeout`, `connect_error`, `other`).
+pub const ATTEMPTS: &str = "herald_delivery_attempts_total";
+/// Attempt duration histogram, seconds.
+pub const ATTEMPT_DURATION: &str = "herald_delivery_attempt_duration_seconds";
+/// Deliveries that reached a final state, by `result` (`delivered`, `failed`).
+pub const DELIVERIES_COMPLETED: &str = "herald_deliveries_completed_total";
+/// Pending deliveries in the store (in flight included).
+pub const DELIVERIES_PENDING: &str = "herald_deliveries_pending";
+/// Age of the oldest due, unclaimed delivery, seconds.
+pub const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
+/// Endpoints disabled (410, health, by request).
+pub const ENDPOINTS_DISABLED_TOTAL: &str = "herald_endpoints_disabled_total";
+/// Endpoints disabled now, from the store.
+pub const ENDPOINTS_DISABLED: &str = "herald_endpoints_disabled";
+/// 1 while this process's dispatcher runs.
+pub const DISPATCHER_UP: &str = "herald_dispatcher_up";
+/// Unix time of the dispatcher's last loop iteration.
+pub const DISPATCHER_LAST_CLAIM: &str = "herald_dispatcher_last_claim_timestamp_seconds";
+/// Results dropped because their lease had been taken over.
+pub const STALE_RESULTS: &str = "herald_stale_results_total";
+/// HTTP requests, by `route`, `method`, `status_class`.
+pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
+/// HTTP request duration histogram, seconds, by `route`, `method`.
+pub const HTTP_DURATION: &str = "herald_http_request_duration_seconds";
+/// Failed authentications.
+pub const AUTH_FAILURES: &str = "herald_auth_failures_total";
+
+/// Histogram buckets from 5 ms to 10 s.
+const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// How long store-derived gauges are reused.
+const GAUGE_TTL: Duration = Duration::from_secs(2);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static GAUGES_AT: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Installs the process-wide recorder (once; later calls reuse it) and returns its handle.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(ATTEMPT_DURATION.to_owned()), BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), BUCKETS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    match metrics::set_global_recorder(recorder) {
+        Ok(()) => {
+            describe();
+            let _ = HANDLE.set(handle.clone());
+            Ok(handle)
+        }
+        // Another thread installed one first.
+        Err(_) => {
+            HANDLE.get().cloned().ok_or_else(|| anyhow::anyhow!("a metrics recorder is already installed"))
+        }
+    }
+}
+
+fn describe() {
+    metrics::describe_counter!(EVENTS_INGESTED, "Events accepted, by event type.");
+    metrics::describe_counter!(DELIVERIES_CREATED, "Delivery rows created at ingest.");
+    metrics::describe_counter!(ATTEMPTS, "Delivery attempts, by outcome.");
+    metrics::describe_histogram!(ATTEMPT_DURATION, metrics::Unit::Seconds, "Delivery attempt duration.");
+    metrics::describe_counter!(DELIVERIES_COMPLETED, "Deliveries that reached a final state, by result.");
+    metrics::describe_gauge!(DELIVERIES_PENDING, "Pending deliveries in the store, in flight included.");
+    metrics::describe_gauge!(
+        DELIVERY_LAG,
+        metrics::Unit::Seconds,
+        "Age of the oldest due, unclaimed delivery."
+    );
+    metrics::describe_counter!(ENDPOINTS_DISABLED_TOTAL, "Endpoints disabled (410 Gone or by request).");
+    metrics::describe_gauge!(ENDPOINTS_DISABLED, "Endpoints disabled now.");
+    metrics::describe_gauge!(DISPATCHER_UP, "1 while this process's dispatcher runs.");
+    metrics::describe_gauge!(
+        DISPATCHER_LAST_CLAIM,
+        metrics::Unit::Seconds,
+        "Unix time of the last dispatcher loop."
+    );
+    metrics::describe_counter!(STALE_RESULTS, "Attempt results dropped because their lease was taken over.");
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests served, by route template, method and status class."
+    );
+    metrics::describe_histogram!(HTTP_DURATION, metrics::Unit::Seconds, "HTTP request duration.");
+    metrics::describe_counter!(AUTH_FAILURES, "Requests refused for a missing or unknown token.");
+    // Every counter exists from the start, so `rate` and `increase` see its first step.
+    for outcome in ["success", "http_error", "timeout", "connect_error", "other"] {
+        metrics::counter!(ATTEMPTS, "outcome" => outcome).absolute(0);
+    }
+    for result in ["delivered", "failed"] {
+        metrics::counter!(DELIVERIES_COMPLETED, "result" => result).absolute(0);
+    }
+    for counter in [DELIVERIES_CREATED, ENDPOINTS_DISABLED_TOTAL, STALE_RESULTS, AUTH_FAILURES] {
+        metrics::counter!(counter).absolute(0);
+    }
+}
+
+/// Refreshes the store-derived gauges unless they are fresh enough.
+pub async fn refresh_store_gauges(store: &dyn Store) {
+    {
+        let Ok(mut at) = GAUGES_AT.lock() else { return };
+        if at.is_some_and(|t| t.elapsed() < GAUGE_TTL) {
+            return;
+        }
+        *at = Some(Instant::now());
+    }
+    match store.delivery_gauges().await {
+        Ok(gauges) => {
+            metrics::gauge!(DELIVERIES_PENDING).set(gauges.pending as f64);
+            metrics::gauge!(DELIVERY_LAG).set(gauges.lag_seconds);
+            metrics::gauge!(ENDPOINTS_DISABLED).set(gauges.endpoints_disabled as f64);
+        }
+        Err(error) => tracing::warn!(%error, "could not read delivery gauges"),
+    }
+}

@@ -1,0 +1,641 @@
+//! Delivery end to end against a recording receiver: fan-out, the wire format and signatures,
+//! retries and their outcomes, timeouts, Retry-After, FIFO, isolation, caps and rotation.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use standardwebhooks::Webhook;
+
+use crate::helpers::{TestApp, assert_id, assert_time, fast_retries, id_of, ms, spawn_app, spawn_app_with};
+use crate::receiver::{Receiver, Recorded, Reply};
+use herald::config::Config;
+
+/// Generous deadline for things that normally take milliseconds.
+const SOON: Duration = Duration::from_secs(10);
+
+fn secret_of(endpoint: &Value) -> String {
+    endpoint["secret"].as_str().expect("secret on create").to_owned()
+}
+
+fn verify(secret: &str, request: &Recorded) -> Result<(), standardwebhooks::WebhookError> {
+    Webhook::new(secret).expect("a valid secret").verify(&request.body, &request.headers)
+}
+
+fn ids(requests: &[Recorded]) -> Vec<String> {
+    requests.iter().map(|r| r.header("webhook-id").expect("webhook-id").to_owned()).collect()
+}
+
+fn attempts(delivery: &Value) -> &Vec<Value> {
+    delivery["attempts"].as_array().unwrap_or_else(|| panic!("no attempts in {delivery}"))
+}
+
+#[tokio::test]
+async fn every_event_reaches_every_matching_endpoint_and_no_other() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    for name in ["order.created", "order.paid", "order.refund.issued", "user.created", "old.thing"] {
+        app.create_event_type(name).await;
+    }
+    let tenant = id_of(&app.create_tenant().await);
+    let subscriptions: [(&str, Value); 6] = [
+        ("/exact", json!(["order.created"])),
+        ("/prefix", json!(["order.*"])),
+        ("/star", json!(["*"])),
+        ("/empty", json!([])),
+        ("/user", json!(["user.created"])),
+        ("/old", json!(["old.thing"])),
+    ];
+    for (path, types) in &subscriptions {
+        app.add_endpoint(&tenant, &receiver.url(path), json!({"event_types": types})).await;
+    }
+    let absent = app.add_endpoint(&tenant, &receiver.url("/absent"), json!({})).await;
+    app.delete(&format!("/v1/tenants/{tenant}/endpoints/{}", id_of(&absent)), &app.admin_token)
+        .await
+        .expect(204);
+    let (other_tenant, _) = app.tenant_with_endpoint(&receiver.url("/other-tenant"), json!({})).await;
+    app.delete("/v1/event-types/old.thing", &app.admin_token).await.expect(204);
+
+    let mut emitted = Vec::new();
+    for (event, expected) in
+        [("order.created", 4), ("order.paid", 3), ("order.refund.issued", 3), ("user.created", 3)]
+    {
+        let answer = app.emit(&tenant, event, &json!({"n": 1})).await;
+        assert_eq!(answer["deliveries"], json!(expected), "{event}: {answer}");
+        emitted.push((event, id_of(&answer)));
+    }
+    let archived = app
+        .post(
+            &format!("/v1/tenants/{tenant}/events"),
+            &app.admin_token,
+            &json!({"event": "old.thing", "data": {}}),
+        )
+        .await;
+    archived.expect_invalid("event");
+
+    let total: usize = 4 + 3 + 3 + 3;
+    crate::helpers::eventually(SOON, "every delivery to be delivered", || async {
+        let delivered = app.deliveries(&tenant, "status=delivered").await;
+        (delivered.len() == total).then_some(())
+    })
+    .await;
+    assert_eq!(app.deliveries(&tenant, "").await.len(), total, "no delivery beyond the matching ones");
+
+    let expect = |path: &str| -> BTreeSet<String> {
+        let wanted: &[&str] = match path {
+            "/exact" => &["order.created"],
+            "/prefix" => &["order.created", "order.paid", "order.refund.issued"],
+            "/star" | "/empty" => &["order.created", "order.paid", "order.refund.issued", "user.created"],
+            "/user" => &["user.created"],
+            _ => &[],
+        };
+        emitted.iter().filter(|(e, _)| wanted.contains(e)).map(|(_, id)| id.clone()).collect()
+    };
+    for path in ["/exact", "/prefix", "/star", "/empty", "/user", "/old", "/absent", "/other-tenant"] {
+        let seen = ids(&receiver.requests(path));
+        assert_eq!(
+            seen.len(),
+            seen.iter().collect::<BTreeSet<_>>().len(),
+            "{path} got a duplicate: {seen:?}"
+        );
+        assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), expect(path), "events received at {path}");
+    }
+    assert!(app.deliveries(&other_tenant, "").await.is_empty(), "another tenant's endpoint got a delivery");
+}
+
+#[tokio::test]
+async fn the_body_and_headers_are_exactly_as_specified_and_the_signature_verifies() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    app.create_event_type("order.created").await;
+    let options = json!({"headers": {"X-Api-Key": "k-123", "Authorization": "Bearer abc"}});
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), options).await;
+    let secret = secret_of(&endpoint);
+
+    let raw = "{\"event\": \"order.created\",\n \"data\": { \"b\": 1,  \"a\": [1, 2] ,\n\t\"big\": 123456789012345678901234567890, \"s\": \"x  y\" } }";
+    let path = format!("/v1/tenants/{tenant}/events");
+    let answer =
+        app.send_raw(Method::POST, &path, Some(&app.admin_token), Some("application/json"), raw).await;
+    answer.expect(202);
+    let id = id_of(&answer.body);
+    assert_id("evt", &answer.body["id"]);
+    assert_time(&answer.body["timestamp"]);
+    let timestamp = answer.body["timestamp"].as_str().unwrap();
+
+    let request = receiver.wait_for("/hook", 1, SOON).await.remove(0);
+    let expected = format!(
+        r#"{{"id":"{id}","event":"order.created","timestamp":"{timestamp}","data":{{"b":1,"a":[1,2],"big":123456789012345678901234567890,"s":"x  y"}}}}"#
+    );
+    assert_eq!(request.text(), expected, "the body is the minified envelope");
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    assert_eq!(request.header("user-agent"), Some("Herald/0.1.0"));
+    assert_eq!(request.header("webhook-id"), Some(id.as_str()));
+    let sent_at: i64 =
+        request.header("webhook-timestamp").expect("webhook-timestamp").parse().expect("unix seconds");
+    assert!((sent_at - chrono::Utc::now().timestamp()).abs() <= 10, "webhook-timestamp {sent_at} is not now");
+    let signature = request.header("webhook-signature").expect("webhook-signature");
+    assert!(signature.starts_with("v1,") && !signature.contains(' '), "one entry: {signature}");
+    let expected_signature = Webhook::new(&secret).unwrap().sign(&id, sent_at, &request.body).unwrap();
+    assert_eq!(signature, expected_signature);
+    verify(&secret, &request).expect("the signature verifies with the standardwebhooks crate");
+    assert_eq!(request.header("x-api-key"), Some("k-123"), "custom header");
+    assert_eq!(request.header("authorization"), Some("Bearer abc"), "custom header");
+    assert!(request.header("x-aetherflow-signature").is_none(), "no classic header unless configured");
+    assert_eq!(request.headers.get_all("webhook-id").iter().count(), 1);
+
+    let delivery =
+        app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &id).await), "delivered", SOON).await;
+    assert_eq!(delivery["attempt_count"], json!(1));
+    assert_eq!(delivery["endpoint_id"], endpoint["id"]);
+    assert_time(&delivery["completed_at"]);
+    let attempt = &attempts(&delivery)[0];
+    assert_id("att", &attempt["id"]);
+    assert_eq!(attempt["number"], json!(1));
+    assert_eq!(attempt["status_code"], json!(200));
+    assert!(attempt["error_kind"].is_null(), "{attempt}");
+    assert!(attempt["duration_ms"].is_i64(), "{attempt}");
+    assert_time(&attempt["started_at"]);
+}
+
+#[tokio::test]
+async fn the_classic_hex_header_is_sent_when_configured() {
+    let app = spawn_app_with(|config| {
+        config.signing.hex_header = Some("X-AetherFlow-Signature".to_owned());
+        config.signing.hex_prefix = "sha256=".to_owned();
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let secret = secret_of(&endpoint);
+    app.emit(&tenant, "order.created", &json!({"order_id": "o-1"})).await;
+
+    let request = receiver.wait_for("/hook", 1, SOON).await.remove(0);
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&request.body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(request.header("x-aetherflow-signature"), Some(expected.as_str()));
+    verify(&secret, &request).expect("the Standard Webhooks signature is still there");
+}
+
+#[tokio::test]
+async fn a_receiver_that_always_fails_gets_four_attempts_then_the_delivery_fails() {
+    let schedule = [ms(100), ms(200), ms(300)];
+    let app = spawn_app_with(|config| config.delivery.retry_schedule = schedule.to_vec()).await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/hook", Reply::status(500).body("oops"));
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+
+    let delivery_id = id_of(&app.only_delivery(&tenant, &event).await);
+    let delivery = app.settled(&tenant, &delivery_id, "failed", SOON).await;
+    assert_eq!(delivery["attempt_count"], json!(4));
+    assert_eq!(delivery["last_error"], json!("HTTP 500"));
+    assert!(delivery["next_attempt_at"].is_null(), "{delivery}");
+    assert_time(&delivery["completed_at"]);
+    let attempts = attempts(&delivery);
+    assert_eq!(
+        attempts.iter().map(|a| a["number"].clone()).collect::<Vec<_>>(),
+        [1, 2, 3, 4].map(|n| json!(n))
+    );
+    for attempt in attempts {
+        assert_eq!(attempt["status_code"], json!(500), "{attempt}");
+        assert_eq!(attempt["error_kind"], json!("http_status"), "{attempt}");
+        assert_eq!(attempt["response_body"], json!("oops"), "{attempt}");
+    }
+
+    let requests = receiver.requests("/hook");
+    assert_eq!(requests.len(), 4, "exactly four requests");
+    assert!(ids(&requests).iter().all(|id| *id == event), "the same webhook-id on every retry");
+    for (i, pair) in requests.windows(2).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= schedule[i].mul_f64(0.8),
+            "gap {} was {gap:?}, schedule says {:?}",
+            i + 1,
+            schedule[i]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_retried_delivery_succeeds_when_the_receiver_recovers() {
+    let app = spawn_app_with(fast_retries).await;
+    let receiver = Receiver::start().await;
+    receiver.respond_statuses("/hook", &[500, 503, 200]);
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let delivery =
+        app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &event).await), "delivered", SOON).await;
+    let codes: Vec<Value> = attempts(&delivery).iter().map(|a| a["status_code"].clone()).collect();
+    assert_eq!(codes, [json!(500), json!(503), json!(200)]);
+    assert_eq!(delivery["attempt_count"], json!(3));
+    assert!(delivery["last_error"].is_null() || delivery["last_error"] == json!("HTTP 503"), "{delivery}");
+    let requests = receiver.requests("/hook");
+    assert_eq!(requests.len(), 3);
+    assert!(requests.iter().all(|r| r.body == requests[0].body), "every attempt sends the same bytes");
+    for request in &requests {
+        verify(&secret_of(&endpoint), request).expect("each attempt is signed afresh");
+    }
+}
+
+#[tokio::test]
+async fn gone_fails_the_delivery_and_disables_the_endpoint() {
+    let app = spawn_app_with(fast_retries).await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/hook", Reply::status(410));
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let endpoint_path = format!("/v1/tenants/{tenant}/endpoints/{}", id_of(&endpoint));
+    let first = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let delivery =
+        app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &first).await), "failed", SOON).await;
+    assert_eq!(delivery["attempt_count"], json!(1));
+    assert_eq!(attempts(&delivery)[0]["status_code"], json!(410));
+
+    let endpoint = app.admin_get(&endpoint_path).await;
+    endpoint.expect(200);
+    assert_eq!(endpoint.body["enabled"], json!(false), "{}", endpoint.text);
+    assert!(endpoint.body["disabled_reason"].as_str().is_some_and(|r| !r.is_empty()), "{}", endpoint.text);
+
+    let second = app.emit(&tenant, "order.created", &json!({})).await;
+    assert_eq!(second["deliveries"], json!(1), "a disabled endpoint still gets a delivery row");
+    let delivery = app.delivery(&tenant, &id_of(&app.only_delivery(&tenant, &id_of(&second)).await)).await;
+    assert_eq!(delivery["status"], json!("failed"));
+    assert_eq!(delivery["last_error"], json!("endpoint_disabled"));
+    assert_eq!(delivery["attempt_count"], json!(0));
+    assert_eq!(attempts(&delivery).len(), 0);
+    assert_eq!(receiver.requests("/hook").len(), 1, "nothing is sent to a disabled endpoint");
+}
+
+#[tokio::test]
+async fn a_client_error_fails_at_once() {
+    let app = spawn_app_with(fast_retries).await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/hook", Reply::status(400));
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let delivery =
+        app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &event).await), "failed", SOON).await;
+    assert_eq!(delivery["attempt_count"], json!(1));
+    assert_eq!(delivery["last_error"], json!("HTTP 400"));
+    assert_eq!(attempts(&delivery)[0]["error_kind"], json!("http_status"));
+    assert_eq!(receiver.requests("/hook").len(), 1);
+    let endpoint = app.admin_get(&format!("/v1/tenants/{tenant}/endpoints/{}", id_of(&endpoint))).await;
+    assert_eq!(endpoint.body["enabled"], json!(true), "only 410 disables: {}", endpoint.text);
+}
+
+#[tokio::test]
+async fn client_errors_are_retried_when_configured() {
+    let app = spawn_app_with(|config| {
+        fast_retries(config);
+        config.delivery.retry_client_errors = true;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.respond_statuses("/hook", &[400, 422, 200]);
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let delivery =
+        app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &event).await), "delivered", SOON).await;
+    assert_eq!(delivery["attempt_count"], json!(3));
+    assert_eq!(receiver.requests("/hook").len(), 3);
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_is_cut_off_at_the_timeout() {
+    let app = spawn_app_with(|config| {
+        config.delivery.timeout = ms(300);
+        config.delivery.lease = ms(300) + Duration::from_secs(5);
+        config.delivery.retry_schedule = vec![ms(50)];
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/hook", Reply::hang());
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let started = Instant::now();
+    let delivery =
+        app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &event).await), "failed", SOON).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "two attempts of 300 ms took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(delivery["attempt_count"], json!(2), "a timeout is retried: {delivery}");
+    for attempt in attempts(&delivery) {
+        assert_eq!(attempt["error_kind"], json!("timeout"), "{attempt}");
+        assert!(attempt["status_code"].is_null(), "{attempt}");
+        let took = attempt["duration_ms"].as_i64().expect("duration_ms");
+        assert!((250..2000).contains(&took), "an attempt cut off at 300 ms took {took} ms");
+    }
+    assert!(delivery["last_error"].as_str().is_some_and(|e| e.contains("timeout")), "{delivery}");
+    assert_eq!(receiver.requests("/hook").len(), 2);
+}
+
+#[test]
+fn the_default_delivery_settings_are_the_documented_ones() {
+    let delivery = Config::default().delivery;
+    assert_eq!(delivery.timeout, Duration::from_secs(10));
+    assert_eq!(
+        delivery.retry_schedule,
+        [Duration::from_secs(5), Duration::from_secs(300), Duration::from_secs(1800)]
+    );
+    assert_eq!(delivery.lease, Duration::from_secs(30));
+    assert_eq!(delivery.max_in_flight_per_endpoint, 10);
+    assert_eq!(delivery.retry_after_max, Duration::from_secs(3600));
+    assert!(!delivery.retry_client_errors);
+    assert_eq!(delivery.grace(), Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn retry_after_on_429_delays_the_next_attempt_and_pauses_the_endpoint() {
+    let app = spawn_app_with(fast_retries).await;
+    let receiver = Receiver::start().await;
+    receiver.respond_sequence("/hook", vec![Reply::status(429).retry_after("1"), Reply::ok()]);
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let first = id_of(&app.emit(&tenant, "order.created", &json!({"n": 1})).await);
+    let delivery_id = id_of(&app.only_delivery(&tenant, &first).await);
+    crate::helpers::eventually(SOON, "the 429 to be recorded", || async {
+        let delivery = app.delivery(&tenant, &delivery_id).await;
+        (delivery["attempt_count"] == json!(1) && delivery["in_flight"] == json!(false)).then_some(())
+    })
+    .await;
+    let second = id_of(&app.emit(&tenant, "order.created", &json!({"n": 2})).await);
+
+    let requests = receiver.wait_for("/hook", 3, SOON).await;
+    let throttled = requests[0].at;
+    for request in &requests[1..] {
+        let waited = request.at - throttled;
+        assert!(waited >= ms(950), "a request came {waited:?} after a 429 with Retry-After: 1");
+    }
+    assert_eq!(requests[0].header("webhook-id"), Some(first.as_str()));
+    assert!(ids(&requests[1..]).contains(&second));
+    app.settled(&tenant, &delivery_id, "delivered", SOON).await;
+    let delivery = app.delivery(&tenant, &delivery_id).await;
+    assert_eq!(delivery["attempt_count"], json!(2), "Retry-After still uses one attempt");
+}
+
+#[tokio::test]
+async fn a_fifo_endpoint_delivers_in_acceptance_order_under_retries() {
+    let app = spawn_app_with(fast_retries).await;
+    let receiver = Receiver::start().await;
+    receiver.respond_statuses("/fifo", &[500, 500, 200]);
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/fifo"), json!({"fifo": true})).await;
+    let mut events = Vec::new();
+    for n in 0..5 {
+        events.push(id_of(&app.emit(&tenant, "order.created", &json!({"n": n})).await));
+    }
+    let batch = json!({"events": (5..8).map(|n| json!({"event": "order.created", "data": {"n": n}})).collect::<Vec<_>>()});
+    let answer = app.post(&format!("/v1/tenants/{tenant}/events/batch"), &app.admin_token, &batch).await;
+    answer.expect(202);
+    events.extend(answer.data().iter().map(id_of));
+
+    let requests = receiver.wait_for("/fifo", events.len() + 2, SOON).await;
+    let mut expected = vec![events[0].clone(), events[0].clone()];
+    expected.extend(events.iter().cloned());
+    assert_eq!(ids(&requests), expected, "the head is retried before anything behind it");
+    assert_eq!(receiver.max_in_flight("/fifo"), 1, "one request at a time");
+    crate::helpers::eventually(SOON, "every delivery to be delivered", || async {
+        (app.deliveries(&tenant, "status=delivered").await.len() == events.len()).then_some(())
+    })
+    .await;
+    assert_eq!(receiver.requests("/fifo").len(), events.len() + 2);
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
+    let app = spawn_app_with(|config| {
+        config.delivery.timeout = Duration::from_secs(5);
+        config.delivery.lease = Duration::from_secs(10);
+        config.delivery.max_in_flight = 12;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/hang", Reply::hang());
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hang"), json!({})).await;
+    app.add_endpoint(&tenant, &receiver.url("/healthy"), json!({})).await;
+
+    let started = Instant::now();
+    for n in 0..30 {
+        app.emit(&tenant, "order.created", &json!({"n": n})).await;
+    }
+    receiver.wait_for("/healthy", 30, Duration::from_secs(4)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "the healthy endpoint waited {took:?} behind a hanging one");
+    assert!(receiver.in_flight("/hang") > 0, "the other endpoint is still hanging");
+    assert!(receiver.max_in_flight("/hang") <= 10, "the per-endpoint cap of 10 holds");
+}
+
+#[tokio::test]
+async fn an_endpoint_cap_of_two_keeps_two_requests_in_flight_at_most() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/slow", Reply::ok().delayed(ms(200)));
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/slow"), json!({"max_in_flight": 2})).await;
+    for n in 0..8 {
+        app.emit(&tenant, "order.created", &json!({"n": n})).await;
+    }
+    receiver.wait_for("/slow", 8, SOON).await;
+    crate::helpers::eventually(SOON, "every delivery to be delivered", || async {
+        (app.deliveries(&tenant, "status=delivered").await.len() == 8).then_some(())
+    })
+    .await;
+    let most = receiver.max_in_flight("/slow");
+    assert!((1..=2).contains(&most), "{most} requests were in flight at once with a cap of 2");
+}
+
+#[tokio::test]
+async fn the_global_cap_bounds_requests_in_flight_across_endpoints() {
+    let app = spawn_app_with(|config| config.delivery.max_in_flight = 2).await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/a", Reply::ok().delayed(ms(150)));
+    receiver.respond("/b", Reply::ok().delayed(ms(150)));
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/a"), json!({})).await;
+    app.add_endpoint(&tenant, &receiver.url("/b"), json!({})).await;
+    for n in 0..5 {
+        app.emit(&tenant, "order.created", &json!({"n": n})).await;
+    }
+    receiver.wait_for("/a", 5, SOON).await;
+    receiver.wait_for("/b", 5, SOON).await;
+    let most = receiver.max_in_flight_total();
+    assert!((1..=2).contains(&most), "{most} requests were in flight at once with a global cap of 2");
+}
+
+#[tokio::test]
+async fn during_a_rotation_both_secrets_sign_until_the_previous_one_is_dropped() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let old = secret_of(&endpoint);
+    let secret_path = format!("/v1/tenants/{tenant}/endpoints/{}/secret", id_of(&endpoint));
+    let rotated = app
+        .post(&format!("{secret_path}/rotate"), &app.admin_token, &json!({"grace_period_seconds": 3600}))
+        .await;
+    rotated.expect(200);
+    let new = rotated.body["secret"].as_str().expect("new secret").to_owned();
+    assert_ne!(new, old);
+    assert_time(&rotated.body["previous_secret_expires_at"]);
+
+    app.emit(&tenant, "order.created", &json!({"n": 1})).await;
+    let request = receiver.wait_for("/hook", 1, SOON).await.remove(0);
+    let signature = request.header("webhook-signature").unwrap();
+    let entries: Vec<&str> = signature.split(' ').collect();
+    assert_eq!(entries.len(), 2, "two entries one space apart: {signature:?}");
+    let id = request.header("webhook-id").unwrap();
+    let stamp: i64 = request.header("webhook-timestamp").unwrap().parse().unwrap();
+    assert_eq!(entries[0], Webhook::new(&new).unwrap().sign(id, stamp, &request.body).unwrap(), "new first");
+    assert_eq!(entries[1], Webhook::new(&old).unwrap().sign(id, stamp, &request.body).unwrap());
+    verify(&new, &request).expect("verifies with the new secret");
+    verify(&old, &request).expect("verifies with the old secret");
+
+    app.delete(&format!("{secret_path}/previous"), &app.admin_token).await.expect(204);
+    app.emit(&tenant, "order.created", &json!({"n": 2})).await;
+    let request = receiver.wait_for("/hook", 2, SOON).await.remove(1);
+    let signature = request.header("webhook-signature").unwrap();
+    assert!(!signature.contains(' '), "one entry after the grace ends: {signature:?}");
+    verify(&new, &request).expect("verifies with the new secret");
+    assert!(verify(&old, &request).is_err(), "the old secret no longer signs");
+}
+
+/// Waits until the only delivery of `event` has made its first attempt and is waiting for the next.
+async fn first_attempt_recorded(app: &TestApp, tenant: &str, event: &str) -> String {
+    let id = id_of(&app.only_delivery(tenant, event).await);
+    crate::helpers::eventually(SOON, "the first attempt to be recorded", || async {
+        let delivery = app.delivery(tenant, &id).await;
+        (delivery["status"] == json!("pending")
+            && delivery["attempt_count"] == json!(1)
+            && delivery["in_flight"] == json!(false))
+        .then_some(())
+    })
+    .await;
+    id
+}
+
+#[tokio::test]
+async fn deleting_an_endpoint_fails_its_pending_deliveries() {
+    let app = spawn_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/hook", Reply::status(500));
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let delivery_id = first_attempt_recorded(&app, &tenant, &event).await;
+
+    app.delete(&format!("/v1/tenants/{tenant}/endpoints/{}", id_of(&endpoint)), &app.admin_token)
+        .await
+        .expect(204);
+    let delivery = app.settled(&tenant, &delivery_id, "failed", SOON).await;
+    assert_eq!(delivery["last_error"], json!("endpoint_deleted"));
+    assert_eq!(delivery["attempt_count"], json!(1), "the history stays");
+    let retry = app
+        .post(&format!("/v1/tenants/{tenant}/deliveries/{delivery_id}/retry"), &app.admin_token, &json!({}))
+        .await;
+    retry.expect_problem(409);
+}
+
+#[tokio::test]
+async fn disabling_an_endpoint_fails_its_pending_deliveries() {
+    let app = spawn_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/hook", Reply::status(500));
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let delivery_id = first_attempt_recorded(&app, &tenant, &event).await;
+
+    let path = format!("/v1/tenants/{tenant}/endpoints/{}/disable", id_of(&endpoint));
+    let disabled = app.post(&path, &app.admin_token, &json!({"reason": "maintenance"})).await;
+    disabled.expect(200);
+    assert_eq!(disabled.body["enabled"], json!(false));
+    assert_eq!(disabled.body["disabled_reason"], json!("maintenance"));
+    let delivery = app.settled(&tenant, &delivery_id, "failed", SOON).await;
+    assert_eq!(delivery["last_error"], json!("endpoint_disabled"));
+    assert_eq!(receiver.requests("/hook").len(), 1);
+}
+
+#[tokio::test]
+async fn retry_after_is_capped_by_retry_after_max() {
+    let app = spawn_app_with(|config| {
+        fast_retries(config);
+        config.delivery.retry_after_max = Duration::from_secs(1);
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.respond_sequence("/hook", vec![Reply::status(503).retry_after("3600"), Reply::ok()]);
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let requests = receiver.wait_for("/hook", 2, SOON).await;
+    let waited = requests[1].at - requests[0].at;
+    assert!(waited >= ms(950), "Retry-After capped at 1 s, yet the retry came after {waited:?}");
+    assert!(waited < Duration::from_secs(5), "Retry-After: 3600 was not capped: {waited:?}");
+    app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &event).await), "delivered", SOON).await;
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_and_recorded_as_connect() {
+    let app = spawn_app_with(fast_retries).await;
+    app.create_event_type("order.created").await;
+    // A port that was just free: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (tenant, _) = app.tenant_with_endpoint(&format!("http://{closed}/hook"), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let delivery =
+        app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &event).await), "failed", SOON).await;
+    assert_eq!(delivery["attempt_count"], json!(4), "{delivery}");
+    for attempt in attempts(&delivery) {
+        assert_eq!(attempt["error_kind"], json!("connect"), "{attempt}");
+        assert!(attempt["status_code"].is_null(), "{attempt}");
+        assert!(attempt["error"].as_str().is_some_and(|e| !e.is_empty()), "{attempt}");
+    }
+}
+
+#[tokio::test]
+async fn at_most_8_kib_of_the_response_body_is_kept() {
+    let app = spawn_app_with(|config| config.delivery.retry_schedule = vec![]).await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/hook", Reply::status(500).body(&"x".repeat(20 * 1024)));
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let delivery =
+        app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &event).await), "failed", SOON).await;
+    let kept = attempts(&delivery)[0]["response_body"].as_str().expect("response_body").len();
+    assert_eq!(kept, 8 * 1024, "response body kept");
+    assert_eq!(attempts(&delivery)[0]["status_code"], json!(500));
+}
+
+#[tokio::test]
+async fn an_edit_to_the_endpoint_applies_to_the_next_retry() {
+    let app = spawn_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(1)]).await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/old", Reply::status(500));
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/old"), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let delivery = first_attempt_recorded(&app, &tenant, &event).await;
+    let patch = json!({"url": receiver.url("/new"), "headers": {"X-Version": "2"}});
+    app.patch(&format!("/v1/tenants/{tenant}/endpoints/{}", id_of(&endpoint)), &app.admin_token, &patch)
+        .await
+        .expect(200);
+    let retried = receiver.wait_for("/new", 1, SOON).await.remove(0);
+    assert_eq!(retried.header("webhook-id"), Some(event.as_str()));
+    assert_eq!(retried.header("x-version"), Some("2"));
+    app.settled(&tenant, &delivery, "delivered", SOON).await;
+    assert_eq!(receiver.requests("/old").len(), 1);
+}
