@@ -11,9 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::domain::event_type::EventType;
+use crate::domain::time::now_micros;
 use crate::domain::token::hash_token;
 use crate::http::{self, AppState};
-use crate::storage::{self, Store};
+use crate::maintenance::Jobs;
+use crate::storage::{self, Store, StoreError};
 
 /// A built, not yet running, Herald.
 pub struct App {
@@ -21,6 +24,7 @@ pub struct App {
     state: AppState,
     bootstrap_token: Option<String>,
     dispatcher: Option<Dispatcher>,
+    jobs: Jobs,
 }
 
 impl App {
@@ -30,6 +34,11 @@ impl App {
         let store = storage::connect(&config).await?;
         store.migrate().await.context("could not apply database migrations")?;
         let bootstrap_token = ensure_admin_token(&config, store.as_ref()).await?;
+        store.set_operations_tenant(config.operations.tenant.clone());
+        if config.operations.tenant.is_some() {
+            register_operational_event_types(store.as_ref()).await?;
+        }
+        let jobs = Jobs::new(&config, store.clone());
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("could not listen on `{}`", config.listen))?;
@@ -42,7 +51,7 @@ impl App {
         };
         let metrics = crate::metrics::install()?;
         let state = AppState { store, config: Arc::new(config), admin_hash, wakeup, metrics };
-        Ok(App { listener, state, bootstrap_token, dispatcher })
+        Ok(App { listener, state, bootstrap_token, dispatcher, jobs })
     }
 
     /// The bound address (useful with port 0).
@@ -63,8 +72,9 @@ impl App {
     /// Serves until `shutdown` is cancelled, then finishes in-flight requests, lets the
     /// dispatcher drain within its grace period, and closes the store.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App { listener, state, dispatcher, .. } = self;
+        let App { listener, state, dispatcher, jobs, .. } = self;
         let store = state.store.clone();
+        let mut scheduler = jobs.start().await?;
         let dispatching = dispatcher.map(|d| tokio::spawn(d.run(shutdown.clone())));
         let router = http::router(state);
         let signal = shutdown.clone();
@@ -73,6 +83,9 @@ impl App {
             .await
             .context("the HTTP server failed");
         shutdown.cancel();
+        if let Err(error) = scheduler.shutdown().await {
+            tracing::warn!(%error, "the job scheduler did not stop cleanly");
+        }
         if let Some(dispatching) = dispatching {
             let _ = dispatching.await;
         }
@@ -92,4 +105,35 @@ async fn ensure_admin_token(config: &Config, store: &dyn Store) -> anyhow::Resul
         .await
         .context("could not create the first admin token")?;
     Ok(Some(secret))
+}
+
+/// The event types of operational events, registered when an operations tenant is configured.
+pub const OPERATIONAL_EVENT_TYPES: [(&str, &str); 3] = [
+    ("endpoint.disabled", "An endpoint was disabled: {tenant_id, endpoint_id, reason, disabled_at}."),
+    ("endpoint.enabled", "An endpoint was enabled again: {tenant_id, endpoint_id}."),
+    (
+        "delivery.exhausted",
+        "A delivery failed for good: {tenant_id, endpoint_id, event_id, delivery_id, attempts, last_error, suppressed?}.",
+    ),
+];
+
+async fn register_operational_event_types(store: &dyn Store) -> anyhow::Result<()> {
+    let now = now_micros();
+    for (name, description) in OPERATIONAL_EVENT_TYPES {
+        let event_type = EventType {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            schema: None,
+            archived: false,
+            created_at: now,
+            updated_at: now,
+        };
+        match store.insert_event_type(&event_type).await {
+            Ok(()) | Err(StoreError::Conflict(_)) => {}
+            Err(error) => {
+                return Err(anyhow::Error::from(error).context("could not register operational event types"));
+            }
+        }
+    }
+    Ok(())
 }

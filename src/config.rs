@@ -37,6 +37,10 @@ pub struct Config {
     pub api: ApiConfig,
     /// Signature headers.
     pub signing: SigningConfig,
+    /// Scheduled jobs.
+    pub maintenance: MaintenanceConfig,
+    /// Operational events.
+    pub operations: OperationsConfig,
     /// Whether this process serves the management API (`false` for `serve --role worker`).
     #[serde(skip)]
     pub api_enabled: bool,
@@ -58,6 +62,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             api: ApiConfig::default(),
             signing: SigningConfig::default(),
+            maintenance: MaintenanceConfig::default(),
+            operations: OperationsConfig::default(),
             api_enabled: true,
             dispatcher_enabled: true,
         }
@@ -211,6 +217,59 @@ pub struct SigningConfig {
     pub hex_prefix: String,
 }
 
+/// `[maintenance]`: scheduled jobs. Cron expressions have six fields with seconds first
+/// (`sec min hour day-of-month month day-of-week`), in UTC.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct MaintenanceConfig {
+    /// Events (with their deliveries and attempts) older than this are deleted; pending work is
+    /// kept whatever its age (`30d`).
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+    /// An endpoint with no success for this long whose deliveries keep failing is disabled (`5d`).
+    #[serde(deserialize_with = "duration")]
+    pub disable_after: Duration,
+    /// Rows deleted per statement by the retention and expiry jobs (1000).
+    pub batch_size: i64,
+    /// When the retention job runs (`0 17 * * * *`: hourly).
+    pub retention_cron: String,
+    /// When expired idempotency keys are deleted (`0 */10 * * * *`).
+    pub idempotency_cron: String,
+    /// When rotated secrets past their grace period are forgotten (`30 */5 * * * *`).
+    pub secrets_cron: String,
+    /// When the endpoint health job runs (`0 */15 * * * *`).
+    pub health_cron: String,
+    /// When lapsed leases are closed (`45 * * * * *`); dispatchers also do it inline.
+    pub leases_cron: String,
+    /// When old stats buckets are deleted (`0 41 * * * *`).
+    pub stats_cron: String,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(30 * 86_400),
+            disable_after: Duration::from_secs(5 * 86_400),
+            batch_size: 1000,
+            retention_cron: "0 17 * * * *".into(),
+            idempotency_cron: "0 */10 * * * *".into(),
+            secrets_cron: "30 */5 * * * *".into(),
+            health_cron: "0 */15 * * * *".into(),
+            leases_cron: "45 * * * * *".into(),
+            stats_cron: "0 41 * * * *".into(),
+        }
+    }
+}
+
+/// `[operations]`: where Herald reports about itself.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OperationsConfig {
+    /// The tenant (id or external_id) that receives `endpoint.disabled`, `endpoint.enabled` and
+    /// `delivery.exhausted` events; unset = none.
+    pub tenant: Option<String>,
+}
+
 /// A secret string that never appears in `Debug` output.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -281,6 +340,32 @@ impl Config {
                 || lower == "content-type"
             {
                 bail!("invalid `signing.hex_header` `{name}`: expected a header name such as X-Signature");
+            }
+        }
+        let maintenance = &self.maintenance;
+        if maintenance.batch_size < 1 || maintenance.batch_size > 100_000 {
+            bail!("invalid `maintenance.batch_size`: expected 1 to 100000");
+        }
+        if maintenance.retention < Duration::from_secs(3600) {
+            bail!("invalid `maintenance.retention`: expected at least 1h");
+        }
+        if maintenance.disable_after < Duration::from_secs(60) {
+            bail!("invalid `maintenance.disable_after`: expected at least 1m");
+        }
+        for (name, expression) in [
+            ("retention_cron", &maintenance.retention_cron),
+            ("idempotency_cron", &maintenance.idempotency_cron),
+            ("secrets_cron", &maintenance.secrets_cron),
+            ("health_cron", &maintenance.health_cron),
+            ("leases_cron", &maintenance.leases_cron),
+            ("stats_cron", &maintenance.stats_cron),
+        ] {
+            if let Err(error) =
+                tokio_cron_scheduler::Job::new_async(expression.as_str(), |_, _| Box::pin(async {}))
+            {
+                bail!(
+                    "invalid `maintenance.{name}` `{expression}`: expected a cron expression with seconds, such as `0 */15 * * * *` ({error})"
+                );
             }
         }
         if self.delivery.retry_schedule.len() > 20 {

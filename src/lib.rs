@@ -18,6 +18,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod http;
+pub mod maintenance;
 pub mod metrics;
 pub mod storage;
 pub mod telemetry;

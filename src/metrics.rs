@@ -2,7 +2,7 @@
 //! and the store-derived gauges, recomputed at most every few seconds so every replica reports
 //! the same backlog.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -45,12 +45,15 @@ const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 /// How long store-derived gauges are reused.
 const GAUGE_TTL: Duration = Duration::from_secs(2);
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 static GAUGES_AT: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// Installs the process-wide recorder (once; later calls reuse it) and returns its handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    if let Some(handle) = HANDLE.get() {
+    // Installing and publishing the handle happen under one lock, so concurrent callers (tests
+    // start many apps in one process) all get the same handle.
+    let mut slot = HANDLE.lock().map_err(|_| anyhow::anyhow!("the metrics lock is poisoned"))?;
+    if let Some(handle) = slot.as_ref() {
         return Ok(handle.clone());
     }
     let recorder = PrometheusBuilder::new()
@@ -58,17 +61,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), BUCKETS)?
         .build_recorder();
     let handle = recorder.handle();
-    match metrics::set_global_recorder(recorder) {
-        Ok(()) => {
-            describe();
-            let _ = HANDLE.set(handle.clone());
-            Ok(handle)
-        }
-        // Another thread installed one first.
-        Err(_) => {
-            HANDLE.get().cloned().ok_or_else(|| anyhow::anyhow!("a metrics recorder is already installed"))
-        }
-    }
+    metrics::set_global_recorder(recorder)
+        .map_err(|_| anyhow::anyhow!("another metrics recorder is already installed in this process"))?;
+    describe();
+    *slot = Some(handle.clone());
+    Ok(handle)
 }
 
 fn describe() {

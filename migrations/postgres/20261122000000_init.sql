@@ -59,6 +59,10 @@ create table endpoints (
     failing_since bigint,
     last_error text,
     last_error_at bigint,
+    -- delivery.exhausted operational events: at most 10 a minute per endpoint
+    exhausted_window_start bigint,
+    exhausted_sent integer not null default 0,
+    exhausted_suppressed integer not null default 0,
     created_at bigint not null,
     updated_at bigint not null,
     deleted_at bigint

@@ -59,6 +59,10 @@ create table endpoints (
     failing_since integer,
     last_error text,
     last_error_at integer,
+    -- delivery.exhausted operational events: at most 10 a minute per endpoint
+    exhausted_window_start integer,
+    exhausted_sent integer not null default 0,
+    exhausted_suppressed integer not null default 0,
     created_at integer not null,
     updated_at integer not null,
     deleted_at integer

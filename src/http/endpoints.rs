@@ -370,6 +370,7 @@ pub async fn update_endpoint(
         Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", &ep)),
         other => other.map_err(ApiError::from),
     }?;
+    state.wakeup.notify_one();
     Ok(Json(endpoint.into()))
 }
 
@@ -534,6 +535,8 @@ async fn set_enabled(
         Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", ep)),
         other => other.map_err(ApiError::from),
     }?;
+    // An operational event may have been written with the change.
+    state.wakeup.notify_one();
     Ok(Json(endpoint.into()))
 }
 

@@ -131,6 +131,8 @@ pub async fn create_event_type(
     let mut invalid = Invalid::default();
     if let Err(why) = validate_name(&body.name) {
         invalid.push("name", why);
+    } else if body.name == crate::domain::event_type::WEBHOOK_TEST {
+        invalid.push("name", "`webhook.test` is reserved for test events");
     }
     check_description(&mut invalid, &body.description);
     check_schema(&mut invalid, body.schema.as_ref());

@@ -220,7 +220,7 @@ async fn ranked(state: &AppState, tenant_id: Option<&str>, query: &RankQuery) ->
         if h.totals.attempts == 0 { 0.0 } else { h.totals.failures as f64 / h.totals.attempts as f64 }
     };
     match sort {
-        "failures" => all.sort_by(|a, b| b.totals.failures.cmp(&a.totals.failures)),
+        "failures" => all.sort_by_key(|h| std::cmp::Reverse(h.totals.failures)),
         "lag" => all.sort_by_key(|h| h.oldest_pending_at.unwrap_or(i64::MAX)),
         _ => all.sort_by(|a, b| rate(b).total_cmp(&rate(a)).then(b.totals.failures.cmp(&a.totals.failures))),
     }

@@ -489,7 +489,19 @@ macro_rules! store_common {
             }
 
             async fn update_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError> {
+                let operations = self.operations();
                 let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let before: Option<(bool,)> = sqlx::query_as(
+                    "select enabled from endpoints where tenant_id = $1 and id = $2 and deleted_at is null",
+                )
+                .bind(&endpoint.tenant_id)
+                .bind(&endpoint.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                let Some((was_enabled,)) = before else {
+                    return Err(StoreError::NotFound);
+                };
                 let done = sqlx::query(
                     r#"update endpoints
                     set url = $3, description = $4, event_types = $5, headers = $6, enabled = $7,
@@ -519,6 +531,33 @@ macro_rules! store_common {
                 }
                 if !endpoint.enabled {
                     Self::fail_pending(&mut tx, &endpoint.id, "endpoint_disabled", endpoint.updated_at).await?;
+                }
+                if was_enabled != endpoint.enabled {
+                    let (event_type, data) = if endpoint.enabled {
+                        (
+                            "endpoint.enabled",
+                            serde_json::json!({"tenant_id": endpoint.tenant_id, "endpoint_id": endpoint.id}),
+                        )
+                    } else {
+                        (
+                            "endpoint.disabled",
+                            serde_json::json!({
+                                "tenant_id": endpoint.tenant_id,
+                                "endpoint_id": endpoint.id,
+                                "reason": endpoint.disabled_reason,
+                                "disabled_at": endpoint.disabled_at.map($crate::domain::time::format_micros),
+                            }),
+                        )
+                    };
+                    Self::emit_operational(
+                        &mut tx,
+                        operations.as_deref(),
+                        &endpoint.tenant_id,
+                        event_type,
+                        data,
+                        endpoint.updated_at,
+                    )
+                    .await?;
                 }
                 tx.commit().await.map_err(map_err)?;
                 Ok(())
@@ -736,6 +775,46 @@ macro_rules! store_common {
                 since: i64,
             ) -> Result<Vec<EndpointHealth>, StoreError> {
                 self.endpoints_overview_impl(tenant_id, period, since).await
+            }
+
+            fn set_operations_tenant(&self, key: Option<String>) {
+                if let Ok(mut slot) = self.operations.write() {
+                    *slot = key;
+                }
+            }
+
+            async fn try_lock_job(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool, StoreError> {
+                self.try_lock_job_impl(name, holder, now, until).await
+            }
+
+            async fn unlock_job(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+                self.unlock_job_impl(name, holder).await
+            }
+
+            async fn purge_old_events(&self, cutoff: i64, batch: i64) -> Result<u64, StoreError> {
+                self.purge_old_events_impl(cutoff, batch).await
+            }
+
+            async fn expire_idempotency_keys(&self, cutoff: i64, batch: i64) -> Result<u64, StoreError> {
+                self.expire_idempotency_keys_impl(cutoff, batch).await
+            }
+
+            async fn expire_previous_secrets(&self, now: i64) -> Result<u64, StoreError> {
+                self.expire_previous_secrets_impl(now).await
+            }
+
+            async fn purge_stats(&self, minute_cutoff: i64, hour_cutoff: i64) -> Result<u64, StoreError> {
+                self.purge_stats_impl(minute_cutoff, hour_cutoff).await
+            }
+
+            async fn disable_unhealthy_endpoints(
+                &self,
+                now: i64,
+                failing_before: i64,
+                failed_since: i64,
+                reason: &str,
+            ) -> Result<Vec<String>, StoreError> {
+                self.disable_unhealthy_endpoints_impl(now, failing_before, failed_since, reason).await
             }
 
             async fn delivery_gauges(&self) -> Result<DeliveryGauges, StoreError> {

@@ -217,12 +217,124 @@ macro_rules! delivery_common {
                 Ok(done.rows_affected())
             }
 
-            async fn ingest_impl(
-                &self,
+            /// Writes an operational event about `subject_tenant` for the operations tenant, in `tx`.
+            /// Nothing is reported about the operations tenant's own endpoints (no loops).
+            async fn emit_operational(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                operations: Option<&str>,
+                subject_tenant: &str,
+                event_type: &str,
+                data: serde_json::Value,
+                // The reported change's own time is in `data`; the event is accepted now.
+                _changed_at: i64,
+            ) -> Result<bool, StoreError> {
+                let Some(key) = operations else { return Ok(false) };
+                let ops: Option<(String,)> = sqlx::query_as(
+                    "select id from tenants where (id = $1 or external_id = $1) and deleted_at is null",
+                )
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(map_err)?;
+                let Some((ops_id,)) = ops else { return Ok(false) };
+                if ops_id == subject_tenant {
+                    return Ok(false);
+                }
+                // Accepted now by the database clock, whatever clock the reported change used.
+                let now = Self::db_now(tx).await?;
+                let id = $crate::domain::id::new_id($crate::domain::id::IdKind::Event);
+                let payload = $crate::domain::event::envelope(
+                    &id,
+                    event_type,
+                    &$crate::domain::time::format_micros(now),
+                    &data.to_string(),
+                );
+                let event = NewEvent {
+                    id,
+                    tenant_id: ops_id,
+                    event_type: event_type.to_owned(),
+                    payload,
+                    idempotency: None,
+                    created_at: now,
+                    only_endpoint: None,
+                };
+                Self::ingest_tx(tx, std::slice::from_ref(&event), now).await?;
+                Ok(true)
+            }
+
+            /// Reports a delivery left `failed`, at most 10 a minute per endpoint; the first one
+            /// after a quiet spell carries how many were suppressed.
+            async fn emit_exhausted(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                operations: Option<&str>,
+                delivery_id: &str,
+                now: i64,
+            ) -> Result<(), StoreError> {
+                if operations.is_none() {
+                    return Ok(());
+                }
+                let row: Option<(String, String, String, i32, Option<String>, Option<i64>, i32, i32)> =
+                    sqlx::query_as(
+                        r#"select d.tenant_id, d.endpoint_id, d.event_id, d.attempt_count, d.last_error,
+                            e.exhausted_window_start, e.exhausted_sent, e.exhausted_suppressed
+                        from deliveries d
+                        join endpoints e on e.id = d.endpoint_id
+                        where d.id = $1"#,
+                    )
+                    .bind(delivery_id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(map_err)?;
+                let Some((tenant_id, endpoint_id, event_id, attempts, last_error, window, sent, suppressed)) = row
+                else {
+                    return Ok(());
+                };
+                let (window, sent) = match window {
+                    Some(start) if now - start < 60_000_000 => (start, sent),
+                    _ => (now, 0),
+                };
+                if sent >= 10 {
+                    sqlx::query("update endpoints set exhausted_suppressed = exhausted_suppressed + 1 where id = $1")
+                        .bind(&endpoint_id)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(map_err)?;
+                    return Ok(());
+                }
+                let mut data = serde_json::json!({
+                    "tenant_id": tenant_id,
+                    "endpoint_id": endpoint_id,
+                    "event_id": event_id,
+                    "delivery_id": delivery_id,
+                    "attempts": attempts,
+                    "last_error": last_error,
+                });
+                if suppressed > 0 {
+                    data["suppressed"] = suppressed.into();
+                }
+                if Self::emit_operational(tx, operations, &tenant_id, "delivery.exhausted", data, now).await? {
+                    sqlx::query(
+                        r#"update endpoints
+                        set exhausted_window_start = $2, exhausted_sent = $3, exhausted_suppressed = 0
+                        where id = $1"#,
+                    )
+                    .bind(&endpoint_id)
+                    .bind(window)
+                    .bind(sent + 1)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(map_err)?;
+                }
+                Ok(())
+            }
+
+            /// Writes events and their fan-out inside `tx` (ingest, and operational events written
+            /// in the transaction of the change they report).
+            async fn ingest_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
                 events: &[NewEvent],
                 idempotency_since: i64,
             ) -> Result<Vec<IngestOutcome>, StoreError> {
-                let mut tx = self.writer().begin().await.map_err(map_err)?;
                 let mut outcomes = Vec::with_capacity(events.len());
                 let mut fanout: std::collections::HashMap<String, Vec<FanoutRow>> = Default::default();
                 for event in events {
@@ -234,7 +346,7 @@ macro_rules! delivery_common {
                         .bind(&scope)
                         .bind(key)
                         .bind(idempotency_since)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await
                         .map_err(map_err)?;
                         let inserted = sqlx::query(
@@ -247,7 +359,7 @@ macro_rules! delivery_common {
                         .bind(hash)
                         .bind(&event.id)
                         .bind(event.created_at)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await
                         .map_err(map_err)?
                         .rows_affected();
@@ -257,7 +369,7 @@ macro_rules! delivery_common {
                             )
                             .bind(&scope)
                             .bind(key)
-                            .fetch_one(&mut *tx)
+                            .fetch_one(&mut **tx)
                             .await
                             .map_err(map_err)?;
                             if known_hash != *hash {
@@ -270,7 +382,7 @@ macro_rules! delivery_common {
                                 where id = $1"#,
                             )
                             .bind(resource_id)
-                            .fetch_optional(&mut *tx)
+                            .fetch_optional(&mut **tx)
                             .await
                             .map_err(map_err)?;
                             match first {
@@ -287,7 +399,7 @@ macro_rules! delivery_common {
                                     .bind(key)
                                     .bind(&event.id)
                                     .bind(event.created_at)
-                                    .execute(&mut *tx)
+                                    .execute(&mut **tx)
                                     .await
                                     .map_err(map_err)?;
                                 }
@@ -306,7 +418,7 @@ macro_rules! delivery_common {
                                     order by id"#,
                                 )
                                 .bind(&event.tenant_id)
-                                .fetch_all(&mut *tx)
+                                .fetch_all(&mut **tx)
                                 .await
                                 .map_err(map_err)?;
                                 fanout.insert(event.tenant_id.clone(), rows);
@@ -333,7 +445,7 @@ macro_rules! delivery_common {
                     .bind(event.idempotency.as_ref().map(|(key, _)| key.as_str()))
                     .bind(targets.len() as i32)
                     .bind(event.created_at)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(map_err)?;
                     for (endpoint_id, enabled, fifo, bypass) in &targets {
@@ -344,7 +456,7 @@ macro_rules! delivery_common {
                                 returning next_fifo_seq"#,
                             )
                             .bind(endpoint_id)
-                            .fetch_one(&mut *tx)
+                            .fetch_one(&mut **tx)
                             .await
                             .map_err(map_err)?;
                             Some(seq)
@@ -375,12 +487,22 @@ macro_rules! delivery_common {
                         .bind(bypass.then_some(1i32))
                         .bind(*bypass)
                         .bind(event.created_at)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await
                         .map_err(map_err)?;
                     }
                     outcomes.push(IngestOutcome::Created { deliveries: targets.len() as i32 });
                 }
+                Ok(outcomes)
+            }
+
+            async fn ingest_impl(
+                &self,
+                events: &[NewEvent],
+                idempotency_since: i64,
+            ) -> Result<Vec<IngestOutcome>, StoreError> {
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let outcomes = Self::ingest_tx(&mut tx, events, idempotency_since).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(outcomes)
             }
@@ -618,6 +740,7 @@ macro_rules! delivery_common {
             }
 
             async fn reap_expired_leases_impl(&self, max_run_attempts: i32) -> Result<u64, StoreError> {
+                let operations = self.operations();
                 let mut tx = self.writer().begin().await.map_err(map_err)?;
                 let now = Self::db_now(&mut tx).await?;
                 let expired: Vec<ExpiredRow> = sqlx::query_as(concat!(
@@ -669,6 +792,9 @@ macro_rules! delivery_common {
                         .execute(&mut *tx)
                         .await
                         .map_err(map_err)?;
+                        if status == "failed" {
+                            Self::emit_exhausted(&mut tx, operations.as_deref(), &row.id, now).await?;
+                        }
                     }
                 }
                 tx.commit().await.map_err(map_err)?;
@@ -688,7 +814,7 @@ macro_rules! delivery_common {
                     from deliveries d
                     join events ev on ev.id = d.event_id
                     where d.bypass and d.status = 'pending' and d.next_attempt_at <= $1
-                      and (d.lease_until is null or d.lease_until < $1)
+                      and d.lease_until is null
                     order by d.next_attempt_at
                     limit $2"#,
                     $lock
@@ -726,8 +852,9 @@ macro_rules! delivery_common {
                         from deliveries d
                         where d.endpoint_id = e.id
                           and d.status = 'pending'
+                          and not d.bypass
                           and d.next_attempt_at <= $1
-                          and (d.lease_until is null or d.lease_until < $1)
+                          and d.lease_until is null
                       )
                     order by random()
                     limit 1000"#,
@@ -778,7 +905,8 @@ macro_rules! delivery_common {
                         .fetch_optional(&mut *tx)
                         .await
                         .map_err(map_err)?;
-                        head.filter(|h| h.next_attempt_at <= now && h.lease_until.is_none_or(|l| l < now))
+                        // A lapsed lease is closed by the reaper first, so its attempt is recorded.
+                        head.filter(|h| h.next_attempt_at <= now && h.lease_until.is_none())
                             .into_iter()
                             .collect()
                     } else {
@@ -789,8 +917,9 @@ macro_rules! delivery_common {
                             join events ev on ev.id = d.event_id
                             where d.endpoint_id = $1
                               and d.status = 'pending'
+                              and not d.bypass
                               and d.next_attempt_at <= $2
-                              and (d.lease_until is null or d.lease_until < $2)
+                              and d.lease_until is null
                             order by d.next_attempt_at, d.id
                             limit $3"#,
                         )
@@ -865,6 +994,7 @@ macro_rules! delivery_common {
             }
 
             async fn record_attempts_impl(&self, records: &[AttemptRecord]) -> Result<u64, StoreError> {
+                let operations = self.operations();
                 let mut tx = self.writer().begin().await.map_err(map_err)?;
                 let now = Self::db_now(&mut tx).await?;
                 let mut stale = 0;
@@ -906,6 +1036,29 @@ macro_rules! delivery_common {
                     if done == 0 {
                         stale += 1;
                         continue;
+                    }
+                    if matches!(record.next, NextState::Retry(_)) {
+                        // The endpoint may have been disabled or deleted while this attempt ran:
+                        // its retry is then failed like the rest of its pending deliveries.
+                        let (enabled, deleted_at): (bool, Option<i64>) =
+                            sqlx::query_as("select enabled, deleted_at from endpoints where id = $1")
+                                .bind(&record.endpoint_id)
+                                .fetch_one(&mut *tx)
+                                .await
+                                .map_err(map_err)?;
+                        if !enabled || deleted_at.is_some() {
+                            let reason = if deleted_at.is_some() { "endpoint_deleted" } else { "endpoint_disabled" };
+                            sqlx::query(
+                                r#"update deliveries set status = 'failed', last_error = $2, completed_at = $3
+                                where id = $1 and status = 'pending' and not bypass"#,
+                            )
+                            .bind(&record.delivery_id)
+                            .bind(reason)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                        }
                     }
                     let success = record.status_code.is_some_and(|s| (200..300).contains(&s));
                     for (period, size) in [("m", $crate::domain::stats::MINUTE), ("h", $crate::domain::stats::HOUR)] {
@@ -982,7 +1135,25 @@ macro_rules! delivery_common {
                         .rows_affected();
                         if disabled > 0 {
                             Self::fail_pending(&mut tx, &record.endpoint_id, "endpoint_disabled", now).await?;
+                            let data = serde_json::json!({
+                                "tenant_id": record.tenant_id,
+                                "endpoint_id": record.endpoint_id,
+                                "reason": reason,
+                                "disabled_at": $crate::domain::time::format_micros(now),
+                            });
+                            Self::emit_operational(
+                                &mut tx,
+                                operations.as_deref(),
+                                &record.tenant_id,
+                                "endpoint.disabled",
+                                data,
+                                now,
+                            )
+                            .await?;
                         }
+                    }
+                    if record.next == NextState::Failed {
+                        Self::emit_exhausted(&mut tx, operations.as_deref(), &record.delivery_id, now).await?;
                     }
                 }
                 for ((endpoint_id, tenant_id, period, bucket), (attempts, successes, failures, latency)) in rollup {

@@ -10,6 +10,8 @@
 mod common;
 #[macro_use]
 mod delivery;
+#[macro_use]
+mod maintenance;
 pub mod postgres;
 pub mod sqlite;
 
@@ -70,6 +72,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Closes every connection.
     async fn close(&self);
+    /// Names the operations tenant (id or external id) that operational events go to.
+    fn set_operations_tenant(&self, key: Option<String>);
 
     /// Stores a token by its hash.
     async fn insert_token(&self, token: &Token, hash: &str) -> Result<(), StoreError>;
@@ -214,6 +218,28 @@ pub trait Store: Send + Sync + 'static {
         period: &str,
         since: i64,
     ) -> Result<Vec<EndpointHealth>, StoreError>;
+    /// Takes the lock of job `name` until `until` unless another holder has it now.
+    async fn try_lock_job(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool, StoreError>;
+    /// Releases a job lock held by `holder`.
+    async fn unlock_job(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+    /// Deletes up to `batch` events created before `cutoff` (with their deliveries and attempts),
+    /// never one with a pending delivery. Returns how many.
+    async fn purge_old_events(&self, cutoff: i64, batch: i64) -> Result<u64, StoreError>;
+    /// Deletes up to `batch` idempotency keys created before `cutoff`.
+    async fn expire_idempotency_keys(&self, cutoff: i64, batch: i64) -> Result<u64, StoreError>;
+    /// Forgets rotated secrets whose grace period ended by `now`.
+    async fn expire_previous_secrets(&self, now: i64) -> Result<u64, StoreError>;
+    /// Deletes rollup buckets older than the windows need.
+    async fn purge_stats(&self, minute_cutoff: i64, hour_cutoff: i64) -> Result<u64, StoreError>;
+    /// Disables endpoints failing since `failing_before` with a failed attempt since
+    /// `failed_since`, fails their pending deliveries and reports each; returns their ids.
+    async fn disable_unhealthy_endpoints(
+        &self,
+        now: i64,
+        failing_before: i64,
+        failed_since: i64,
+        reason: &str,
+    ) -> Result<Vec<String>, StoreError>;
     /// Backlog figures for the metrics gauges.
     async fn delivery_gauges(&self) -> Result<DeliveryGauges, StoreError>;
 

@@ -25,6 +25,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// A store on a PostgreSQL database.
 pub struct PgStore {
     pool: PgPool,
+    operations: std::sync::RwLock<Option<String>>,
 }
 
 impl PgStore {
@@ -45,7 +46,7 @@ impl PgStore {
             .with_context(|| {
                 format!("could not connect to PostgreSQL at `{}`", crate::config::redact_url(url))
             })?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, operations: Default::default() })
     }
 
     /// The database clock, in Unix microseconds: every replica compares due and lease times
@@ -57,6 +58,11 @@ impl PgStore {
                 .await
                 .map_err(map_err)?;
         Ok(now)
+    }
+
+    /// The operations tenant (id or external id), if configured.
+    fn operations(&self) -> Option<String> {
+        self.operations.read().ok().and_then(|o| o.clone())
     }
 
     fn writer(&self) -> &PgPool {
@@ -75,6 +81,8 @@ delivery_common!(
     lock_e = " for update of e skip locked",
     lock_row = " for update"
 );
+
+maintenance_common!(PgStore, sqlx::Postgres);
 
 store_common!(PgStore, {
     fn backend(&self) -> Backend {

@@ -29,6 +29,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    operations: std::sync::RwLock<Option<String>>,
 }
 
 impl SqliteStore {
@@ -56,12 +57,17 @@ impl SqliteStore {
             .connect_with(options.read_only(false))
             .await
             .with_context(|| format!("could not open the SQLite database `{url}`"))?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore { writer, reader, operations: Default::default() })
     }
 
     /// The clock due and lease times compare against: this process's (SQLite has one writer).
     async fn db_now(_tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<i64, StoreError> {
         Ok(crate::domain::time::now_micros())
+    }
+
+    /// The operations tenant (id or external id), if configured.
+    fn operations(&self) -> Option<String> {
+        self.operations.read().ok().and_then(|o| o.clone())
     }
 
     fn writer(&self) -> &SqlitePool {
@@ -74,6 +80,8 @@ impl SqliteStore {
 }
 
 delivery_common!(SqliteStore, sqlx::Sqlite, lock_d = "", lock_e = "", lock_row = "");
+
+maintenance_common!(SqliteStore, sqlx::Sqlite);
 
 store_common!(SqliteStore, {
     fn backend(&self) -> Backend {

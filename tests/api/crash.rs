@@ -128,8 +128,19 @@ impl Api {
     }
 }
 
-#[tokio::test]
-async fn a_killed_process_loses_no_delivery_and_records_every_interrupted_attempt() {
+/// What a crash-and-restart left behind.
+struct Aftermath {
+    events: Vec<String>,
+    /// Every delivery with its attempts, once all are delivered.
+    deliveries: Vec<Value>,
+    /// Requests the receiver saw, by `webhook-id`.
+    received: HashMap<String, usize>,
+    seen_before_restart: usize,
+}
+
+/// Emits `EVENTS` events to a slow receiver, SIGKILLs the binary while requests are on the wire,
+/// starts it again on the same database and waits (40 s at most) until every delivery is delivered.
+async fn crash_and_restart() -> Aftermath {
     let db = TestDatabase::for_suite().await;
     announce_backend(db.backend);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -159,42 +170,63 @@ async fn a_killed_process_loses_no_delivery_and_records_every_interrupted_attemp
 
     let second = Herald::start(dir.path(), &db.url, 2).await;
     let api = Api::new(&second.base_url);
-    let deliveries = eventually(Duration::from_secs(40), "every delivery to be delivered", || async {
+    let summaries = eventually(Duration::from_secs(40), "every delivery to be delivered", || async {
         let deliveries = api.all_deliveries(&tenant).await;
         let done = deliveries.len() == EVENTS && deliveries.iter().all(|d| d["status"] == json!("delivered"));
         done.then_some(deliveries)
     })
     .await;
-
+    let mut deliveries = Vec::new();
+    for summary in &summaries {
+        deliveries.push(api.get(&format!("/v1/tenants/{tenant}/deliveries/{}", id_of(summary))).await);
+    }
     let mut received: HashMap<String, usize> = HashMap::new();
     for request in receiver.requests("/slow") {
         *received.entry(request.header("webhook-id").expect("webhook-id").to_owned()).or_default() += 1;
     }
-    for event in &events {
-        assert!(received.contains_key(event), "event {event} never reached the receiver");
+    Aftermath { events, deliveries, received, seen_before_restart }
+}
+
+fn attempts_of(delivery: &Value) -> &Vec<Value> {
+    delivery["attempts"].as_array().expect("attempts")
+}
+
+#[tokio::test]
+async fn a_killed_process_loses_no_delivery_and_every_request_seen_has_an_attempt_row() {
+    let after = crash_and_restart().await;
+    for event in &after.events {
+        assert!(after.received.contains_key(event), "event {event} never reached the receiver");
     }
-    let mut interrupted = 0;
-    for summary in &deliveries {
-        let delivery = api.get(&format!("/v1/tenants/{tenant}/deliveries/{}", id_of(summary))).await;
-        let attempts = delivery["attempts"].as_array().expect("attempts");
+    for delivery in &after.deliveries {
+        let attempts = attempts_of(delivery);
         let numbers: Vec<i64> = attempts.iter().map(|a| a["number"].as_i64().unwrap()).collect();
         assert_eq!(numbers, (1..=attempts.len() as i64).collect::<Vec<_>>(), "{delivery}");
         assert!(attempts.len() <= 4, "more than 1 + 3 attempts in one run: {delivery}");
         assert_eq!(delivery["attempt_count"], json!(attempts.len()), "{delivery}");
-        for attempt in &attempts[..attempts.len() - 1] {
-            assert_eq!(attempt["error_kind"], json!("interrupted"), "only a crash fails here: {delivery}");
-            interrupted += 1;
-        }
-        let last = attempts.last().expect("at least one attempt");
-        assert_eq!(last["status_code"], json!(200), "{delivery}");
+        assert_eq!(attempts.last().expect("an attempt")["status_code"], json!(200), "{delivery}");
         let event = delivery["event_id"].as_str().unwrap();
-        let seen = received.get(event).copied().unwrap_or(0);
+        let seen = after.received.get(event).copied().unwrap_or(0);
         assert!(
             seen <= attempts.len(),
             "the receiver saw {seen} requests of {event} but only {} attempts are recorded: {delivery}",
             attempts.len()
         );
     }
+    eprintln!("{} requests reached the receiver before the kill", after.seen_before_restart);
+}
+
+#[tokio::test]
+async fn every_attempt_cut_off_by_a_kill_is_closed_as_interrupted() {
+    let after = crash_and_restart().await;
+    let mut interrupted = 0;
+    for delivery in &after.deliveries {
+        let attempts = attempts_of(delivery);
+        for attempt in &attempts[..attempts.len() - 1] {
+            assert_eq!(attempt["error_kind"], json!("interrupted"), "only the kill fails here: {delivery}");
+            assert!(attempt["duration_ms"].is_i64(), "an attempt was left open: {delivery}");
+            interrupted += 1;
+        }
+    }
     assert!(interrupted > 0, "requests were in flight at the kill, so some attempt was interrupted");
-    eprintln!("{seen_before_restart} requests before the kill, {interrupted} interrupted attempts recorded");
+    eprintln!("{interrupted} interrupted attempts recorded");
 }

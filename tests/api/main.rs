@@ -6,6 +6,7 @@
 mod auth;
 mod cli;
 mod crash;
+mod dashboard;
 mod delivery;
 mod endpoints;
 mod errors;
@@ -13,6 +14,7 @@ mod event_types;
 mod helpers;
 mod ingest;
 mod interop;
+mod maintenance;
 mod observability;
 mod ops;
 mod pagination;

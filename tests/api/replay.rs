@@ -233,8 +233,6 @@ async fn check_test_delivery(
 }
 
 #[tokio::test]
-#[ignore = "app bug: a test delivery to an enabled non-FIFO endpoint is claimed twice in one claim; \
-            the duplicate attempt number fails every claim from then on (see the report)"]
 async fn the_test_route_sends_one_webhook_test_to_an_enabled_endpoint_alone() {
     let app = spawn_app_with(fast_retries).await;
     let receiver = Receiver::start().await;

@@ -1,0 +1,163 @@
+//! SQL of the scheduled jobs, shared by both backends: retention in bounded batches, expiry of
+//! idempotency keys and rotated secrets, endpoint health, rollup clean-up, and the job locks
+//! that keep replicas from running one job twice at once.
+
+/// Expands to inherent `*_impl` methods on `$store` (see `delivery_common!` for `$db`).
+macro_rules! maintenance_common {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            async fn try_lock_job_impl(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    r#"insert into job_locks (name, holder, locked_until)
+                    values ($1, $2, $4)
+                    on conflict (name) do update set holder = excluded.holder, locked_until = excluded.locked_until
+                    where job_locks.locked_until < $3 or job_locks.holder = excluded.holder"#,
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(now)
+                .bind(until)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn unlock_job_impl(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+                sqlx::query("delete from job_locks where name = $1 and holder = $2")
+                    .bind(name)
+                    .bind(holder)
+                    .execute(self.writer())
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn purge_old_events_impl(&self, cutoff: i64, batch: i64) -> Result<u64, StoreError> {
+                // Deliveries and attempts go with their event (on delete cascade). An event with a
+                // pending delivery is kept whatever its age.
+                let done = sqlx::query(
+                    r#"delete from events
+                    where id in (
+                        select e.id
+                        from events e
+                        where e.created_at < $1
+                          and not exists (
+                            select 1 from deliveries d where d.event_id = e.id and d.status = 'pending'
+                          )
+                        limit $2
+                    )"#,
+                )
+                .bind(cutoff)
+                .bind(batch)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn expire_idempotency_keys_impl(&self, cutoff: i64, batch: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query(
+                    r#"delete from idempotency_keys
+                    where (scope, key) in (
+                        select scope, key from idempotency_keys where created_at < $1 limit $2
+                    )"#,
+                )
+                .bind(cutoff)
+                .bind(batch)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn expire_previous_secrets_impl(&self, now: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query(
+                    r#"update endpoints
+                    set previous_secret = null, previous_secret_expires_at = null
+                    where previous_secret_expires_at is not null and previous_secret_expires_at <= $1"#,
+                )
+                .bind(now)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn purge_stats_impl(&self, minute_cutoff: i64, hour_cutoff: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query(
+                    r#"delete from endpoint_stats
+                    where (period = 'm' and bucket_start < $1) or (period = 'h' and bucket_start < $2)"#,
+                )
+                .bind(minute_cutoff)
+                .bind(hour_cutoff)
+                .execute(self.writer())
+                .await
+                .map_err(map_err)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn disable_unhealthy_endpoints_impl(
+                &self,
+                now: i64,
+                failing_before: i64,
+                failed_since: i64,
+                reason: &str,
+            ) -> Result<Vec<String>, StoreError> {
+                let operations = self.operations();
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let unhealthy: Vec<(String, String)> = sqlx::query_as(
+                    r#"select e.id, e.tenant_id
+                    from endpoints e
+                    where e.enabled
+                      and e.deleted_at is null
+                      and e.failing_since is not null
+                      and e.failing_since <= $1
+                      and exists (
+                        select 1
+                        from attempts a
+                        where a.endpoint_id = e.id
+                          and a.started_at >= $2
+                          and a.finished_at is not null
+                          and (a.status_code is null or a.status_code < 200 or a.status_code > 299)
+                      )
+                    limit 500"#,
+                )
+                .bind(failing_before)
+                .bind(failed_since)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                let mut disabled = Vec::new();
+                for (id, tenant_id) in unhealthy {
+                    let done = sqlx::query(
+                        r#"update endpoints set enabled = false, disabled_reason = $2, disabled_at = $3
+                        where id = $1 and enabled"#,
+                    )
+                    .bind(&id)
+                    .bind(reason)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+                    .rows_affected();
+                    if done == 0 {
+                        continue;
+                    }
+                    Self::fail_pending(&mut tx, &id, "endpoint_disabled", now).await?;
+                    let data = serde_json::json!({
+                        "tenant_id": tenant_id,
+                        "endpoint_id": id,
+                        "reason": reason,
+                        "disabled_at": $crate::domain::time::format_micros(now),
+                    });
+                    Self::emit_operational(&mut tx, operations.as_deref(), &tenant_id, "endpoint.disabled", data, now)
+                        .await?;
+                    disabled.push(id);
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(disabled)
+            }
+        }
+    };
+}
