@@ -33,6 +33,7 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let store = storage::connect(&config).await?;
         store.migrate().await.context("could not apply database migrations")?;
+        check_secret_keys(&config, store.as_ref()).await?;
         let bootstrap_token = ensure_admin_token(&config, store.as_ref()).await?;
         store.set_operations_tenant(config.operations.tenant.clone());
         if config.operations.tenant.is_some() {
@@ -50,7 +51,8 @@ impl App {
             None
         };
         let metrics = crate::metrics::install()?;
-        let state = AppState { store, config: Arc::new(config), admin_hash, wakeup, metrics };
+        let limits = Arc::new(crate::http::extract::RateLimits::new(&config.security));
+        let state = AppState { store, config: Arc::new(config), admin_hash, wakeup, metrics, limits };
         Ok(App { listener, state, bootstrap_token, dispatcher, jobs })
     }
 
@@ -134,6 +136,34 @@ async fn register_operational_event_types(store: &dyn Store) -> anyhow::Result<(
                 return Err(anyhow::Error::from(error).context("could not register operational event types"));
             }
         }
+    }
+    Ok(())
+}
+
+/// Warns once when secrets are stored in clear, and refuses to start when stored secrets were
+/// sealed with a key that is not configured (every delivery to them would fail).
+async fn check_secret_keys(config: &Config, store: &dyn Store) -> anyhow::Result<()> {
+    let cipher = config.cipher()?;
+    if !cipher.enabled() {
+        tracing::warn!(
+            "no `secret_key` is configured: endpoint secrets and header values are stored unencrypted"
+        );
+    }
+    let mut known: Vec<String> = cipher.key_id().map(str::to_owned).into_iter().collect();
+    for previous in &config.previous_secret_keys {
+        if let Ok(other) = crate::crypto::Cipher::new(Some(&previous.0), &[])
+            && let Some(id) = other.key_id()
+        {
+            known.push(id.to_owned());
+        }
+    }
+    let missing: Vec<String> =
+        store.sealed_key_ids().await?.into_iter().filter(|id| !known.contains(id)).collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "stored secrets were encrypted with master key id(s) {} which are not configured: set `secret_key` (or `previous_secret_keys`) to that key",
+            missing.join(", ")
+        );
     }
     Ok(())
 }

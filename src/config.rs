@@ -25,6 +25,16 @@ pub struct Config {
     pub admin_token: Option<Redacted>,
     /// Development mode: allows `http://` and private or loopback endpoint URLs.
     pub dev: bool,
+    /// Master key for secrets at rest: base64 of 32 random bytes (`HERALD_SECRET_KEY`).
+    pub secret_key: Option<Redacted>,
+    /// A file holding the master key instead (e.g. a mounted Kubernetes secret).
+    pub secret_key_file: Option<std::path::PathBuf>,
+    /// Older master keys still accepted for reading, until `herald secrets rekey` has run
+    /// (a list, or a comma-separated string in the environment).
+    #[serde(deserialize_with = "redacted_list")]
+    pub previous_secret_keys: Vec<Redacted>,
+    /// Send-time address checks and API limits.
+    pub security: SecurityConfig,
     /// Log output: `pretty` for people, `json` for log pipelines.
     pub log_format: LogFormat,
     /// Delivery settings.
@@ -56,6 +66,10 @@ impl Default for Config {
             database_url: "sqlite://herald.db".to_owned(),
             admin_token: None,
             dev: false,
+            secret_key: None,
+            secret_key_file: None,
+            previous_secret_keys: Vec::new(),
+            security: SecurityConfig::default(),
             log_format: LogFormat::Pretty,
             delivery: DeliveryConfig::default(),
             ingest: IngestConfig::default(),
@@ -198,11 +212,13 @@ pub struct ApiConfig {
     pub body_limit: usize,
     /// Most custom headers one endpoint may carry.
     pub max_headers_per_endpoint: usize,
+    /// Most live endpoints one tenant may have.
+    pub max_endpoints_per_tenant: i64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { body_limit: 256 * 1024, max_headers_per_endpoint: 20 }
+        Self { body_limit: 256 * 1024, max_headers_per_endpoint: 20, max_endpoints_per_tenant: 1000 }
     }
 }
 
@@ -215,6 +231,33 @@ pub struct SigningConfig {
     pub hex_header: Option<String>,
     /// Prefix of that header's value, such as `sha256=`.
     pub hex_prefix: String,
+}
+
+/// `[security]`: which private ranges endpoints may reach, and per-token API rate limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct SecurityConfig {
+    /// CIDR ranges opened to every endpoint despite the private-address guard, e.g. `10.20.0.0/16`.
+    #[serde(deserialize_with = "cidr_list")]
+    pub allow_cidrs: Vec<ipnet::IpNet>,
+    /// CIDR ranges opened to the operations tenant's endpoints only.
+    #[serde(deserialize_with = "cidr_list")]
+    pub operations_allow_cidrs: Vec<ipnet::IpNet>,
+    /// Requests per second per tenant token (burst of the same size); 0 = unlimited (100).
+    pub tenant_rate_limit: u32,
+    /// Requests per second per admin token; 0 = unlimited (0: producers are never throttled by surprise).
+    pub admin_rate_limit: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            allow_cidrs: Vec::new(),
+            operations_allow_cidrs: Vec::new(),
+            tenant_rate_limit: 100,
+            admin_rate_limit: 0,
+        }
+    }
 }
 
 /// `[maintenance]`: scheduled jobs. Cron expressions have six fields with seconds first
@@ -311,6 +354,21 @@ impl Config {
         Ok(config)
     }
 
+    /// The secrets-at-rest cipher from `secret_key` (or `secret_key_file`) and `previous_secret_keys`.
+    pub fn cipher(&self) -> anyhow::Result<crate::crypto::Cipher> {
+        let from_file = match &self.secret_key_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("could not read `secret_key_file` `{}`", path.display()))?,
+            ),
+            None => None,
+        };
+        let current = self.secret_key.as_ref().map(|k| k.0.clone()).or(from_file);
+        let previous: Vec<String> = self.previous_secret_keys.iter().map(|k| k.0.clone()).collect();
+        crate::crypto::Cipher::new(current.as_deref(), &previous)
+            .map_err(|e| anyhow::anyhow!("invalid `secret_key`: {e}"))
+    }
+
     /// Checks the rules that span fields; names the option and what it accepts.
     pub fn validate(&self) -> anyhow::Result<()> {
         let db = &self.database_url;
@@ -342,6 +400,10 @@ impl Config {
                 bail!("invalid `signing.hex_header` `{name}`: expected a header name such as X-Signature");
             }
         }
+        if self.secret_key.is_some() && self.secret_key_file.is_some() {
+            bail!("invalid `secret_key_file`: set either `secret_key` or `secret_key_file`, not both");
+        }
+        self.cipher()?;
         let maintenance = &self.maintenance;
         if maintenance.batch_size < 1 || maintenance.batch_size > 100_000 {
             bail!("invalid `maintenance.batch_size`: expected 1 to 100000");
@@ -450,6 +512,52 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
 
 fn opt_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     duration(deserializer).map(Some)
+}
+
+fn redacted_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Redacted>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(
+        match ListOrText::deserialize(deserializer)
+            .map_err(|_| de::Error::custom("expected a list of keys"))?
+        {
+            ListOrText::List(items) => items.into_iter().map(Redacted).collect(),
+            ListOrText::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| Redacted(k.to_owned()))
+                .collect(),
+        },
+    )
+}
+
+fn cidr_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match ListOrText::deserialize(deserializer)
+        .map_err(|_| de::Error::custom("expected a list of CIDR ranges such as 10.0.0.0/8"))?
+    {
+        ListOrText::List(items) => items,
+        ListOrText::Text(text) if text.trim().is_empty() => Vec::new(),
+        ListOrText::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    items
+        .iter()
+        .map(|item| {
+            item.trim().parse::<ipnet::IpNet>().map_err(|_| {
+                de::Error::custom(format!("invalid CIDR range `{}`: expected e.g. 10.0.0.0/8", item.trim()))
+            })
+        })
+        .collect()
 }
 
 fn duration_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {

@@ -15,6 +15,7 @@
 
 pub mod app;
 pub mod config;
+pub mod crypto;
 pub mod dispatch;
 pub mod domain;
 pub mod http;

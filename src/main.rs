@@ -49,6 +49,18 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage the encryption of secrets at rest.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Re-encrypt every stored secret with `secret_key`; `previous_secret_keys` must still list
+    /// the old key(s). Also encrypts secrets stored in clear.
+    Rekey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +73,11 @@ enum TokenCommand {
         /// A label for the token.
         #[arg(long, default_value = "cli")]
         name: String,
+    },
+    /// Revoke a token by its id (`tok_…`); it stops working at once.
+    Revoke {
+        /// The token id.
+        id: String,
     },
 }
 
@@ -111,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 overrides.push(("database_url", url.clone()));
             }
         }
-        Command::Token { .. } => {}
+        Command::Token { .. } | Command::Secrets { .. } => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     herald::telemetry::init(config.log_format);
@@ -122,6 +139,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.migrate().await.context("could not apply database migrations")?;
             store.close().await;
             eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Revoke { id } } => {
+            let store = herald::storage::connect(&config).await?;
+            store.migrate().await.context("could not apply database migrations")?;
+            let revoked = store.revoke_token(&id, herald::domain::time::now_micros()).await;
+            store.close().await;
+            revoked.map_err(|_| anyhow::anyhow!("token `{id}` not found or already revoked"))?;
+            eprintln!("revoked token {id}");
+            Ok(())
+        }
+        Command::Secrets { command: SecretsCommand::Rekey } => {
+            let store = herald::storage::connect(&config).await?;
+            store.migrate().await.context("could not apply database migrations")?;
+            let cipher = config.cipher()?;
+            let Some(key_id) = cipher.key_id() else {
+                anyhow::bail!("`secret_key` is not set: nothing to encrypt with");
+            };
+            let changed =
+                store.rekey_secrets().await.context("rekeying failed; nothing was lost, run it again")?;
+            store.close().await;
+            eprintln!(
+                "re-encrypted {changed} row(s) with key {key_id}; the previous keys can now be removed"
+            );
             Ok(())
         }
         Command::Token { command: TokenCommand::Create { tenant, name } } => {

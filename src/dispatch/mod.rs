@@ -2,6 +2,7 @@
 //! a lease), sends them concurrently under a global bound, and hands results to a recorder that
 //! writes them in batches. No transaction is open while a request is on the wire.
 
+pub mod net_guard;
 pub mod send;
 
 use std::collections::HashMap;
@@ -37,6 +38,10 @@ pub enum Dispatched {
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     sender: Sender,
+    /// For the operations tenant's endpoints: `[security] operations_allow_cidrs` opened too.
+    operations_sender: Sender,
+    operations: Option<String>,
+    operations_id: Arc<Mutex<(Option<String>, Option<std::time::Instant>)>>,
     policy: RetryPolicy,
     lease: Duration,
     grace: Duration,
@@ -55,7 +60,19 @@ impl Dispatcher {
         let (results, receiver) = mpsc::unbounded_channel();
         Ok(Dispatcher {
             store,
-            sender: Sender::new(config)?,
+            sender: Sender::new(config, config.security.allow_cidrs.clone())?,
+            operations_sender: Sender::new(
+                config,
+                config
+                    .security
+                    .allow_cidrs
+                    .iter()
+                    .chain(&config.security.operations_allow_cidrs)
+                    .copied()
+                    .collect(),
+            )?,
+            operations: config.operations.tenant.clone(),
+            operations_id: Arc::new(Mutex::new((None, None))),
             policy: RetryPolicy {
                 schedule: config.delivery.retry_schedule.clone(),
                 retry_after_max: config.delivery.retry_after_max,
@@ -168,7 +185,12 @@ impl Dispatcher {
         let Some(payload) = claim.payload.clone() else {
             return self.record(&claim, gone(), Outcome::GiveUp { disable_endpoint: false });
         };
-        let sent = self.sender.send(&claim, payload).await;
+        let sender = if self.is_operations_tenant(&claim.tenant_id).await {
+            &self.operations_sender
+        } else {
+            &self.sender
+        };
+        let sent = sender.send(&claim, payload).await;
         let mut outcome = self.policy.decide(&sent.result, claim.run_attempt as u32, jitter());
         if let Some(max) = claim.max_attempts
             && claim.run_attempt >= max
@@ -203,6 +225,26 @@ impl Dispatcher {
             "attempt finished"
         );
         self.record(&claim, sent, outcome)
+    }
+
+    /// Whether `tenant_id` is the operations tenant (its id is looked up at most once a minute).
+    async fn is_operations_tenant(&self, tenant_id: &str) -> bool {
+        let Some(key) = &self.operations else { return false };
+        let cached = self.operations_id.lock().ok().and_then(|slot| match &*slot {
+            (id, Some(at)) if at.elapsed() < Duration::from_secs(60) => Some(id.clone()),
+            _ => None,
+        });
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let id = self.store.get_tenant(key).await.ok().map(|t| t.id);
+                if let Ok(mut slot) = self.operations_id.lock() {
+                    *slot = (id.clone(), Some(std::time::Instant::now()));
+                }
+                id
+            }
+        };
+        id.as_deref() == Some(tenant_id)
     }
 
     fn record(&self, claim: &Claimed, sent: Sent, outcome: Outcome) -> AttemptRecord {

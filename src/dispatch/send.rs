@@ -2,10 +2,12 @@
 //! pool, keep-alive, no redirects, no proxy), keep at most 8 KiB of the answer, classify errors.
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 
+use super::net_guard::{Guard, GuardedResolver};
 use crate::config::Config;
 use crate::domain::retry::{AttemptResult, ErrorKind, parse_retry_after};
 use crate::domain::signing::{hex_signature, secret_key, signature_header};
@@ -18,6 +20,7 @@ pub const MAX_RESPONSE_BODY: usize = 8 * 1024;
 #[derive(Clone)]
 pub struct Sender {
     client: reqwest::Client,
+    guard: Arc<Guard>,
     timeout: Duration,
     user_agent: HeaderValue,
     hex_header: Option<(HeaderName, String)>,
@@ -37,10 +40,12 @@ pub struct Sent {
 }
 
 impl Sender {
-    /// Builds the shared client.
-    pub fn new(config: &Config) -> anyhow::Result<Sender> {
+    /// Builds the shared client; `allow` are the CIDR ranges its guard opens (ignored in dev mode).
+    pub fn new(config: &Config, allow: Vec<ipnet::IpNet>) -> anyhow::Result<Sender> {
         let timeout = config.delivery.timeout;
+        let guard = Arc::new(Guard { open: config.dev, allow });
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver::new(guard.clone())))
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -54,7 +59,7 @@ impl Sender {
             Some(name) => Some((HeaderName::from_bytes(name.as_bytes())?, config.signing.hex_prefix.clone())),
             None => None,
         };
-        Ok(Sender { client, timeout, user_agent, hex_header })
+        Ok(Sender { client, guard, timeout, user_agent, hex_header })
     }
 
     /// The headers of one attempt: content type, user agent, the Standard Webhooks trio, the
@@ -98,6 +103,18 @@ impl Sender {
 
     /// Makes one attempt. Never fails: every problem is an outcome.
     pub async fn send(&self, claimed: &Claimed, body: String) -> Sent {
+        if let Err(blocked) = self.guard.check_url(&claimed.url) {
+            return Sent {
+                result: AttemptResult {
+                    status: None,
+                    error: Some(ErrorKind::BlockedAddress),
+                    retry_after: None,
+                },
+                duration: Duration::ZERO,
+                response_body: None,
+                error: Some(blocked.to_string()),
+            };
+        }
         let now = chrono::Utc::now();
         let headers = self.headers(claimed, body.as_bytes(), now.timestamp(), now.timestamp_micros());
         let started = Instant::now();
@@ -180,7 +197,9 @@ fn classify(error: &reqwest::Error) -> ErrorKind {
         return ErrorKind::Timeout;
     }
     let text = chain_text(error);
-    if text.contains("dns error")
+    if text.contains("blocked address") {
+        ErrorKind::BlockedAddress
+    } else if text.contains("dns error")
         || text.contains("failed to lookup")
         || text.contains("name or service not known")
     {

@@ -106,8 +106,10 @@ pub fn validate_secret(secret: &str) -> Result<(), String> {
     }
 }
 
-/// Checks an endpoint URL. `dev` allows `http://`.
-pub fn validate_url(url: &str, dev: bool) -> Result<(), String> {
+/// Checks an endpoint URL. `dev` allows `http://` and every address; otherwise literal IP
+/// addresses must be public or inside `allow`.
+pub fn validate_url(url: &str, dev: bool, allow: &[ipnet::IpNet]) -> Result<(), String> {
+    let allowed = |ip: std::net::IpAddr| allow.iter().any(|net| net.contains(&ip));
     if url.len() > MAX_URL_LEN {
         return Err(format!("must be at most {MAX_URL_LEN} characters"));
     }
@@ -121,10 +123,10 @@ pub fn validate_url(url: &str, dev: bool) -> Result<(), String> {
     match parsed.host() {
         None => return Err("must name a host".into()),
         Some(_) if dev => {}
-        Some(url::Host::Ipv4(ip)) if super::net::is_blocked(ip.into()) => {
+        Some(url::Host::Ipv4(ip)) if super::net::is_blocked(ip.into()) && !allowed(ip.into()) => {
             return Err(format!("address {ip} is private, loopback or reserved (allowed only in dev mode)"));
         }
-        Some(url::Host::Ipv6(ip)) if super::net::is_blocked(ip.into()) => {
+        Some(url::Host::Ipv6(ip)) if super::net::is_blocked(ip.into()) && !allowed(ip.into()) => {
             return Err(format!("address {ip} is private, loopback or reserved (allowed only in dev mode)"));
         }
         Some(url::Host::Domain(name)) => {
@@ -220,19 +222,22 @@ mod tests {
 
     #[test]
     fn urls_must_be_https_absolute_and_credential_free() {
-        assert!(validate_url("https://example.com/hooks", false).is_ok());
-        assert!(validate_url("http://example.com/hooks", false).is_err());
-        assert!(validate_url("http://127.0.0.1:9000/hooks", true).is_ok());
-        assert!(validate_url("https://127.0.0.1/hooks", false).is_err());
-        assert!(validate_url("https://[::ffff:10.0.0.1]/hooks", false).is_err());
-        assert!(validate_url("https://169.254.169.254/latest", false).is_err());
-        assert!(validate_url("https://LOCALHOST./x", false).is_err());
-        assert!(validate_url("https://8.8.8.8/hooks", false).is_ok());
-        assert!(validate_url("ftp://example.com", true).is_err());
-        assert!(validate_url("https://user:pw@example.com", false).is_err());
-        assert!(validate_url("https://example.com/#frag", false).is_err());
-        assert!(validate_url("/relative", false).is_err());
-        assert!(validate_url(&format!("https://example.com/{}", "a".repeat(3000)), false).is_err());
+        assert!(validate_url("https://example.com/hooks", false, &[]).is_ok());
+        assert!(validate_url("http://example.com/hooks", false, &[]).is_err());
+        assert!(validate_url("http://127.0.0.1:9000/hooks", true, &[]).is_ok());
+        assert!(validate_url("https://127.0.0.1/hooks", false, &[]).is_err());
+        assert!(validate_url("https://[::ffff:10.0.0.1]/hooks", false, &[]).is_err());
+        assert!(validate_url("https://169.254.169.254/latest", false, &[]).is_err());
+        assert!(validate_url("https://LOCALHOST./x", false, &[]).is_err());
+        assert!(validate_url("https://8.8.8.8/hooks", false, &[]).is_ok());
+        let allow = ["10.0.0.0/8".parse().expect("cidr")];
+        assert!(validate_url("https://10.1.2.3/hooks", false, &allow).is_ok());
+        assert!(validate_url("https://192.168.1.1/hooks", false, &allow).is_err());
+        assert!(validate_url("ftp://example.com", true, &[]).is_err());
+        assert!(validate_url("https://user:pw@example.com", false, &[]).is_err());
+        assert!(validate_url("https://example.com/#frag", false, &[]).is_err());
+        assert!(validate_url("/relative", false, &[]).is_err());
+        assert!(validate_url(&format!("https://example.com/{}", "a".repeat(3000)), false, &[]).is_err());
     }
 
     #[test]

@@ -188,7 +188,17 @@ async fn validate(
     endpoint: &mut Endpoint,
     check_catalogue: bool,
 ) -> Result<(), ApiError> {
-    if let Err(why) = validate_url(&endpoint.url, state.config.dev) {
+    let security = &state.config.security;
+    let operations = match state.config.operations.tenant.as_deref() {
+        Some(key) => state.store.get_tenant(key).await.is_ok_and(|t| t.id == endpoint.tenant_id),
+        None => false,
+    };
+    let allow: Vec<ipnet::IpNet> = if operations {
+        security.allow_cidrs.iter().chain(&security.operations_allow_cidrs).copied().collect()
+    } else {
+        security.allow_cidrs.clone()
+    };
+    if let Err(why) = validate_url(&endpoint.url, state.config.dev, &allow) {
         invalid.push("url", why);
     }
     check_text(invalid, "description", &endpoint.description, 2000);
@@ -269,6 +279,10 @@ pub async fn create_endpoint(
         invalid.push("secret", why);
     }
     invalid.into_result().map_err(ApiError::Invalid)?;
+    let limit = state.config.api.max_endpoints_per_tenant;
+    if state.store.count_endpoints(&endpoint.tenant_id).await? >= limit {
+        return Err(ApiError::Conflict(format!("this tenant already has the maximum of {limit} endpoints")));
+    }
     let secret = body.secret.unwrap_or_else(generate_secret);
     state.store.insert_endpoint(&endpoint, &secret).await?;
     Ok((StatusCode::CREATED, Json(EndpointCreatedOut { endpoint: endpoint.into(), secret })))

@@ -40,6 +40,12 @@ pub enum ApiError {
     /// 422: well-formed but invalid, field by field.
     #[error("{0}")]
     Invalid(Invalid),
+    /// 429: this token sent too many requests; retry after this many seconds.
+    #[error("too many requests from this token; retry after {0} s")]
+    TooManyRequests(u64),
+    /// 431: the request's headers are too large.
+    #[error("the request headers are too large")]
+    HeadersTooLarge,
     /// 503: the store is unavailable.
     #[error("service unavailable")]
     Unavailable,
@@ -103,6 +109,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -137,6 +145,10 @@ impl IntoResponse for ApiError {
             ApiError::Invalid(invalid) => format!("the request is invalid: {invalid}"),
             other => other.to_string(),
         };
+        let retry_after = match &self {
+            ApiError::TooManyRequests(seconds) => Some(*seconds),
+            _ => None,
+        };
         let errors = match self {
             ApiError::Invalid(invalid) => Some(invalid.0.into_iter().map(FieldErrorOut::from).collect()),
             _ => None,
@@ -152,6 +164,11 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(seconds) = retry_after
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

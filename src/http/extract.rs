@@ -110,6 +110,37 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// Per-token request rate limits (GCRA, burst = one second's worth).
+pub struct RateLimits {
+    tenant: Option<governor::DefaultKeyedRateLimiter<String>>,
+    admin: Option<governor::DefaultKeyedRateLimiter<String>>,
+}
+
+impl RateLimits {
+    /// Limits from `[security] tenant_rate_limit` and `admin_rate_limit` (0 = none).
+    pub fn new(config: &crate::config::SecurityConfig) -> RateLimits {
+        let limiter = |per_second: u32| {
+            std::num::NonZeroU32::new(per_second)
+                .map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n)))
+        };
+        RateLimits { tenant: limiter(config.tenant_rate_limit), admin: limiter(config.admin_rate_limit) }
+    }
+
+    /// Counts one request of token `key`; 429 with `Retry-After` when over the limit.
+    fn check(&self, scope: &Scope, key: &str) -> Result<(), ApiError> {
+        use governor::clock::{Clock, DefaultClock};
+        let limiter = match scope {
+            Scope::Admin => &self.admin,
+            Scope::Tenant(_) => &self.tenant,
+        };
+        let Some(limiter) = limiter else { return Ok(()) };
+        limiter.check_key(&key.to_owned()).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::TooManyRequests(wait.as_secs_f64().ceil().max(1.0) as u64)
+        })
+    }
+}
+
 /// The caller, from `Authorization: Bearer <token>`.
 #[derive(Clone, Debug)]
 pub struct Auth {
@@ -159,6 +190,7 @@ impl FromRequestParts<AppState> for Auth {
         if let Some(admin) = &state.admin_hash
             && bool::from(admin.as_bytes().ct_eq(hash.as_bytes()))
         {
+            state.limits.check(&Scope::Admin, "configured-admin-token")?;
             return Ok(Auth { scope: Scope::Admin });
         }
         match state.store.find_token_by_hash(&hash).await? {
@@ -173,7 +205,9 @@ impl FromRequestParts<AppState> for Auth {
                         }
                     });
                 }
-                Ok(Auth { scope: token.scope() })
+                let scope = token.scope();
+                state.limits.check(&scope, &token.id)?;
+                Ok(Auth { scope })
             }
             None => {
                 let route = parts.uri.path().to_owned();

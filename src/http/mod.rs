@@ -43,6 +43,8 @@ pub struct AppState {
     pub wakeup: Arc<tokio::sync::Notify>,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Per-token request rate limits.
+    pub limits: Arc<extract::RateLimits>,
 }
 
 /// Builds the whole router.
@@ -62,6 +64,7 @@ pub fn router(state: AppState) -> Router {
     router
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency))
         .layer(axum::middleware::from_fn(track))
+        .layer(axum::middleware::from_fn(cap_headers))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -70,6 +73,22 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
         }))
         .with_state(state)
+}
+
+/// Most bytes of request headers accepted (names and values).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Refuses requests with oversized headers (431) before any handler runs.
+async fn cap_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let size: usize =
+        request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if size > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge.into_response();
+    }
+    next.run(request).await
 }
 
 /// Counts requests and their latency by route template, method and status class.

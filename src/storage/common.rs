@@ -435,14 +435,14 @@ macro_rules! store_common {
                 .bind(&endpoint.url)
                 .bind(&endpoint.description)
                 .bind(to_json(&endpoint.event_types))
-                .bind(to_json(&endpoint.headers))
+                .bind(self.seal_headers(&endpoint.headers))
                 .bind(endpoint.enabled)
                 .bind(&endpoint.disabled_reason)
                 .bind(endpoint.disabled_at)
                 .bind(endpoint.fifo)
                 .bind(endpoint.max_in_flight)
                 .bind(endpoint.rate_limit_per_second)
-                .bind(secret)
+                .bind(self.cipher().seal(secret))
                 .bind(endpoint.created_at)
                 .bind(endpoint.updated_at)
                 .execute(self.writer())
@@ -464,7 +464,17 @@ macro_rules! store_common {
                 .fetch_one(self.reader())
                 .await
                 .map_err(map_err)?;
-                row.try_into()
+                self.open_endpoint(row.try_into()?)
+            }
+
+            async fn count_endpoints(&self, tenant_id: &str) -> Result<i64, StoreError> {
+                let (count,): (i64,) =
+                    sqlx::query_as("select count(*) from endpoints where tenant_id = $1 and deleted_at is null")
+                        .bind(tenant_id)
+                        .fetch_one(self.reader())
+                        .await
+                        .map_err(map_err)?;
+                Ok(count)
             }
 
             async fn list_endpoints(&self, tenant_id: &str, page: &PageQuery) -> Result<Vec<Endpoint>, StoreError> {
@@ -485,7 +495,7 @@ macro_rules! store_common {
                 .fetch_all(self.reader())
                 .await
                 .map_err(map_err)?;
-                rows.into_iter().map(Endpoint::try_from).collect()
+                rows.into_iter().map(|row| self.open_endpoint(row.try_into()?)).collect()
             }
 
             async fn update_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError> {
@@ -515,7 +525,7 @@ macro_rules! store_common {
                 .bind(&endpoint.url)
                 .bind(&endpoint.description)
                 .bind(to_json(&endpoint.event_types))
-                .bind(to_json(&endpoint.headers))
+                .bind(self.seal_headers(&endpoint.headers))
                 .bind(endpoint.enabled)
                 .bind(&endpoint.disabled_reason)
                 .bind(endpoint.disabled_at)
@@ -605,7 +615,7 @@ macro_rules! store_common {
                 )
                 .bind(tenant_id)
                 .bind(id)
-                .bind(secret)
+                .bind(self.cipher().seal(secret))
                 .bind(previous_expires_at)
                 .execute(self.writer())
                 .await
@@ -677,6 +687,7 @@ macro_rules! store_common {
                     match (hash == request_hash, status, body) {
                         (false, _, _) => IdempotencyState::Mismatch,
                         (true, Some(status), Some(body)) => {
+                            let body = self.cipher().open(&body).map_err(corrupt)?;
                             IdempotencyState::Replay { status: status as u16, body }
                         }
                         _ => IdempotencyState::InProgress,
@@ -694,7 +705,7 @@ macro_rules! store_common {
                 .bind(scope)
                 .bind(key)
                 .bind(i32::from(status))
-                .bind(body)
+                .bind(self.cipher().seal(body))
                 .execute(self.writer())
                 .await
                 .map_err(map_err)?;
@@ -817,6 +828,14 @@ macro_rules! store_common {
                 self.disable_unhealthy_endpoints_impl(now, failing_before, failed_since, reason).await
             }
 
+            async fn sealed_key_ids(&self) -> Result<Vec<String>, StoreError> {
+                self.sealed_key_ids_impl().await
+            }
+
+            async fn rekey_secrets(&self) -> Result<u64, StoreError> {
+                self.rekey_secrets_impl().await
+            }
+
             async fn delivery_gauges(&self) -> Result<DeliveryGauges, StoreError> {
                 self.delivery_gauges_impl().await
             }
@@ -836,7 +855,7 @@ macro_rules! store_common {
                 .fetch_one(self.reader())
                 .await
                 .map_err(map_err)?;
-                Ok(row.into())
+                self.open_secrets(row.into())
             }
         }
     };

@@ -120,16 +120,20 @@ pub(crate) struct CandidateRow {
 }
 
 impl CandidateRow {
-    pub(crate) fn headers(&self) -> Result<BTreeMap<String, String>, StoreError> {
-        serde_json::from_str(&self.headers).map_err(corrupt)
+    pub(crate) fn headers(
+        &self,
+        cipher: &crate::crypto::Cipher,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        let sealed: BTreeMap<String, String> = serde_json::from_str(&self.headers).map_err(corrupt)?;
+        sealed.into_iter().map(|(name, value)| Ok((name, cipher.open(&value).map_err(corrupt)?))).collect()
     }
 
-    pub(crate) fn secrets(&self) -> Secrets {
-        Secrets {
-            current: self.secret.clone(),
-            previous: self.previous_secret.clone(),
+    pub(crate) fn secrets(&self, cipher: &crate::crypto::Cipher) -> Result<Secrets, StoreError> {
+        Ok(Secrets {
+            current: cipher.open(&self.secret).map_err(corrupt)?,
+            previous: self.previous_secret.as_deref().map(|p| cipher.open(p)).transpose().map_err(corrupt)?,
             previous_expires_at: self.previous_secret_expires_at,
-        }
+        })
     }
 
     /// How many requests the endpoint's rate limit allows now, and the new theoretical arrival
@@ -196,6 +200,30 @@ pub(crate) struct ReplayRow {
 macro_rules! delivery_common {
     ($store:ty, $db:ty, lock_d = $lock:literal, lock_e = $lock_e:literal, lock_row = $lock_row:literal) => {
         impl $store {
+            /// Custom header values sealed for storage, as JSON.
+            fn seal_headers(&self, headers: &std::collections::BTreeMap<String, String>) -> String {
+                let sealed: std::collections::BTreeMap<&String, String> =
+                    headers.iter().map(|(name, value)| (name, self.cipher().seal(value))).collect();
+                to_json(&sealed)
+            }
+
+            /// An endpoint read from the store, its header values decrypted.
+            fn open_endpoint(&self, mut endpoint: Endpoint) -> Result<Endpoint, StoreError> {
+                for value in endpoint.headers.values_mut() {
+                    *value = self.cipher().open(value).map_err(corrupt)?;
+                }
+                Ok(endpoint)
+            }
+
+            /// Secrets read from the store, decrypted.
+            fn open_secrets(&self, secrets: Secrets) -> Result<Secrets, StoreError> {
+                Ok(Secrets {
+                    current: self.cipher().open(&secrets.current).map_err(corrupt)?,
+                    previous: secrets.previous.as_deref().map(|p| self.cipher().open(p)).transpose().map_err(corrupt)?,
+                    previous_expires_at: secrets.previous_expires_at,
+                })
+            }
+
             /// Fails an endpoint's pending deliveries that are not in flight.
             async fn fail_pending(
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -984,8 +1012,8 @@ macro_rules! delivery_common {
                         max_attempts: row.max_attempts,
                         lease_token,
                         url: endpoint.url.clone(),
-                        headers: endpoint.headers()?,
-                        secrets: endpoint.secrets(),
+                        headers: endpoint.headers(self.cipher())?,
+                        secrets: endpoint.secrets(self.cipher())?,
                         payload: row.payload,
                     });
                 }

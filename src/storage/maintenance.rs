@@ -33,6 +33,106 @@ macro_rules! maintenance_common {
                 Ok(())
             }
 
+            async fn sealed_key_ids_impl(&self) -> Result<Vec<String>, StoreError> {
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    r#"select distinct substr(secret, 8, 8) from endpoints where secret like 'enc:v1:%'
+                    union
+                    select distinct substr(previous_secret, 8, 8) from endpoints where previous_secret like 'enc:v1:%'"#,
+                )
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                Ok(rows.into_iter().map(|(id,)| id).collect())
+            }
+
+            async fn rekey_secrets_impl(&self) -> Result<u64, StoreError> {
+                let cipher = self.cipher().clone();
+                let reseal = |value: &str| -> Result<Option<String>, StoreError> {
+                    if cipher.is_current(value) {
+                        return Ok(None);
+                    }
+                    let plain = cipher.open(value).map_err(corrupt)?;
+                    Ok(Some(cipher.seal(&plain)))
+                };
+                let mut changed = 0;
+                let mut after = String::new();
+                loop {
+                    let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
+                        r#"select id, secret, previous_secret, headers
+                        from endpoints
+                        where id > $1
+                        order by id
+                        limit 500"#,
+                    )
+                    .bind(&after)
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err(map_err)?;
+                    let Some(last) = rows.last() else { break };
+                    after = last.0.clone();
+                    let mut tx = self.writer().begin().await.map_err(map_err)?;
+                    for (id, secret, previous, headers) in &rows {
+                        let new_secret = reseal(secret)?;
+                        let new_previous = match previous {
+                            Some(p) => reseal(p)?,
+                            None => None,
+                        };
+                        let stored: std::collections::BTreeMap<String, String> =
+                            serde_json::from_str(headers).map_err(corrupt)?;
+                        let mut headers_changed = false;
+                        let mut resealed = std::collections::BTreeMap::new();
+                        for (name, value) in stored {
+                            match reseal(&value)? {
+                                Some(v) => {
+                                    headers_changed = true;
+                                    resealed.insert(name, v);
+                                }
+                                None => {
+                                    resealed.insert(name, value);
+                                }
+                            }
+                        }
+                        if new_secret.is_none() && new_previous.is_none() && !headers_changed {
+                            continue;
+                        }
+                        sqlx::query(
+                            r#"update endpoints
+                            set secret = coalesce($2, secret), previous_secret = coalesce($3, previous_secret),
+                                headers = $4
+                            where id = $1"#,
+                        )
+                        .bind(id)
+                        .bind(new_secret)
+                        .bind(new_previous)
+                        .bind(to_json(&resealed))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                        changed += 1;
+                    }
+                    tx.commit().await.map_err(map_err)?;
+                }
+                let answers: Vec<(String, String, String)> = sqlx::query_as(
+                    "select scope, key, response_body from idempotency_keys where response_body like 'enc:v1:%'",
+                )
+                .fetch_all(self.reader())
+                .await
+                .map_err(map_err)?;
+                for (scope, key, body) in answers {
+                    if let Some(body) = reseal(&body)? {
+                        sqlx::query("update idempotency_keys set response_body = $3 where scope = $1 and key = $2")
+                            .bind(scope)
+                            .bind(key)
+                            .bind(body)
+                            .execute(self.writer())
+                            .await
+                            .map_err(map_err)?;
+                        changed += 1;
+                    }
+                }
+                Ok(changed)
+            }
+
             async fn purge_old_events_impl(&self, cutoff: i64, batch: i64) -> Result<u64, StoreError> {
                 // Deliveries and attempts go with their event (on delete cascade). An event with a
                 // pending delivery is kept whatever its age.

@@ -116,6 +116,8 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_endpoint(&self, endpoint: &Endpoint, secret: &str) -> Result<(), StoreError>;
     /// A live endpoint of a tenant.
     async fn get_endpoint(&self, tenant_id: &str, id: &str) -> Result<Endpoint, StoreError>;
+    /// How many live endpoints a tenant has.
+    async fn count_endpoints(&self, tenant_id: &str) -> Result<i64, StoreError>;
     /// A tenant's live endpoints, newest first.
     async fn list_endpoints(&self, tenant_id: &str, page: &PageQuery) -> Result<Vec<Endpoint>, StoreError>;
     /// Replaces the editable fields of an endpoint.
@@ -240,6 +242,11 @@ pub trait Store: Send + Sync + 'static {
         failed_since: i64,
         reason: &str,
     ) -> Result<Vec<String>, StoreError>;
+    /// Ids of the master keys that sealed stored secrets.
+    async fn sealed_key_ids(&self) -> Result<Vec<String>, StoreError>;
+    /// Re-seals every stored secret, header value and idempotent answer with the current key
+    /// (in batches); returns how many rows changed.
+    async fn rekey_secrets(&self) -> Result<u64, StoreError>;
     /// Backlog figures for the metrics gauges.
     async fn delivery_gauges(&self) -> Result<DeliveryGauges, StoreError>;
 
@@ -479,10 +486,11 @@ pub struct AttemptRecord {
 /// Opens the store named by `config.database_url`, without migrating.
 pub async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = config.database_url.as_str();
+    let cipher = config.cipher()?;
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url, &config.store).await?))
+        Ok(Arc::new(sqlite::SqliteStore::connect(url, &config.store, cipher).await?))
     } else {
-        Ok(Arc::new(postgres::PgStore::connect(url, &config.store).await?))
+        Ok(Arc::new(postgres::PgStore::connect(url, &config.store, cipher).await?))
     }
 }
 

@@ -26,11 +26,16 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 pub struct PgStore {
     pool: PgPool,
     operations: std::sync::RwLock<Option<String>>,
+    cipher: crate::crypto::Cipher,
 }
 
 impl PgStore {
     /// Connects to the database named by `url`.
-    pub async fn connect(url: &str, config: &StoreConfig) -> anyhow::Result<PgStore> {
+    pub async fn connect(
+        url: &str,
+        config: &StoreConfig,
+        cipher: crate::crypto::Cipher,
+    ) -> anyhow::Result<PgStore> {
         let synchronous_commit = match config.durability {
             Durability::Durable => "on",
             Durability::Relaxed => "off",
@@ -46,7 +51,7 @@ impl PgStore {
             .with_context(|| {
                 format!("could not connect to PostgreSQL at `{}`", crate::config::redact_url(url))
             })?;
-        Ok(PgStore { pool, operations: Default::default() })
+        Ok(PgStore { pool, operations: Default::default(), cipher })
     }
 
     /// The database clock, in Unix microseconds: every replica compares due and lease times
@@ -58,6 +63,11 @@ impl PgStore {
                 .await
                 .map_err(map_err)?;
         Ok(now)
+    }
+
+    /// Seals and opens secrets at rest.
+    fn cipher(&self) -> &crate::crypto::Cipher {
+        &self.cipher
     }
 
     /// The operations tenant (id or external id), if configured.

@@ -30,11 +30,16 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     operations: std::sync::RwLock<Option<String>>,
+    cipher: crate::crypto::Cipher,
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file named by `url`.
-    pub async fn connect(url: &str, config: &StoreConfig) -> anyhow::Result<SqliteStore> {
+    pub async fn connect(
+        url: &str,
+        config: &StoreConfig,
+        cipher: crate::crypto::Cipher,
+    ) -> anyhow::Result<SqliteStore> {
         let synchronous = match config.durability {
             Durability::Durable => SqliteSynchronous::Full,
             Durability::Relaxed => SqliteSynchronous::Normal,
@@ -57,12 +62,17 @@ impl SqliteStore {
             .connect_with(options.read_only(false))
             .await
             .with_context(|| format!("could not open the SQLite database `{url}`"))?;
-        Ok(SqliteStore { writer, reader, operations: Default::default() })
+        Ok(SqliteStore { writer, reader, operations: Default::default(), cipher })
     }
 
     /// The clock due and lease times compare against: this process's (SQLite has one writer).
     async fn db_now(_tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<i64, StoreError> {
         Ok(crate::domain::time::now_micros())
+    }
+
+    /// Seals and opens secrets at rest.
+    fn cipher(&self) -> &crate::crypto::Cipher {
+        &self.cipher
     }
 
     /// The operations tenant (id or external id), if configured.

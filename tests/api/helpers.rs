@@ -156,6 +156,8 @@ pub fn test_config(db: &TestDatabase) -> Config {
         database_url: db.url.clone(),
         admin_token: Some(Redacted(ADMIN_TOKEN.to_owned())),
         dev: true,
+        // Per-token rate limits have their own test; elsewhere they would only add noise.
+        security: herald::config::SecurityConfig { tenant_rate_limit: 0, ..Default::default() },
         ..Config::default()
     }
 }
