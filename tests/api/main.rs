@@ -20,6 +20,7 @@ mod ops;
 mod pagination;
 mod receiver;
 mod replay;
+mod security;
 mod storage;
 mod tenants;
 mod tokens;
