@@ -100,6 +100,11 @@ impl Dispatcher {
         let receiver = self.recorder.lock().ok().and_then(|mut r| r.take());
         let recorder = receiver
             .map(|receiver| tokio::spawn(record_loop(self.store.clone(), self.wakeup.clone(), receiver)));
+        let listening = {
+            let store = self.store.clone();
+            let (wakeup, shutdown) = (self.wakeup.clone(), shutdown.clone());
+            tokio::spawn(async move { store.listen_for_work(wakeup, shutdown).await })
+        };
         let mut last_reap = tokio::time::Instant::now() - self.lease;
         metrics::gauge!(crate::metrics::DISPATCHER_UP).set(1.0);
         while !shutdown.is_cancelled() {
@@ -124,6 +129,7 @@ impl Dispatcher {
                 }
             }
         }
+        let _ = listening.await;
         self.drain().await;
         metrics::gauge!(crate::metrics::DISPATCHER_UP).set(0.0);
         drop(self.results);

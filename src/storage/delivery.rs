@@ -198,7 +198,14 @@ pub(crate) struct ReplayRow {
 /// Expands to inherent `*_impl` methods on `$store`. `$lock` is appended to the claim and reap
 /// selects (row locks on PostgreSQL, empty on SQLite); `$lock_e` locks candidate endpoints.
 macro_rules! delivery_common {
-    ($store:ty, $db:ty, lock_d = $lock:literal, lock_e = $lock_e:literal, lock_row = $lock_row:literal) => {
+    (
+        $store:ty,
+        $db:ty,
+        lock_d = $lock:literal,
+        lock_e = $lock_e:literal,
+        lock_row = $lock_row:literal,
+        notify = $notify:literal
+    ) => {
         impl $store {
             /// Custom header values sealed for storage, as JSON.
             fn seal_headers(&self, headers: &std::collections::BTreeMap<String, String>) -> String {
@@ -222,6 +229,15 @@ macro_rules! delivery_common {
                     previous: secrets.previous.as_deref().map(|p| self.cipher().open(p)).transpose().map_err(corrupt)?,
                     previous_expires_at: secrets.previous_expires_at,
                 })
+            }
+
+            /// Tells every replica's dispatcher that work was committed (PostgreSQL `NOTIFY`, sent
+            /// at commit); nothing on SQLite, whose one process wakes its dispatcher directly.
+            async fn notify_work(tx: &mut sqlx::Transaction<'_, $db>) -> Result<(), StoreError> {
+                if !$notify.is_empty() {
+                    sqlx::query($notify).execute(&mut **tx).await.map_err(map_err)?;
+                }
+                Ok(())
             }
 
             /// Fails an endpoint's pending deliveries that are not in flight.
@@ -519,6 +535,9 @@ macro_rules! delivery_common {
                         .await
                         .map_err(map_err)?;
                     }
+                    if !targets.is_empty() {
+                        Self::notify_work(tx).await?;
+                    }
                     outcomes.push(IngestOutcome::Created { deliveries: targets.len() as i32 });
                 }
                 Ok(outcomes)
@@ -706,6 +725,7 @@ macro_rules! delivery_common {
                     .await
                     .map_err(map_err)?;
                 }
+                Self::notify_work(&mut tx).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(())
             }
@@ -759,6 +779,9 @@ macro_rules! delivery_common {
                     .await
                     .map_err(map_err)?
                     .rows_affected();
+                    if done > 0 {
+                        Self::notify_work(&mut tx).await?;
+                    }
                     tx.commit().await.map_err(map_err)?;
                     requeued += done;
                     if done < 1000 {

@@ -89,7 +89,8 @@ delivery_common!(
     sqlx::Postgres,
     lock_d = " for update of d skip locked",
     lock_e = " for update of e skip locked",
-    lock_row = " for update"
+    lock_row = " for update",
+    notify = "select pg_notify('herald_work', '')"
 );
 
 maintenance_common!(PgStore, sqlx::Postgres);
@@ -101,6 +102,44 @@ store_common!(PgStore, {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await.map_err(|e| StoreError::Database(e.into()))
+    }
+
+    async fn listen_for_work(
+        &self,
+        wakeup: std::sync::Arc<tokio::sync::Notify>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        while !shutdown.is_cancelled() {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(&self.pool).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::warn!(%error, "could not LISTEN for work; polling until it can");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if let Err(error) = listener.listen("herald_work").await {
+                tracing::warn!(%error, "could not LISTEN for work; polling until it can");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            // Whatever was committed while not listening is found by the next claim.
+            wakeup.notify_one();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    received = listener.recv() => match received {
+                        Ok(_) => wakeup.notify_one(),
+                        Err(error) => {
+                            tracing::warn!(%error, "the LISTEN connection failed; reconnecting");
+                            break;
+                        }
+                    },
+                }
+            }
+        }
     }
 
     async fn close(&self) {

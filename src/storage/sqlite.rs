@@ -89,7 +89,7 @@ impl SqliteStore {
     }
 }
 
-delivery_common!(SqliteStore, sqlx::Sqlite, lock_d = "", lock_e = "", lock_row = "");
+delivery_common!(SqliteStore, sqlx::Sqlite, lock_d = "", lock_e = "", lock_row = "", notify = "");
 
 maintenance_common!(SqliteStore, sqlx::Sqlite);
 
@@ -100,6 +100,13 @@ store_common!(SqliteStore, {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.writer).await.map_err(|e| StoreError::Database(e.into()))
+    }
+
+    async fn listen_for_work(
+        &self,
+        _wakeup: std::sync::Arc<tokio::sync::Notify>,
+        _shutdown: tokio_util::sync::CancellationToken,
+    ) {
     }
 
     async fn close(&self) {

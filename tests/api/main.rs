@@ -18,6 +18,7 @@ mod maintenance;
 mod observability;
 mod ops;
 mod pagination;
+mod properties;
 mod receiver;
 mod replay;
 mod security;
