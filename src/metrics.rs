@@ -80,7 +80,20 @@ fn describe() {
         metrics::Unit::Seconds,
         "Age of the oldest due, unclaimed delivery."
     );
-    metrics::describe_counter!(ENDPOINTS_DISABLED_TOTAL, "Endpoints disabled (410 Gone or by request).");
+    metrics::describe_counter!(
+        ENDPOINTS_DISABLED_TOTAL,
+        "Endpoints disabled (410 Gone, the health job, or by request)."
+    );
+    metrics::describe_counter!(
+        crate::maintenance::JOB_RUNS,
+        "Scheduled job runs, by job and result (ok, skipped, error)."
+    );
+    for job in crate::maintenance::JobKind::ALL {
+        for result in ["ok", "skipped", "error"] {
+            metrics::counter!(crate::maintenance::JOB_RUNS, "job" => job.name(), "result" => result)
+                .absolute(0);
+        }
+    }
     metrics::describe_gauge!(ENDPOINTS_DISABLED, "Endpoints disabled now.");
     metrics::describe_gauge!(DISPATCHER_UP, "1 while this process's dispatcher runs.");
     metrics::describe_gauge!(

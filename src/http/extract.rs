@@ -176,16 +176,18 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::Unauthorized);
-        };
-        let presented = value
-            .to_str()
-            .ok()
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 512)
-            .ok_or(ApiError::Unauthorized)?;
+            .filter(|t| !t.is_empty() && t.len() <= 512);
+        let Some(presented) = presented else {
+            metrics::counter!(crate::metrics::AUTH_FAILURES).increment(1);
+            tracing::info!(route = parts.uri.path(), "authentication failed: no bearer token");
+            return Err(ApiError::Unauthorized);
+        };
         let hash = hash_token(presented);
         if let Some(admin) = &state.admin_hash
             && bool::from(admin.as_bytes().ct_eq(hash.as_bytes()))

@@ -181,7 +181,7 @@ pub async fn get_endpoint_stats(
     let since = window.since(now);
     let mut health = state
         .store
-        .endpoints_overview(Some(&tenant.id), window.period(), since)
+        .endpoints_overview(Some(&tenant.id), Some(&ep), window.period(), since)
         .await?
         .into_iter()
         .find(|h| h.endpoint_id == ep)
@@ -207,7 +207,7 @@ async fn ranked(state: &AppState, tenant_id: Option<&str>, query: &RankQuery) ->
     };
     let now = now_micros();
     let since = window.since(now);
-    let mut all = state.store.endpoints_overview(tenant_id, window.period(), since).await?;
+    let mut all = state.store.endpoints_overview(tenant_id, None, window.period(), since).await?;
     let totals = Totals {
         endpoints: all.len(),
         disabled: all.iter().filter(|h| !h.enabled).count(),

@@ -782,10 +782,11 @@ macro_rules! store_common {
             async fn endpoints_overview(
                 &self,
                 tenant_id: Option<&str>,
+                endpoint_id: Option<&str>,
                 period: &str,
                 since: i64,
             ) -> Result<Vec<EndpointHealth>, StoreError> {
-                self.endpoints_overview_impl(tenant_id, period, since).await
+                self.endpoints_overview_impl(tenant_id, endpoint_id, period, since).await
             }
 
             fn set_operations_tenant(&self, key: Option<String>) {

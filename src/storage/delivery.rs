@@ -1285,15 +1285,17 @@ macro_rules! delivery_common {
             async fn endpoints_overview_impl(
                 &self,
                 tenant_id: Option<&str>,
+                endpoint_id: Option<&str>,
                 period: &str,
                 since: i64,
             ) -> Result<Vec<EndpointHealth>, StoreError> {
                 let endpoints: Vec<HealthRow> = sqlx::query_as(
                     r#"select id, tenant_id, url, enabled, disabled_reason, last_error, last_error_at, last_success_at
                     from endpoints
-                    where deleted_at is null and ($1 is null or tenant_id = $1)"#,
+                    where deleted_at is null and ($1 is null or tenant_id = $1) and ($2 is null or id = $2)"#,
                 )
                 .bind(tenant_id)
+                .bind(endpoint_id)
                 .fetch_all(self.reader())
                 .await
                 .map_err(map_err)?;
@@ -1302,21 +1304,24 @@ macro_rules! delivery_common {
                         cast(sum(failures) as bigint)
                     from endpoint_stats
                     where period = $1 and bucket_start >= $2 and ($3 is null or tenant_id = $3)
+                      and ($4 is null or endpoint_id = $4)
                     group by endpoint_id"#,
                 )
                 .bind(period)
                 .bind(since)
                 .bind(tenant_id)
+                .bind(endpoint_id)
                 .fetch_all(self.reader())
                 .await
                 .map_err(map_err)?;
                 let backlog: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
                     r#"select endpoint_id, count(*), min(created_at)
                     from deliveries
-                    where status = 'pending' and ($1 is null or tenant_id = $1)
+                    where status = 'pending' and ($1 is null or tenant_id = $1) and ($2 is null or endpoint_id = $2)
                     group by endpoint_id"#,
                 )
                 .bind(tenant_id)
+                .bind(endpoint_id)
                 .fetch_all(self.reader())
                 .await
                 .map_err(map_err)?;

@@ -74,7 +74,11 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
     /// Wakes `wakeup` whenever any process commits new work, until `shutdown` (PostgreSQL:
     /// `LISTEN herald_work`; SQLite: returns at once, its only process wakes itself).
-    async fn listen_for_work(&self, wakeup: std::sync::Arc<tokio::sync::Notify>, shutdown: tokio_util::sync::CancellationToken);
+    async fn listen_for_work(
+        &self,
+        wakeup: std::sync::Arc<tokio::sync::Notify>,
+        shutdown: tokio_util::sync::CancellationToken,
+    );
     /// Names the operations tenant (id or external id) that operational events go to.
     fn set_operations_tenant(&self, key: Option<String>);
 
@@ -220,6 +224,7 @@ pub trait Store: Send + Sync + 'static {
     async fn endpoints_overview(
         &self,
         tenant_id: Option<&str>,
+        endpoint_id: Option<&str>,
         period: &str,
         since: i64,
     ) -> Result<Vec<EndpointHealth>, StoreError>;

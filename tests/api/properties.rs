@@ -25,7 +25,10 @@ fn host() -> impl Strategy<Value = String> {
         Just("LocalHost.".to_owned()),
         "[a-z]{1,8}\\.localhost",
         any::<u32>().prop_map(|n| std::net::Ipv4Addr::from(n).to_string()),
-        (prop::sample::select(vec![0u8, 10, 100, 127, 169, 172, 192, 198, 203, 224, 240, 255]), any::<[u8; 3]>())
+        (
+            prop::sample::select(vec![0u8, 10, 100, 127, 169, 172, 192, 198, 203, 224, 240, 255]),
+            any::<[u8; 3]>()
+        )
             .prop_map(|(a, [b, c, d])| format!("{a}.{b}.{c}.{d}")),
         any::<u32>().prop_map(|n| n.to_string()),
         any::<u32>().prop_map(|n| format!("0x{n:x}")),
@@ -42,7 +45,16 @@ fn host() -> impl Strategy<Value = String> {
 /// URL-shaped strings: a scheme, optional userinfo, a host, port, path, query and fragment.
 fn url_like() -> impl Strategy<Value = String> {
     (
-        prop::sample::select(vec!["https://", "http://", "HTTPS://", "ftp://", "https:", "https:///", "//", ""]),
+        prop::sample::select(vec![
+            "https://",
+            "http://",
+            "HTTPS://",
+            "ftp://",
+            "https:",
+            "https:///",
+            "//",
+            "",
+        ]),
         prop::option::of(prop_oneof!["[a-z]{0,5}", "[a-z]{1,5}:[a-z]{0,5}", Just(":".to_owned())]),
         host(),
         prop::option::of(0u32..70_000),
@@ -81,16 +93,26 @@ fn assert_safe_url(text: &str) -> Result<(), TestCaseError> {
     let parsed = parsed.unwrap();
     prop_assert_eq!(parsed.scheme(), "https", "accepted {:?}", text);
     prop_assert!(!parsed.cannot_be_a_base(), "accepted {text:?}, which is not hierarchical");
-    prop_assert!(parsed.username().is_empty() && parsed.password().is_none(), "accepted userinfo in {text:?}");
+    prop_assert!(
+        parsed.username().is_empty() && parsed.password().is_none(),
+        "accepted userinfo in {text:?}"
+    );
     prop_assert!(parsed.fragment().is_none(), "accepted a fragment in {text:?}");
     match parsed.host() {
         None => prop_assert!(false, "accepted {text:?} without a host"),
-        Some(url::Host::Ipv4(ip)) => prop_assert!(!is_blocked(ip.into()), "accepted refused address {ip} in {text:?}"),
-        Some(url::Host::Ipv6(ip)) => prop_assert!(!is_blocked(ip.into()), "accepted refused address {ip} in {text:?}"),
+        Some(url::Host::Ipv4(ip)) => {
+            prop_assert!(!is_blocked(ip.into()), "accepted refused address {ip} in {text:?}")
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            prop_assert!(!is_blocked(ip.into()), "accepted refused address {ip} in {text:?}")
+        }
         Some(url::Host::Domain(name)) => {
             prop_assert!(!name.is_empty(), "accepted an empty host in {text:?}");
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            prop_assert!(name != "localhost" && !name.ends_with(".localhost"), "accepted localhost: {text:?}");
+            prop_assert!(
+                name != "localhost" && !name.ends_with(".localhost"),
+                "accepted localhost: {text:?}"
+            );
         }
     }
     Ok(())
@@ -131,7 +153,8 @@ proptest! {
 
 /// `^[a-z0-9_]+(\.[a-z0-9_]+)+$`, at most 128 bytes, written out by hand.
 fn is_valid_name(name: &str) -> bool {
-    let segment_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'));
+    let segment_ok =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'));
     name.len() <= MAX_NAME_LEN && name.split('.').count() >= 2 && name.split('.').all(segment_ok)
 }
 
@@ -236,7 +259,8 @@ fn nothing_subscribes_to_webhook_test() {
 /// `whsec_` secrets as the API accepts them (24–64 random bytes) or generates them.
 fn secret() -> impl Strategy<Value = String> {
     prop_oneof![
-        prop::collection::vec(any::<u8>(), 24..=64).prop_map(|bytes| format!("whsec_{}", STANDARD.encode(bytes))),
+        prop::collection::vec(any::<u8>(), 24..=64)
+            .prop_map(|bytes| format!("whsec_{}", STANDARD.encode(bytes))),
         Just(()).prop_map(|()| generate_secret()),
     ]
 }
@@ -263,7 +287,10 @@ fn assert_entry_shape(entry: &str) -> Result<(), TestCaseError> {
     prop_assert!(encoded.is_some(), "{entry:?} does not start with v1,");
     let encoded = encoded.unwrap();
     prop_assert_eq!(encoded.len(), 44, "{:?}", entry);
-    prop_assert!(encoded.ends_with('=') && !encoded.ends_with("=="), "{entry:?} is not padded base64 of 32 bytes");
+    prop_assert!(
+        encoded.ends_with('=') && !encoded.ends_with("=="),
+        "{entry:?} is not padded base64 of 32 bytes"
+    );
     prop_assert!(
         encoded[..43].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/'),
         "{entry:?} is not standard base64"
@@ -345,8 +372,27 @@ fn json_ish() -> impl Strategy<Value = String> {
         any::<String>(),
         prop::collection::vec(
             prop::sample::select(vec![
-                "{", "}", "[", "]", ",", ":", "\"a\"", "\"a\":", "1", "-0", "1e999", "1.5e-7", "true", "null",
-                " ", "\n", "\"\\u", "\\", "\"\\ud800\"", "\"", "{\"a\":1,\"a\":2}",
+                "{",
+                "}",
+                "[",
+                "]",
+                ",",
+                ":",
+                "\"a\"",
+                "\"a\":",
+                "1",
+                "-0",
+                "1e999",
+                "1.5e-7",
+                "true",
+                "null",
+                " ",
+                "\n",
+                "\"\\u",
+                "\\",
+                "\"\\ud800\"",
+                "\"",
+                "{\"a\":1,\"a\":2}",
             ]),
             0..40,
         )
