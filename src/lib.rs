@@ -23,3 +23,4 @@ pub mod maintenance;
 pub mod metrics;
 pub mod storage;
 pub mod telemetry;
+pub mod tools;

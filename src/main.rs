@@ -54,6 +54,64 @@ enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// Run a local receiving endpoint that prints each webhook (and can misbehave on purpose).
+    Receive {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// Verify signatures with this endpoint secret (`whsec_…`).
+        #[arg(long)]
+        secret: Option<String>,
+        /// Share of requests answered 500, 0.0–1.0.
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// Answer every request with this status.
+        #[arg(long)]
+        status: Option<u16>,
+        /// Wait this long before answering, e.g. 20ms.
+        #[arg(long, value_parser = parse_duration_arg)]
+        delay: Option<std::time::Duration>,
+        /// Share of requests never answered, 0.0–1.0.
+        #[arg(long, default_value_t = 0.0)]
+        hang_rate: f64,
+        /// Share of requests whose connection is dropped mid-answer, 0.0–1.0.
+        #[arg(long, default_value_t = 0.0)]
+        reset_rate: f64,
+    },
+    /// Measure Herald on this machine: starts a server on a fresh database and a receiver on loopback.
+    Bench {
+        /// Scenarios to run, in order.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [
+            herald::tools::bench::Scenario::Single,
+            herald::tools::bench::Scenario::Batch,
+            herald::tools::bench::Scenario::Fanout10,
+            herald::tools::bench::Scenario::Isolation,
+            herald::tools::bench::Scenario::Latency,
+        ])]
+        scenario: Vec<herald::tools::bench::Scenario>,
+        /// Events per scenario.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Deliveries in the backlog scenario.
+        #[arg(long, default_value_t = 1_000_000)]
+        backlog: usize,
+        /// Concurrent producer requests in the single-request scenario.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Run against this PostgreSQL server (a fresh database per scenario) instead of SQLite.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+        /// Longest one scenario may run, e.g. 5m.
+        #[arg(long, value_parser = parse_duration_arg, default_value = "5m")]
+        limit: std::time::Duration,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    herald::config::parse_duration(text)
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +168,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if matches!(cli.command, Command::Receive { .. } | Command::Bench { .. }) {
+        herald::telemetry::init(herald::config::LogFormat::Pretty);
+        return run_tool(cli.command).await;
+    }
     let mut overrides: Vec<(&str, String)> = Vec::new();
     match &cli.command {
         Command::Serve { dev, listen, database_url, .. } => {
@@ -129,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Token { .. } | Command::Secrets { .. } => {}
+        Command::Receive { .. } | Command::Bench { .. } => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     herald::telemetry::init(config.log_format);
@@ -180,6 +243,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{secret}");
             Ok(())
         }
+        Command::Receive { .. } | Command::Bench { .. } => run_tool(cli.command).await,
+    }
+}
+
+/// The tools that need no configuration: `receive` and `bench`.
+async fn run_tool(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Receive { listen, secret, fail_rate, status, delay, hang_rate, reset_rate } => {
+            use herald::tools::receive::{Behaviour, Receiver};
+            let behaviour = Behaviour {
+                secret,
+                fail_rate,
+                status,
+                delay: delay.unwrap_or_default(),
+                hang_rate,
+                reset_rate,
+                print: true,
+            };
+            let receiver = Receiver::start(listen, behaviour).await?;
+            eprintln!("receiving on {} (Ctrl-C to stop)", receiver.url());
+            tokio::signal::ctrl_c().await?;
+            Ok(())
+        }
+        Command::Bench { scenario, events, backlog, concurrency, postgres, limit, json } => {
+            let options = herald::tools::bench::Options {
+                scenarios: scenario,
+                events,
+                backlog,
+                concurrency,
+                postgres,
+                limit,
+                json,
+            };
+            let reports = herald::tools::bench::run(options).await?;
+            let lost: usize = reports.iter().map(|r| r.missing).sum();
+            if lost > 0 {
+                anyhow::bail!("{lost} deliveries did not arrive within the limit");
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -109,7 +109,13 @@ pub fn validate_secret(secret: &str) -> Result<(), String> {
 /// Checks an endpoint URL. `dev` allows `http://` and every address; otherwise literal IP
 /// addresses must be public or inside `allow`.
 pub fn validate_url(url: &str, dev: bool, allow: &[ipnet::IpNet]) -> Result<(), String> {
-    let allowed = |ip: std::net::IpAddr| allow.iter().any(|net| net.contains(&ip));
+    let allowed = |ip: std::net::IpAddr| {
+        let mapped = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4),
+            std::net::IpAddr::V4(_) => None,
+        };
+        allow.iter().any(|net| net.contains(&ip) || mapped.is_some_and(|m| net.contains(&m)))
+    };
     if url.len() > MAX_URL_LEN {
         return Err(format!("must be at most {MAX_URL_LEN} characters"));
     }

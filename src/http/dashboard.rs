@@ -16,7 +16,8 @@ pub(crate) fn router() -> Router<AppState> {
 }
 
 /// The dashboard page.
-#[utoipa::path(get, path = "/dashboard", tag = "ops", responses((status = 200, description = "HTML page", content_type = "text/html")))]
+#[utoipa::path(get, path = "/dashboard", tag = "ops",
+    responses((status = 200, description = "HTML page", body = String, content_type = "text/html"), (status = "4XX", description = "Client error: 431 headers too large", body = super::error::Problem, content_type = "application/problem+json")))]
 pub async fn dashboard() -> impl IntoResponse {
     (
         [

@@ -119,14 +119,17 @@ pub struct DeliveryList {
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     /// `pending` (in-flight ones included), `delivered` or `failed`.
+    #[param(pattern = "^(pending|delivered|failed)$")]
     pub status: Option<String>,
     /// Only this endpoint.
     pub endpoint_id: Option<String>,
     /// Only this event.
     pub event_id: Option<String>,
     /// Created at or after (RFC 3339 with offset).
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// Created before (RFC 3339 with offset).
+    #[param(format = DateTime)]
     pub until: Option<String>,
     #[serde(flatten)]
     #[param(ignore)]
@@ -137,7 +140,7 @@ pub struct DeliveryQuery {
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/deliveries", tag = "deliveries",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), DeliveryQuery, PageParams),
     security(("bearer" = [])),
-    responses((status = 200, body = DeliveryList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of deliveries, newest first", body = DeliveryList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
     auth: Auth,
@@ -178,7 +181,7 @@ async fn load(state: &AppState, tenant_id: &str, id: &str) -> Result<DeliveryOut
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/deliveries/{id}", tag = "deliveries",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`dlv_…`")),
     security(("bearer" = [])),
-    responses((status = 200, body = DeliveryOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The delivery with every attempt", body = DeliveryOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_delivery(
     State(state): State<AppState>,
     auth: Auth,
@@ -206,9 +209,9 @@ pub(crate) fn retry_error(error: RetryError, what: &str, id: &str) -> ApiError {
 
 /// Queue a delivery again now. A `failed` or `delivered` one starts a new run of attempts.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/deliveries/{id}/retry", tag = "deliveries",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`dlv_…`")),
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`dlv_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 202, body = DeliveryOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Queued again: the delivery as it now is", body = DeliveryOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn retry_delivery(
     State(state): State<AppState>,
     auth: Auth,

@@ -45,13 +45,15 @@ pub(crate) fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct EndpointIn {
     /// `https://…` (`http://` in dev mode only); no credentials, no fragment, at most 2048 characters.
-    #[schema(example = "https://example.com/webhooks")]
+    #[schema(example = "https://example.com/webhooks", max_length = 2048)]
     pub url: String,
     /// Free text.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: String,
     /// Exact names, `prefix.*` or `*`; empty or absent = every event type.
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub event_types: Vec<String>,
     /// Extra headers sent with every attempt; cannot replace `webhook-*`, `content-type`,
     /// `user-agent` or `host`.
@@ -63,10 +65,13 @@ pub struct EndpointIn {
     #[serde(default)]
     pub fifo: bool,
     /// Cap on attempts in flight, 1–1000 (default 10).
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_in_flight: Option<i32>,
     /// Optional cap on requests per second, 1–100000.
+    #[schema(minimum = 1, maximum = 100000)]
     pub rate_limit_per_second: Option<i32>,
     /// Your own `whsec_…` secret (base64 of 24–64 bytes); generated when absent.
+    #[schema(pattern = "^whsec_[A-Za-z0-9+/]+={0,2}$")]
     pub secret: Option<String>,
 }
 
@@ -75,24 +80,29 @@ pub struct EndpointIn {
 #[serde(deny_unknown_fields)]
 pub struct EndpointPatch {
     /// New URL.
+    #[schema(max_length = 2048)]
     pub url: Option<String>,
     /// New description.
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
     /// New subscription; applies to events accepted afterwards.
+    #[schema(max_items = 100)]
     pub event_types: Option<Vec<String>>,
     /// Replaces every custom header.
     pub headers: Option<BTreeMap<String, String>>,
     /// Enable or disable.
     pub enabled: Option<bool>,
     /// Reason recorded when disabling.
+    #[schema(max_length = 500)]
     pub disabled_reason: Option<String>,
     /// FIFO delivery.
     pub fifo: Option<bool>,
     /// Cap on attempts in flight.
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_in_flight: Option<i32>,
     /// Requests per second; `null` removes the limit.
     #[serde(default, deserialize_with = "super::double_option")]
-    #[schema(value_type = Option<i32>)]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 100000)]
     pub rate_limit_per_second: Option<Option<i32>>,
 }
 
@@ -244,8 +254,8 @@ async fn load(state: &AppState, tenant_id: &str, id: &str) -> Result<Endpoint, A
 
 /// Register an endpoint for a tenant.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints", request_body = EndpointIn,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
-    responses((status = 201, body = EndpointCreatedOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), super::idempotency::IdempotencyKeyHeader), security(("bearer" = [])),
+    responses((status = 201, description = "Created, with its signing secret", body = EndpointCreatedOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -291,7 +301,7 @@ pub async fn create_endpoint(
 /// List a tenant's endpoints, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), PageParams), security(("bearer" = [])),
-    responses((status = 200, body = EndpointList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of endpoints, newest first", body = EndpointList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_endpoints(
     State(state): State<AppState>,
     auth: Auth,
@@ -309,7 +319,7 @@ pub async fn list_endpoints(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
     security(("bearer" = [])),
-    responses((status = 200, body = EndpointOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The endpoint", body = EndpointOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -323,7 +333,7 @@ pub async fn get_endpoint(
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/endpoints/{ep}", tag = "endpoints", request_body = EndpointPatch,
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
     security(("bearer" = [])),
-    responses((status = 200, body = EndpointOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The endpoint", body = EndpointOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn update_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -392,7 +402,7 @@ pub async fn update_endpoint(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/endpoints/{ep}", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
     security(("bearer" = [])),
-    responses((status = 204, description = "deleted"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "deleted"), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -410,7 +420,7 @@ pub async fn delete_endpoint(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
     security(("bearer" = [])),
-    responses((status = 200, body = SecretOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The current secret", body = SecretOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_endpoint_secret(
     State(state): State<AppState>,
     auth: Auth,
@@ -433,8 +443,10 @@ pub async fn get_endpoint_secret(
 #[serde(deny_unknown_fields)]
 pub struct RotateIn {
     /// How long the old secret keeps signing, 0–604800 seconds (default 86400).
+    #[schema(minimum = 0, maximum = 604800)]
     pub grace_period_seconds: Option<i64>,
     /// Your own new `whsec_…` secret; generated when absent.
+    #[schema(pattern = "^whsec_[A-Za-z0-9+/]+={0,2}$")]
     pub secret: Option<String>,
 }
 
@@ -457,10 +469,10 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
 
 /// Rotate the signing secret. Until the grace period ends, attempts carry two signatures, the
 /// new secret's first.
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret/rotate", tag = "endpoints", request_body = RotateIn,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret/rotate", tag = "endpoints", request_body(content = Option<RotateIn>, description = "Optional: an empty body means the defaults"),
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 200, body = RotatedOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Rotated: the new secret", body = RotatedOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn rotate_endpoint_secret(
     State(state): State<AppState>,
     auth: Auth,
@@ -494,7 +506,7 @@ pub async fn rotate_endpoint_secret(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret/previous", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
     security(("bearer" = [])),
-    responses((status = 204, description = "the previous secret no longer signs"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "the previous secret no longer signs"), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_previous_secret(
     State(state): State<AppState>,
     auth: Auth,
@@ -513,6 +525,7 @@ pub async fn delete_previous_secret(
 #[serde(deny_unknown_fields)]
 pub struct DisableIn {
     /// Recorded as `disabled_reason`.
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
 }
 
@@ -556,9 +569,9 @@ async fn set_enabled(
 
 /// Enable an endpoint (clears the disabled reason). Nothing is re-queued: use `recover`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/enable", tag = "endpoints",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 200, body = EndpointOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The endpoint", body = EndpointOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn enable_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -569,10 +582,10 @@ pub async fn enable_endpoint(
 
 /// Disable an endpoint: no more claims; its pending deliveries fail with `endpoint_disabled`
 /// and can be replayed with `recover` after enabling.
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/disable", tag = "endpoints", request_body = DisableIn,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/disable", tag = "endpoints", request_body(content = Option<DisableIn>, description = "Optional: an empty body means no reason"),
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 200, body = EndpointOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The endpoint", body = EndpointOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn disable_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -586,9 +599,9 @@ pub async fn disable_endpoint(
 /// Send a real `webhook.test` event `{endpoint_id}` to this endpoint alone, even when it is
 /// disabled: one attempt, no retries, no re-enabling.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/test", tag = "endpoints",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 202, body = super::events::EventAccepted), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Accepted: the test event and its one delivery are committed", body = super::events::EventAccepted), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn test_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -624,8 +637,10 @@ pub async fn test_endpoint(
 #[serde(deny_unknown_fields)]
 pub struct RecoverIn {
     /// Replay failed deliveries created at or after this time (RFC 3339 with offset).
+    #[schema(format = DateTime)]
     pub since: String,
     /// … and before this time (default now); the window is at most 14 days.
+    #[schema(format = DateTime)]
     pub until: Option<String>,
 }
 
@@ -638,9 +653,9 @@ pub struct RecoverOut {
 
 /// Replay this endpoint's failed deliveries created in `[since, until)`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/recover", tag = "endpoints", request_body = RecoverIn,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 202, body = RecoverOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "The failed deliveries made pending again", body = RecoverOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn recover_endpoint(
     State(state): State<AppState>,
     auth: Auth,

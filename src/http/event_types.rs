@@ -32,10 +32,11 @@ pub(crate) fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct EventTypeIn {
     /// `segment(.segment)+`, lowercase letters, digits and `_`.
-    #[schema(example = "workflow.completed")]
+    #[schema(example = "workflow.completed", pattern = r"^[a-z0-9_]+(\.[a-z0-9_]+)+$", max_length = 128)]
     pub name: String,
     /// Free text for the catalogue.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: String,
     /// Optional JSON Schema that event `data` must match.
     pub schema: Option<Value>,
@@ -46,6 +47,7 @@ pub struct EventTypeIn {
 #[serde(deny_unknown_fields)]
 pub struct EventTypePatch {
     /// New description.
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
     /// New schema; `null` removes it.
     #[serde(default, deserialize_with = "super::double_option")]
@@ -120,8 +122,8 @@ fn check_schema(invalid: &mut Invalid, schema: Option<&Value>) {
 
 /// Create an event type.
 #[utoipa::path(post, path = "/v1/event-types", tag = "event types", request_body = EventTypeIn,
-    security(("bearer" = [])),
-    responses((status = 201, body = EventTypeOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    params(super::idempotency::IdempotencyKeyHeader), security(("bearer" = [])),
+    responses((status = 201, description = "Created", body = EventTypeOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_event_type(
     State(state): State<AppState>,
     auth: Auth,
@@ -158,7 +160,7 @@ pub async fn create_event_type(
 /// List event types by name.
 #[utoipa::path(get, path = "/v1/event-types", tag = "event types", params(EventTypeFilter, PageParams),
     security(("bearer" = [])),
-    responses((status = 200, body = EventTypeList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of event types, by name", body = EventTypeList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_event_types(
     State(state): State<AppState>,
     _auth: Auth,
@@ -181,7 +183,7 @@ async fn load(state: &AppState, name: &str) -> Result<EventType, ApiError> {
 /// Get one event type.
 #[utoipa::path(get, path = "/v1/event-types/{name}", tag = "event types",
     params(("name" = String, Path, description = "Event type name")), security(("bearer" = [])),
-    responses((status = 200, body = EventTypeOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The event type", body = EventTypeOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_event_type(
     State(state): State<AppState>,
     _auth: Auth,
@@ -193,7 +195,7 @@ pub async fn get_event_type(
 /// Update an event type's description, schema or archived flag.
 #[utoipa::path(patch, path = "/v1/event-types/{name}", tag = "event types", request_body = EventTypePatch,
     params(("name" = String, Path, description = "Event type name")), security(("bearer" = [])),
-    responses((status = 200, body = EventTypeOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The event type", body = EventTypeOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn update_event_type(
     State(state): State<AppState>,
     auth: Auth,
@@ -223,7 +225,7 @@ pub async fn update_event_type(
 /// Archive an event type: it stays readable but accepts no new events or subscriptions.
 #[utoipa::path(delete, path = "/v1/event-types/{name}", tag = "event types",
     params(("name" = String, Path, description = "Event type name")), security(("bearer" = [])),
-    responses((status = 204, description = "archived"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "archived"), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn archive_event_type(
     State(state): State<AppState>,
     auth: Auth,

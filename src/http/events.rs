@@ -313,10 +313,9 @@ fn idempotency_since(state: &AppState) -> i64 {
 
 /// Emit one event for a tenant. 202 means the event and its deliveries are committed.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events", request_body = EventIn,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "used when the body has no `idempotency_key`")),
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 202, body = EventAccepted), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Accepted: the event and its deliveries are committed", body = EventAccepted), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_event(
     State(state): State<AppState>,
     auth: Auth,
@@ -353,7 +352,7 @@ pub async fn create_event(
 /// each item has its own status.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events/batch", tag = "events", request_body = BatchIn,
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
-    responses((status = 202, body = BatchOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Processed: one result per event, in input order", body = BatchOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_events_batch(
     State(state): State<AppState>,
     auth: Auth,
@@ -430,8 +429,10 @@ pub struct EventQuery {
     /// Only this event type.
     pub event_type: Option<String>,
     /// Accepted at or after (RFC 3339 with offset).
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// Accepted before (RFC 3339 with offset).
+    #[param(format = DateTime)]
     pub until: Option<String>,
     #[serde(flatten)]
     #[param(ignore)]
@@ -447,7 +448,7 @@ pub(crate) fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), EventQuery, PageParams),
     security(("bearer" = [])),
-    responses((status = 200, body = EventList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of events, newest first", body = EventList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_events(
     State(state): State<AppState>,
     auth: Auth,
@@ -470,7 +471,7 @@ pub async fn list_events(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/events/{id}", tag = "events",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`evt_…`")),
     security(("bearer" = [])),
-    responses((status = 200, body = EventOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The event with the state of each delivery", body = EventOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_event(
     State(state): State<AppState>,
     auth: Auth,

@@ -17,6 +17,18 @@ use crate::domain::event::validate_idempotency_key;
 use crate::domain::time::now_micros;
 use crate::storage::IdempotencyState;
 
+/// The `Idempotency-Key` request header, as documented on every POST it applies to.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKeyHeader {
+    /// 1–255 printable ASCII characters. A repeat of the same request with the same key within
+    /// the idempotency window gets the first answer again (`Idempotent-Replayed: true`); another
+    /// request with it, or a repeat while the first still runs, gets 409. On event ingest the
+    /// body's `idempotency_key` wins over it.
+    #[param(rename = "Idempotency-Key", value_type = String, required = false, min_length = 1, max_length = 255, pattern = "^[ -~]+$")]
+    pub idempotency_key: Option<String>,
+}
+
 /// Largest stored answer; bigger ones are not replayable and are simply passed through.
 const MAX_STORED_RESPONSE: usize = 256 * 1024;
 

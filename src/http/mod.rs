@@ -63,9 +63,9 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency))
-        .layer(axum::middleware::from_fn(cap_headers))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(cap_headers))
         .layer(axum::middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))

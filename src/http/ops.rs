@@ -27,14 +27,16 @@ pub struct HealthOut {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = HealthOut)))]
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "Healthy", body = HealthOut), (status = "4XX", description = "Client error: 431 headers too large", body = Problem, content_type = "application/problem+json")))]
 pub async fn healthz() -> Json<HealthOut> {
     Json(HealthOut { status: "ok" })
 }
 
 /// Readiness: the database answers.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
-    responses((status = 200, body = HealthOut), (status = 503, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Ready", body = HealthOut), (status = "4XX", description = "Client error: 431 headers too large", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthOut>, ApiError> {
     match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => Ok(Json(HealthOut { status: "ok" })),
@@ -48,14 +50,15 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthOut>, Ap
 
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "ops",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain"), (status = "4XX", description = "Client error: 431 headers too large", body = Problem, content_type = "application/problem+json")))]
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     crate::metrics::refresh_store_gauges(state.store.as_ref()).await;
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 
 /// This API's OpenAPI document.
-#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1 document")))]
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object, content_type = "application/json"), (status = "4XX", description = "Client error: 431 headers too large", body = Problem, content_type = "application/problem+json")))]
 pub async fn openapi() -> (StatusCode, Json<utoipa::openapi::OpenApi>) {
     (StatusCode::OK, Json(super::ApiDoc::openapi()))
 }

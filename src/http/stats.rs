@@ -107,6 +107,7 @@ pub struct StatsList {
 #[into_params(parameter_in = Query)]
 pub struct WindowQuery {
     /// `1h` (default), `24h` or `7d`.
+    #[param(pattern = "^(1h|24h|7d)$")]
     pub window: Option<String>,
 }
 
@@ -115,11 +116,13 @@ pub struct WindowQuery {
 #[into_params(parameter_in = Query)]
 pub struct RankQuery {
     /// `1h` (default), `24h` or `7d`.
+    #[param(pattern = "^(1h|24h|7d)$")]
     pub window: Option<String>,
     /// `failure_rate` (default), `failures` or `lag`.
+    #[param(pattern = "^(failure_rate|failures|lag)$")]
     pub sort: Option<String>,
     /// Endpoints to return, 1–100 (default 20).
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
 }
 
@@ -164,7 +167,7 @@ fn stats_out(health: EndpointHealth, window: Window, now: i64) -> StatsOut {
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}/stats", tag = "stats",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), WindowQuery),
     security(("bearer" = [])),
-    responses((status = 200, body = StatsOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The endpoint's delivery health", body = StatsOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_endpoint_stats(
     State(state): State<AppState>,
     auth: Auth,
@@ -236,7 +239,7 @@ async fn ranked(state: &AppState, tenant_id: Option<&str>, query: &RankQuery) ->
 /// A tenant's endpoints, the worst first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/stats/endpoints", tag = "stats",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), RankQuery), security(("bearer" = [])),
-    responses((status = 200, body = StatsList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Endpoints, the worst first", body = StatsList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_tenant_endpoint_stats(
     State(state): State<AppState>,
     auth: Auth,
@@ -249,7 +252,7 @@ pub async fn list_tenant_endpoint_stats(
 
 /// Every tenant's endpoints, the worst first (admin).
 #[utoipa::path(get, path = "/v1/stats/endpoints", tag = "stats", params(RankQuery), security(("bearer" = [])),
-    responses((status = 200, body = StatsList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Endpoints, the worst first", body = StatsList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_endpoint_stats(
     State(state): State<AppState>,
     auth: Auth,
@@ -272,7 +275,7 @@ pub struct MeOut {
 
 /// Describe the calling token (the dashboard uses it to choose its view).
 #[utoipa::path(get, path = "/v1/me", tag = "tokens", security(("bearer" = [])),
-    responses((status = 200, body = MeOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Who the token speaks for", body = MeOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn whoami(State(state): State<AppState>, auth: Auth) -> Result<Json<MeOut>, ApiError> {
     match &auth.scope {
         Scope::Admin => Ok(Json(MeOut { scope: "admin".into(), tenant_id: None, tenant_name: None })),

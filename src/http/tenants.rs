@@ -33,8 +33,10 @@ pub(crate) fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct TenantIn {
     /// Display name, 1–255 characters.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// The platform's own id: `[A-Za-z0-9_-]{1,64}`, unique, usable in paths instead of `id`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     pub external_id: Option<String>,
     /// Free-form JSON object (at most 16 KiB).
     #[schema(value_type = Option<Object>)]
@@ -46,10 +48,11 @@ pub struct TenantIn {
 #[serde(deny_unknown_fields)]
 pub struct TenantPatch {
     /// New name.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     /// New external id; `null` removes it.
     #[serde(default, deserialize_with = "super::double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     pub external_id: Option<Option<String>>,
     /// Replaces the metadata object.
     #[schema(value_type = Option<Object>)]
@@ -120,8 +123,8 @@ fn external_id_conflict(result: Result<(), StoreError>, external_id: Option<&str
 }
 
 /// Create a tenant.
-#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantIn, security(("bearer" = [])),
-    responses((status = 201, body = TenantOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantIn, params(super::idempotency::IdempotencyKeyHeader), security(("bearer" = [])),
+    responses((status = 201, description = "Created", body = TenantOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     auth: Auth,
@@ -153,7 +156,7 @@ pub async fn create_tenant(
 
 /// List tenants, newest first.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(PageParams), security(("bearer" = [])),
-    responses((status = 200, body = TenantList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of tenants, newest first", body = TenantList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     auth: Auth,
@@ -169,7 +172,7 @@ pub async fn list_tenants(
 /// Get a tenant by id or external id (a tenant token may read its own).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
-    responses((status = 200, body = TenantOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The tenant", body = TenantOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_tenant(
     State(state): State<AppState>,
     auth: Auth,
@@ -181,7 +184,7 @@ pub async fn get_tenant(
 /// Update a tenant's name, external id or metadata.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", request_body = TenantPatch,
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
-    responses((status = 200, body = TenantOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The tenant", body = TenantOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn update_tenant(
     State(state): State<AppState>,
     auth: Auth,
@@ -217,7 +220,7 @@ pub async fn update_tenant(
 /// and its tokens revoked; history stays until retention removes it.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
-    responses((status = 204, description = "deleted"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "deleted"), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_tenant(
     State(state): State<AppState>,
     auth: Auth,
@@ -235,6 +238,7 @@ pub async fn delete_tenant(
 pub struct TokenIn {
     /// A label, such as `acme-portal`.
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub name: String,
 }
 
@@ -308,8 +312,8 @@ pub async fn issue_token(
 
 /// Create a token confined to one tenant.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/tokens", tag = "tokens", request_body = TokenIn,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
-    responses((status = 201, body = TokenCreatedOut), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), super::idempotency::IdempotencyKeyHeader), security(("bearer" = [])),
+    responses((status = 201, description = "Created; `token` is shown only in this answer", body = TokenCreatedOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_tenant_token(
     State(state): State<AppState>,
     auth: Auth,
@@ -338,7 +342,7 @@ pub struct TokenFilter {
 
 /// List live tokens, newest first.
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(TokenFilter, PageParams), security(("bearer" = [])),
-    responses((status = 200, body = TokenList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of tokens, newest first", body = TokenList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     auth: Auth,
@@ -358,7 +362,7 @@ pub async fn list_tokens(
 /// Revoke a token; it stops working at once.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path, description = "`tok_…`")), security(("bearer" = [])),
-    responses((status = 204, description = "revoked"), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "revoked"), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
 pub async fn revoke_token(
     State(state): State<AppState>,
     auth: Auth,

@@ -95,35 +95,43 @@ macro_rules! maintenance_common {
                         if new_secret.is_none() && new_previous.is_none() && !headers_changed {
                             continue;
                         }
-                        sqlx::query(
+                        // Only if nothing changed since it was read: a concurrent rotation or edit
+                        // is kept, and a second run re-seals it.
+                        let done = sqlx::query(
                             r#"update endpoints
                             set secret = coalesce($2, secret), previous_secret = coalesce($3, previous_secret),
                                 headers = $4
-                            where id = $1"#,
+                            where id = $1 and secret = $5 and coalesce(previous_secret, '') = $6 and headers = $7"#,
                         )
                         .bind(id)
                         .bind(new_secret)
                         .bind(new_previous)
                         .bind(to_json(&resealed))
+                        .bind(secret)
+                        .bind(previous.as_deref().unwrap_or(""))
+                        .bind(headers)
                         .execute(&mut *tx)
                         .await
                         .map_err(map_err)?;
-                        changed += 1;
+                        changed += done.rows_affected();
                     }
                     tx.commit().await.map_err(map_err)?;
                 }
                 let answers: Vec<(String, String, String)> = sqlx::query_as(
-                    "select scope, key, response_body from idempotency_keys where response_body like 'enc:v1:%'",
+                    "select scope, key, response_body from idempotency_keys where response_body is not null",
                 )
                 .fetch_all(self.reader())
                 .await
                 .map_err(map_err)?;
                 for (scope, key, body) in answers {
-                    if let Some(body) = reseal(&body)? {
-                        sqlx::query("update idempotency_keys set response_body = $3 where scope = $1 and key = $2")
-                            .bind(scope)
-                            .bind(key)
-                            .bind(body)
+                    if let Some(resealed) = reseal(&body)? {
+                        sqlx::query(
+                            "update idempotency_keys set response_body = $3 where scope = $1 and key = $2 and response_body = $4",
+                        )
+                        .bind(scope)
+                        .bind(key)
+                        .bind(resealed)
+                        .bind(body)
                             .execute(self.writer())
                             .await
                             .map_err(map_err)?;

@@ -21,6 +21,8 @@ mod pagination;
 mod properties;
 mod receiver;
 mod replay;
+mod replicas;
+mod scenario;
 mod security;
 mod storage;
 mod tenants;

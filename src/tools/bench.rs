@@ -1,0 +1,509 @@
+//! `herald bench`: starts a Herald server process on a fresh database and a built-in receiver,
+//! all on loopback, runs the chosen scenarios, and reports ingest rate, delivery rate,
+//! end-to-end latency (202 received by the producer → request received by the endpoint) and the
+//! server's peak RSS, as a table and as JSON. Counts and durations are bounded by flags.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::receive::{Behaviour, Receiver};
+use crate::domain::time::now_micros;
+
+const TOKEN: &str = "bench-admin-token-0123456789abcdef";
+
+/// The scenarios `herald bench` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// One endpoint, one API request per event.
+    Single,
+    /// One endpoint, events through the batch API.
+    Batch,
+    /// Ten endpoints, batch API.
+    Fanout10,
+    /// 1,000 endpoints, batch API (events ÷ 100).
+    Fanout1000,
+    /// Ten endpoints, one of which hangs until the timeout.
+    Isolation,
+    /// 1,000 events a second for a few seconds: latency under a steady load.
+    Latency,
+    /// A backlog ingested with the dispatcher off, then drained; RSS sampled throughout.
+    Backlog,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Scenarios, in order.
+    pub scenarios: Vec<Scenario>,
+    /// Events per scenario (Fanout1000 uses a hundredth).
+    pub events: usize,
+    /// Deliveries in the backlog scenario.
+    pub backlog: usize,
+    /// Concurrent producer requests in the single-request scenario.
+    pub concurrency: usize,
+    /// PostgreSQL server URL (a fresh database is created per scenario); SQLite when absent.
+    pub postgres: Option<String>,
+    /// Longest a scenario may take.
+    pub limit: Duration,
+    /// Also write the results here as JSON.
+    pub json: Option<PathBuf>,
+}
+
+/// One scenario's figures.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Which one.
+    pub scenario: String,
+    /// `sqlite` or `postgres`.
+    pub backend: String,
+    /// Events accepted.
+    pub events: usize,
+    /// Deliveries expected.
+    pub deliveries: usize,
+    /// Events accepted per second.
+    pub ingest_per_second: f64,
+    /// Deliveries received per second, from the first accept to the last arrival.
+    pub deliveries_per_second: f64,
+    /// Accepted → received, milliseconds.
+    pub latency_ms: Latencies,
+    /// Highest resident memory of the server process, MiB.
+    pub server_peak_rss_mib: f64,
+    /// Deliveries received more than once (0 without crashes).
+    pub duplicates: usize,
+    /// Deliveries never received within the limit.
+    pub missing: usize,
+    /// Notes (caps raised, scaled counts).
+    pub notes: Vec<String>,
+}
+
+/// Latency percentiles.
+#[derive(Debug, Default, Serialize)]
+pub struct Latencies {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(database_url: &str, extra: &[(&str, String)]) -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(["serve", "--dev"]).current_dir(dir.path()).kill_on_drop(true).stdin(Stdio::null());
+        command.stdout(Stdio::piped()).stderr(Stdio::null());
+        command
+            .env("HERALD_LISTEN", "127.0.0.1:0")
+            .env("HERALD_DATABASE_URL", database_url)
+            .env("HERALD_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn");
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().context("could not start `herald serve`")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let port = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
+                    return Ok::<u16, anyhow::Error>(rest.trim().parse()?);
+                }
+            }
+            bail!("the server exited before listening")
+        })
+        .await
+        .context("the server did not start within 60 s")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build()?;
+        Ok(Server { child, base: format!("http://127.0.0.1:{port}"), client, _dir: dir })
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let response =
+            self.client.post(format!("{}{path}", self.base)).bearer_auth(TOKEN).json(body).send().await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("POST {path} answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        let Some(pid) = self.child.id() else { return 0.0 };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+async fn fresh_database(options: &Options) -> anyhow::Result<(String, String, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    match &options.postgres {
+        None => Ok((format!("sqlite://{}/bench.db", dir.path().display()), "sqlite".into(), dir)),
+        Some(server) => {
+            let name = format!("herald_bench_{}", uuid::Uuid::new_v4().simple());
+            let pool = sqlx::PgPool::connect(server).await.context("could not connect to PostgreSQL")?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&pool).await?;
+            pool.close().await;
+            let mut url = url::Url::parse(server)?;
+            url.set_path(&format!("/{name}"));
+            Ok((url.to_string(), "postgres".into(), dir))
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// Runs the scenarios and prints the results.
+pub async fn run(options: Options) -> anyhow::Result<Vec<Report>> {
+    let mut reports = Vec::new();
+    for scenario in &options.scenarios {
+        let report =
+            run_scenario(*scenario, &options).await.with_context(|| format!("scenario {scenario:?}"))?;
+        print_report(&report);
+        reports.push(report);
+    }
+    if let Some(path) = &options.json {
+        std::fs::write(path, serde_json::to_string_pretty(&reports)?)?;
+    }
+    Ok(reports)
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "{:<11} {:<8} events={:<8} deliveries={:<8} ingest={:>9.0}/s delivery={:>9.0}/s p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms rss={:>6.1}MiB missing={} duplicates={}{}",
+        r.scenario,
+        r.backend,
+        r.events,
+        r.deliveries,
+        r.ingest_per_second,
+        r.deliveries_per_second,
+        r.latency_ms.p50,
+        r.latency_ms.p95,
+        r.latency_ms.p99,
+        r.server_peak_rss_mib,
+        r.missing,
+        r.duplicates,
+        if r.notes.is_empty() { String::new() } else { format!(" ({})", r.notes.join("; ")) }
+    );
+}
+
+async fn run_scenario(scenario: Scenario, options: &Options) -> anyhow::Result<Report> {
+    let (database_url, backend, _db_dir) = fresh_database(options).await?;
+    let healthy = Receiver::start("127.0.0.1:0".parse()?, Behaviour::default()).await?;
+    let hanging =
+        Receiver::start("127.0.0.1:0".parse()?, Behaviour { hang_rate: 1.0, ..Behaviour::default() }).await?;
+    let (endpoints, events, batch) = match scenario {
+        Scenario::Single => (1, options.events, false),
+        Scenario::Batch => (1, options.events, true),
+        Scenario::Fanout10 | Scenario::Isolation => (10, options.events, true),
+        Scenario::Fanout1000 => (1000, (options.events / 100).max(10), true),
+        Scenario::Latency => (1, options.events.min(5000), false),
+        Scenario::Backlog => (1, options.backlog, true),
+    };
+    let mut notes = Vec::new();
+    let mut env: Vec<(&str, String)> = Vec::new();
+    if scenario == Scenario::Backlog {
+        // Ingest with the dispatcher off, then drain with a second process on the same database.
+        env.push(("HERALD_INGEST__BATCH_BODY_LIMIT", "64MiB".into()));
+    }
+    let server = Server::start(&database_url, &env).await?;
+    let server = if scenario == Scenario::Backlog {
+        server.stop().await;
+        let api: Vec<(&str, String)> = vec![("HERALD_INGEST__BATCH_BODY_LIMIT", "64MiB".into())];
+        let mut api_server = start_role(&database_url, "api", &api).await?;
+        setup(&api_server, endpoints, &healthy, &hanging, scenario).await?;
+        let tenant = "bench";
+        let started = Instant::now();
+        ingest_batches(&api_server, tenant, events).await?;
+        let ingest_secs = started.elapsed().as_secs_f64();
+        notes.push(format!(
+            "backlog ingested at {:.0} events/s with the dispatcher off",
+            events as f64 / ingest_secs
+        ));
+        let _ = api_server.child.kill().await;
+        let drain = Server::start(&database_url, &[]).await?;
+        let begin = Instant::now();
+        let mut peak_samples = Vec::new();
+        loop {
+            let received = healthy.counters.accepted.load(Ordering::Relaxed) as usize;
+            peak_samples.push(drain.peak_rss_mib());
+            if received >= events || begin.elapsed() > options.limit {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let secs = begin.elapsed().as_secs_f64();
+        let received = healthy.counters.accepted.load(Ordering::Relaxed) as usize;
+        let report = Report {
+            scenario: "backlog".into(),
+            backend,
+            events,
+            deliveries: events,
+            ingest_per_second: events as f64 / ingest_secs,
+            deliveries_per_second: received as f64 / secs,
+            server_peak_rss_mib: drain.peak_rss_mib(),
+            missing: events.saturating_sub(received),
+            notes,
+            ..Report::default()
+        };
+        drain.stop().await;
+        return Ok(report);
+    } else {
+        server
+    };
+
+    setup(&server, endpoints, &healthy, &hanging, scenario).await?;
+    let tenant = "bench";
+    let healthy_endpoints = if scenario == Scenario::Isolation { endpoints - 1 } else { endpoints };
+    let expected = events * healthy_endpoints;
+    let begin = Instant::now();
+    let accepted: HashMap<String, i64> = if batch {
+        ingest_batches(&server, tenant, events).await?
+    } else if scenario == Scenario::Latency {
+        ingest_paced(&server, tenant, events, 1000).await?
+    } else {
+        ingest_single(&server, tenant, events, options.concurrency).await?
+    };
+    let ingest_secs = begin.elapsed().as_secs_f64();
+    while (healthy.counters.accepted.load(Ordering::Relaxed) as usize) < expected
+        && begin.elapsed() < options.limit
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let arrivals = healthy.counters.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+    let last_arrival = arrivals.iter().map(|(_, at, _)| *at).max().unwrap_or(0);
+    let first_accept = accepted.values().copied().min().unwrap_or(0);
+    let delivery_secs = ((last_arrival - first_accept) as f64 / 1e6).max(1e-6);
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    let mut latencies: Vec<f64> = Vec::with_capacity(arrivals.len());
+    for (id, at, ok) in &arrivals {
+        if !ok {
+            continue;
+        }
+        *per_id.entry(id.as_str()).or_default() += 1;
+        if let Some(accepted_at) = accepted.get(id) {
+            latencies.push((at - accepted_at) as f64 / 1000.0);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let received: usize = per_id.values().sum();
+    let duplicates = per_id.values().map(|n| n.saturating_sub(healthy_endpoints)).sum();
+    if scenario == Scenario::Isolation {
+        notes.push(format!(
+            "one endpoint hangs until the timeout; {} requests to it",
+            hanging.counters.requests.load(Ordering::Relaxed)
+        ));
+    }
+    if scenario == Scenario::Fanout1000 {
+        notes.push(format!("events scaled to {events}"));
+    }
+    let report = Report {
+        scenario: format!("{scenario:?}").to_lowercase(),
+        backend,
+        events,
+        deliveries: expected,
+        ingest_per_second: events as f64 / ingest_secs,
+        deliveries_per_second: received as f64 / delivery_secs,
+        latency_ms: Latencies {
+            p50: percentile(&latencies, 50.0),
+            p95: percentile(&latencies, 95.0),
+            p99: percentile(&latencies, 99.0),
+        },
+        server_peak_rss_mib: server.peak_rss_mib(),
+        duplicates,
+        missing: expected.saturating_sub(received),
+        notes,
+    };
+    server.stop().await;
+    Ok(report)
+}
+
+async fn start_role(database_url: &str, role: &str, env: &[(&str, String)]) -> anyhow::Result<Server> {
+    let mut server = Server::start(database_url, env).await?;
+    // `Server::start` runs `serve --dev`; restart with the role when one is asked for.
+    let _ = server.child.kill().await;
+    let dir = tempfile::tempdir()?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["serve", "--dev", "--role", role]).current_dir(dir.path()).kill_on_drop(true);
+    command.stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null());
+    command
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("HERALD_DATABASE_URL", database_url)
+        .env("HERALD_ADMIN_TOKEN", TOKEN);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let port = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
+                return Ok::<u16, anyhow::Error>(rest.trim().parse()?);
+            }
+        }
+        bail!("the server exited before listening")
+    })
+    .await??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    server.child = child;
+    server.base = format!("http://127.0.0.1:{port}");
+    server._dir = dir;
+    Ok(server)
+}
+
+async fn setup(
+    server: &Server,
+    endpoints: usize,
+    healthy: &Receiver,
+    hanging: &Receiver,
+    scenario: Scenario,
+) -> anyhow::Result<()> {
+    server.post("/v1/event-types", &json!({"name": "bench.event"})).await?;
+    server.post("/v1/tenants", &json!({"name": "Bench", "external_id": "bench"})).await?;
+    for n in 0..endpoints {
+        let url = if scenario == Scenario::Isolation && n == 0 {
+            format!("{}/hang", hanging.url())
+        } else {
+            format!("{}/hook/{n}", healthy.url())
+        };
+        server.post("/v1/tenants/bench/endpoints", &json!({"url": url})).await?;
+    }
+    Ok(())
+}
+
+/// A 1 KiB `data` object.
+fn data(n: usize) -> Value {
+    json!({"n": n, "padding": "x".repeat(1000)})
+}
+
+async fn ingest_single(
+    server: &Server,
+    tenant: &str,
+    events: usize,
+    concurrency: usize,
+) -> anyhow::Result<HashMap<String, i64>> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let next = next.clone();
+        let client = server.client.clone();
+        let url = format!("{}/v1/tenants/{tenant}/events", server.base);
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= events {
+                    return Ok::<_, anyhow::Error>(accepted);
+                }
+                let response = client
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"event": "bench.event", "data": data(n)}))
+                    .send()
+                    .await?;
+                let at = now_micros();
+                if !response.status().is_success() {
+                    bail!("ingest answered {}", response.status());
+                }
+                let body: Value = response.json().await?;
+                accepted.push((body["id"].as_str().unwrap_or_default().to_owned(), at));
+            }
+        }));
+    }
+    let mut accepted = HashMap::with_capacity(events);
+    for task in tasks {
+        accepted.extend(task.await??);
+    }
+    Ok(accepted)
+}
+
+async fn ingest_paced(
+    server: &Server,
+    tenant: &str,
+    events: usize,
+    per_second: u64,
+) -> anyhow::Result<HashMap<String, i64>> {
+    let mut interval = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+    let mut tasks = Vec::with_capacity(events);
+    for n in 0..events {
+        interval.tick().await;
+        let client = server.client.clone();
+        let url = format!("{}/v1/tenants/{tenant}/events", server.base);
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .post(&url)
+                .bearer_auth(TOKEN)
+                .json(&json!({"event": "bench.event", "data": data(n)}))
+                .send()
+                .await?;
+            let at = now_micros();
+            let body: Value = response.json().await?;
+            Ok::<_, anyhow::Error>((body["id"].as_str().unwrap_or_default().to_owned(), at))
+        }));
+    }
+    let mut accepted = HashMap::with_capacity(events);
+    for task in tasks {
+        let (id, at) = task.await??;
+        accepted.insert(id, at);
+    }
+    Ok(accepted)
+}
+
+async fn ingest_batches(
+    server: &Server,
+    tenant: &str,
+    events: usize,
+) -> anyhow::Result<HashMap<String, i64>> {
+    let mut accepted = HashMap::with_capacity(events);
+    let mut n = 0;
+    while n < events {
+        let size = (events - n).min(1000);
+        let batch: Vec<Value> =
+            (n..n + size).map(|i| json!({"event": "bench.event", "data": data(i)})).collect();
+        let body =
+            server.post(&format!("/v1/tenants/{tenant}/events/batch"), &json!({"events": batch})).await?;
+        let at = now_micros();
+        for item in body["data"].as_array().into_iter().flatten() {
+            if let Some(id) = item["id"].as_str() {
+                accepted.insert(id.to_owned(), at);
+            }
+        }
+        n += size;
+    }
+    Ok(accepted)
+}

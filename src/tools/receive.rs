@@ -1,0 +1,207 @@
+//! `herald receive`: a local receiving endpoint, for trying Herald out and for the benchmark.
+//! It verifies signatures when given the secret, records when each event arrived, and can
+//! misbehave on purpose: an error rate, a fixed status, a delay, hanging, or resetting the
+//! connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::time::now_micros;
+
+/// How the receiver answers.
+#[derive(Clone, Debug, Default)]
+pub struct Behaviour {
+    /// Verify `webhook-signature` with this `whsec_…` secret.
+    pub secret: Option<String>,
+    /// Share of requests answered 500 (0.0–1.0).
+    pub fail_rate: f64,
+    /// Answer every request with this status instead of 200.
+    pub status: Option<u16>,
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// Share of requests never answered (the sender's timeout cuts them off).
+    pub hang_rate: f64,
+    /// Share of requests whose connection is dropped before an answer is complete.
+    pub reset_rate: f64,
+    /// Print one line per request.
+    pub print: bool,
+}
+
+/// What the receiver has seen.
+#[derive(Default)]
+pub struct Counters {
+    /// Requests received.
+    pub requests: AtomicU64,
+    /// Requests answered 2xx.
+    pub accepted: AtomicU64,
+    /// Requests whose signature did not verify (only with a secret).
+    pub invalid: AtomicU64,
+    /// Per request: (webhook-id, arrival in Unix µs, answered 2xx).
+    pub arrivals: Mutex<Vec<(String, i64, bool)>>,
+}
+
+struct Shared {
+    behaviour: Behaviour,
+    counters: Arc<Counters>,
+    verifier: Option<standard_verifier::Verifier>,
+}
+
+/// A running receiver.
+pub struct Receiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it has seen.
+    pub counters: Arc<Counters>,
+    stop: CancellationToken,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Receiver {
+    /// Starts listening on `listen` (port 0 picks a free one).
+    pub async fn start(listen: SocketAddr, behaviour: Behaviour) -> anyhow::Result<Receiver> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let verifier = behaviour.secret.as_deref().map(standard_verifier::Verifier::new);
+        let shared = Arc::new(Shared { behaviour, counters: counters.clone(), verifier });
+        let router = Router::new().fallback(receive).with_state(shared);
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { signal.cancelled().await })
+                .await;
+        });
+        Ok(Receiver { addr, counters, stop })
+    }
+
+    /// The receiver's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops listening.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let arrived = now_micros();
+    let started = Instant::now();
+    let counters = &shared.counters;
+    counters.requests.fetch_add(1, Ordering::Relaxed);
+    let behaviour = &shared.behaviour;
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+    let verified = shared.verifier.as_ref().map(|v| v.verify(&headers, &body));
+    if verified == Some(false) {
+        counters.invalid.fetch_add(1, Ordering::Relaxed);
+    }
+    let roll = |rate: f64| rate > 0.0 && rand::random::<f64>() < rate;
+    if roll(behaviour.hang_rate) {
+        std::future::pending::<()>().await;
+    }
+    if !behaviour.delay.is_zero() {
+        tokio::time::sleep(behaviour.delay).await;
+    }
+    let reset = roll(behaviour.reset_rate);
+    let status = if roll(behaviour.fail_rate) {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        behaviour.status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK)
+    };
+    let ok = status.is_success() && !reset;
+    if ok {
+        counters.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Ok(mut arrivals) = counters.arrivals.lock() {
+        arrivals.push((id.clone(), arrived, ok));
+    }
+    if behaviour.print {
+        let envelope: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let event = envelope["event"].as_str().unwrap_or("-");
+        let latency = envelope["timestamp"]
+            .as_str()
+            .and_then(|t| crate::domain::time::parse_rfc3339(t).ok())
+            .map(|accepted| format!("{:.1}ms", (arrived - accepted) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let check = match verified {
+            None => "unchecked",
+            Some(true) => "verified",
+            Some(false) => "INVALID",
+        };
+        let answer = if reset { "reset".to_owned() } else { status.as_u16().to_string() };
+        println!(
+            "{id} {event} {check} latency={latency} answer={answer} took={}ms",
+            started.elapsed().as_millis()
+        );
+    }
+    if reset {
+        // An answer whose body fails mid-way: the connection is dropped under the client.
+        let failing = futures_util::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "reset on purpose",
+            ))
+        });
+        return Response::builder()
+            .status(StatusCode::OK)
+            .body(Body::from_stream(failing))
+            .unwrap_or_default();
+    }
+    (status, "").into_response()
+}
+
+/// Standard Webhooks verification for the receiver (any matching `v1,` entry, 5-minute tolerance).
+mod standard_verifier {
+    use axum::http::HeaderMap;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    use crate::domain::signing::{secret_key, sign};
+
+    pub struct Verifier {
+        key: Vec<u8>,
+    }
+
+    impl Verifier {
+        pub fn new(secret: &str) -> Verifier {
+            Verifier { key: secret_key(secret) }
+        }
+
+        pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> bool {
+            let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            let (Some(id), Some(timestamp), Some(signatures)) =
+                (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature"))
+            else {
+                return false;
+            };
+            let Ok(timestamp) = timestamp.parse::<i64>() else { return false };
+            if (chrono::Utc::now().timestamp() - timestamp).abs() > 300 {
+                return false;
+            }
+            let expected = sign(&self.key, id, timestamp, body);
+            let expected = expected.as_bytes();
+            signatures.split(' ').any(|entry| {
+                entry.len() == expected.len()
+                    && subtle::ConstantTimeEq::ct_eq(entry.as_bytes(), expected).into()
+                    && STANDARD.decode(entry.trim_start_matches("v1,")).is_ok()
+            })
+        }
+    }
+}
