@@ -119,6 +119,9 @@ pub fn validate_url(url: &str, dev: bool, allow: &[ipnet::IpNet]) -> Result<(), 
     if url.len() > MAX_URL_LEN {
         return Err(format!("must be at most {MAX_URL_LEN} characters"));
     }
+    if url.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
     let parsed = url::Url::parse(url).map_err(|e| format!("is not a valid absolute URL: {e}"))?;
     match parsed.scheme() {
         "https" => {}

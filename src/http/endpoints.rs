@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager};
+use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager, RawBody};
 use crate::domain::endpoint::{
     Endpoint, MAX_IN_FLIGHT_RANGE, RATE_LIMIT_RANGE, generate_secret, mask_header_value, parse_event_types,
     validate_headers, validate_secret, validate_url,
@@ -477,7 +477,7 @@ pub async fn rotate_endpoint_secret(
     State(state): State<AppState>,
     auth: Auth,
     Path((tenant, ep)): Path<(String, String)>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<RotatedOut>, ApiError> {
     let tenant = auth.tenant(&state, &tenant).await?;
     let input: RotateIn = optional_body(&body)?;
@@ -590,7 +590,7 @@ pub async fn disable_endpoint(
     State(state): State<AppState>,
     auth: Auth,
     Path((tenant, ep)): Path<(String, String)>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<EndpointOut>, ApiError> {
     let input: DisableIn = optional_body(&body)?;
     set_enabled(&state, &auth, &tenant, &ep, false, input.reason).await

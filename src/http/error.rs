@@ -125,6 +125,9 @@ impl From<StoreError> for ApiError {
                 ApiError::Conflict(format!("conflicts with an existing object ({what})"))
             }
             StoreError::Database(sqlx::Error::PoolTimedOut) => ApiError::Unavailable,
+            StoreError::InvalidText => {
+                ApiError::invalid("body", "text values must not contain NUL characters")
+            }
             other => ApiError::Internal(other.into()),
         }
     }

@@ -55,6 +55,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A raw body whose rejections are problem+json (413 over the limit), for routes whose body is
+/// optional.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state).await.map(RawBody).map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("the request body is larger than this route accepts".into())
+            } else {
+                ApiError::BadRequest(format!("the body could not be read: {}", rejection.body_text()))
+            }
+        })
+    }
+}
+
 /// Parses a JSON object body into `T`, with the error statuses of `ApiJson`.
 pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {

@@ -88,7 +88,40 @@ async fn cap_headers(
     if size > MAX_HEADER_BYTES {
         return ApiError::HeadersTooLarge.into_response();
     }
+    // Every path and query parameter must decode to UTF-8 text without NUL characters (which no
+    // stored name or id can contain, and PostgreSQL refuses in text).
+    let uri = request.uri();
+    for (part, text) in [("path", uri.path()), ("query", uri.query().unwrap_or(""))] {
+        let decoded: Vec<u8> = percent_decode(text);
+        if std::str::from_utf8(&decoded).is_err() || decoded.contains(&0) {
+            return ApiError::BadRequest(format!(
+                "the request {part} must be UTF-8 text without NUL characters"
+            ))
+            .into_response();
+        }
+    }
     next.run(request).await
+}
+
+/// Percent-decodes `text` (`+` stays as it is; it is only a space in form bodies).
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) =
+                ((bytes[i + 1] as char).to_digit(16), (bytes[i + 2] as char).to_digit(16))
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// Counts requests and their latency by route template, method and status class.

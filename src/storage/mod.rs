@@ -38,6 +38,9 @@ pub enum StoreError {
     /// Anything else from the database.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database refused a text value (PostgreSQL refuses NUL characters).
+    #[error("invalid text value")]
+    InvalidText,
     /// A stored value could not be decoded.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
@@ -506,6 +509,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 pub(crate) fn map_err(error: sqlx::Error) -> StoreError {
     match error {
         sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("22021") => StoreError::InvalidText,
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::Conflict(db.constraint().unwrap_or("unique").to_owned())
         }

@@ -139,12 +139,15 @@ async fn every_delivery_ends_as_the_rules_say_with_every_attempt_on_record_and_e
 
     // Every request the receiver saw has an attempt on record, and nothing was sent twice by
     // mistake: per event, exactly the attempts the rules allow.
-    let seen = receiver.seen.lock().unwrap();
-    assert_eq!(seen.bad_signatures, 0, "every signature verifies");
-    let per_path = |path: &str| {
-        seen.requests.iter().filter(|((p, _), _)| p == path).map(|(_, n)| *n).collect::<Vec<_>>()
+    let (bad_signatures, per_path) = {
+        let seen = receiver.seen.lock().unwrap();
+        let per_path = |path: &str| {
+            seen.requests.iter().filter(|((p, _), _)| p == path).map(|(_, n)| *n).collect::<Vec<_>>()
+        };
+        (seen.bad_signatures, [per_path("/healthy"), per_path("/flaky"), per_path("/hang")])
     };
-    let (h, f, t) = (per_path("/healthy"), per_path("/flaky"), per_path("/hang"));
+    assert_eq!(bad_signatures, 0, "every signature verifies");
+    let [h, f, t] = per_path;
     assert_eq!((h.len(), f.len(), t.len()), (events_total, events_total, events_total));
     assert!(h.iter().all(|n| *n == 1));
     assert!(f.iter().all(|n| *n == 3));
