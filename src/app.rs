@@ -52,7 +52,9 @@ impl App {
         };
         let metrics = crate::metrics::install()?;
         let limits = Arc::new(crate::http::extract::RateLimits::new(&config.security));
-        let state = AppState { store, config: Arc::new(config), admin_hash, wakeup, metrics, limits };
+        let committer = crate::ingest::Committer::start(store.clone());
+        let state =
+            AppState { store, config: Arc::new(config), admin_hash, wakeup, metrics, limits, committer };
         Ok(App { listener, state, bootstrap_token, dispatcher, jobs })
     }
 

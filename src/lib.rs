@@ -19,6 +19,7 @@ pub mod crypto;
 pub mod dispatch;
 pub mod domain;
 pub mod http;
+pub mod ingest;
 pub mod maintenance;
 pub mod metrics;
 pub mod storage;

@@ -274,6 +274,19 @@ async fn prepare(
     })
 }
 
+fn commit_error(error: crate::ingest::CommitError) -> ApiError {
+    match error {
+        crate::ingest::CommitError::Closed => ApiError::Unavailable,
+        crate::ingest::CommitError::Store(error) => match &*error {
+            StoreError::InvalidText => {
+                ApiError::invalid("body", "text values must not contain NUL characters")
+            }
+            // The whole group was rolled back: nothing of this request is stored; retry it.
+            _ => ApiError::Unavailable,
+        },
+    }
+}
+
 fn count_ingested(event_type: &str, deliveries: i32) {
     metrics::counter!(crate::metrics::EVENTS_INGESTED, "event_type" => event_type.to_owned()).increment(1);
     metrics::counter!(crate::metrics::DELIVERIES_CREATED).increment(deliveries as u64);
@@ -327,7 +340,8 @@ pub async fn create_event(
     let tenant = auth.tenant(&state, &tenant).await?;
     let header_key = idempotency_header(&headers)?;
     let event = prepare(&state, &tenant.id, input, header_key).await?;
-    let outcome = state.store.ingest(std::slice::from_ref(&event), idempotency_since(&state)).await?;
+    let outcome =
+        state.committer.ingest(vec![event.clone()], idempotency_since(&state)).await.map_err(commit_error)?;
     match outcome.into_iter().next() {
         Some(IngestOutcome::Created { deliveries }) => {
             count_ingested(&event.event_type, deliveries);
@@ -392,7 +406,7 @@ pub async fn create_events_batch(
     let outcomes = if events.is_empty() {
         Vec::new()
     } else {
-        state.store.ingest(&events, idempotency_since(&state)).await?
+        state.committer.ingest(events, idempotency_since(&state)).await.map_err(commit_error)?
     };
     let mut woke = false;
     for ((index, event), outcome) in ready.iter().zip(outcomes) {

@@ -45,6 +45,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Per-token request rate limits.
     pub limits: Arc<extract::RateLimits>,
+    /// Group commit for ingest.
+    pub committer: crate::ingest::Committer,
 }
 
 /// Builds the whole router.

@@ -85,8 +85,8 @@ async fn every_delivery_ends_as_the_rules_say_with_every_attempt_on_record_and_e
     let app = spawn_app_with(|c| {
         c.delivery.retry_schedule = vec![Duration::from_millis(20); 3];
         // Long enough that healthy answers on a loaded 2-core machine are never cut off.
-        c.delivery.timeout = Duration::from_secs(1);
-        c.delivery.lease = Duration::from_secs(6);
+        c.delivery.timeout = Duration::from_secs(2);
+        c.delivery.lease = Duration::from_secs(8);
         c.delivery.max_in_flight = 1200;
         c.delivery.poll_interval = Duration::from_millis(200);
         c.ingest.batch_body_limit = 64 * 1024 * 1024;

@@ -1,0 +1,95 @@
+//! Group commit for ingest: concurrent ingest requests share one transaction. A writer task takes
+//! whatever requests are waiting (up to about 1,000 events), writes them in one transaction and
+//! answers each request only after that commit. A failed group answers every member with the
+//! error and stores none of it; a per-row conflict (an idempotency key) never fails a group.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::storage::{IngestOutcome, NewEvent, Store, StoreError};
+
+/// Most events written in one group transaction (a single request may exceed it on its own).
+const GROUP_EVENTS: usize = 1000;
+
+type Reply = oneshot::Sender<Result<Vec<IngestOutcome>, Arc<StoreError>>>;
+
+struct Request {
+    events: Vec<NewEvent>,
+    idempotency_since: i64,
+    reply: Reply,
+}
+
+/// A handle on the group-commit writer.
+#[derive(Clone)]
+pub struct Committer {
+    requests: mpsc::Sender<Request>,
+}
+
+/// Why an ingest request was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The group's transaction failed; nothing of it was stored.
+    #[error("the ingest transaction failed: {0}")]
+    Store(Arc<StoreError>),
+    /// The writer has stopped (the process is shutting down).
+    #[error("ingest is shutting down")]
+    Closed,
+}
+
+impl Committer {
+    /// Starts the writer task over `store`.
+    pub fn start(store: Arc<dyn Store>) -> Committer {
+        let (requests, receiver) = mpsc::channel(4096);
+        tokio::spawn(write_groups(store, receiver));
+        Committer { requests }
+    }
+
+    /// Writes `events` (with their fan-out) and returns once they are committed.
+    pub async fn ingest(
+        &self,
+        events: Vec<NewEvent>,
+        idempotency_since: i64,
+    ) -> Result<Vec<IngestOutcome>, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { events, idempotency_since, reply })
+            .await
+            .map_err(|_| CommitError::Closed)?;
+        answer.await.map_err(|_| CommitError::Closed)?.map_err(CommitError::Store)
+    }
+}
+
+async fn write_groups(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Request>) {
+    while let Some(first) = receiver.recv().await {
+        let mut group = vec![first];
+        let mut size = group[0].events.len();
+        while size < GROUP_EVENTS {
+            match receiver.try_recv() {
+                Ok(request) => {
+                    size += request.events.len();
+                    group.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        let since = group.iter().map(|r| r.idempotency_since).min().unwrap_or_default();
+        let events: Vec<NewEvent> = group.iter().flat_map(|r| r.events.iter().cloned()).collect();
+        match store.ingest(&events, since).await {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for request in group {
+                    let mine: Vec<IngestOutcome> = outcomes.by_ref().take(request.events.len()).collect();
+                    let _ = request.reply.send(Ok(mine));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, events = events.len(), "an ingest group failed; none of it was stored");
+                let error = Arc::new(error);
+                for request in group {
+                    let _ = request.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
