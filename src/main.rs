@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the service: the HTTP API (and, in later roles, the dispatcher).
+    /// Run the service: the HTTP API, the dispatcher and the scheduled jobs (see `--role`).
     Serve {
         /// Development mode: allow http:// and private or loopback endpoint URLs.
         #[arg(long)]

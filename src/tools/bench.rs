@@ -164,6 +164,21 @@ impl Server {
     }
 }
 
+/// Drops a database `fresh_database` created on PostgreSQL.
+async fn drop_database(options: &Options, database_url: &str) {
+    let (Some(server), Ok(url)) = (&options.postgres, url::Url::parse(database_url)) else { return };
+    let name = url.path().trim_start_matches('/').to_owned();
+    if !name.starts_with("herald_bench_") {
+        return;
+    }
+    if let Ok(pool) = sqlx::PgPool::connect(server).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop database if exists {name} with (force)")))
+            .execute(&pool)
+            .await;
+        pool.close().await;
+    }
+}
+
 async fn fresh_database(options: &Options) -> anyhow::Result<(String, String, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     match &options.postgres {
@@ -192,8 +207,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn run(options: Options) -> anyhow::Result<Vec<Report>> {
     let mut reports = Vec::new();
     for scenario in &options.scenarios {
-        let report =
-            run_scenario(*scenario, &options).await.with_context(|| format!("scenario {scenario:?}"))?;
+        let (database_url, backend, dir) = fresh_database(&options).await?;
+        let result = run_scenario(*scenario, &options, &database_url, backend).await;
+        drop(dir);
+        drop_database(&options, &database_url).await;
+        let report = result.with_context(|| format!("scenario {scenario:?}"))?;
         print_report(&report);
         reports.push(report);
     }
@@ -222,8 +240,13 @@ fn print_report(r: &Report) {
     );
 }
 
-async fn run_scenario(scenario: Scenario, options: &Options) -> anyhow::Result<Report> {
-    let (database_url, backend, _db_dir) = fresh_database(options).await?;
+async fn run_scenario(
+    scenario: Scenario,
+    options: &Options,
+    database_url: &str,
+    backend: String,
+) -> anyhow::Result<Report> {
+    let database_url = database_url.to_owned();
     let healthy = Receiver::start("127.0.0.1:0".parse()?, Behaviour::default()).await?;
     let hanging =
         Receiver::start("127.0.0.1:0".parse()?, Behaviour { hang_rate: 1.0, ..Behaviour::default() }).await?;

@@ -242,3 +242,14 @@ async fn patch_routes_refuse_bad_bodies_and_change_nothing() {
     assert_eq!(snapshot().await, before);
     assert_eq!(before[1], tenant);
 }
+
+#[tokio::test]
+async fn nul_characters_and_invalid_utf8_in_the_path_or_query_are_refused_with_400() {
+    let app = crate::helpers::spawn_app().await;
+    for path in
+        ["/v1/tenants/a%00b", "/v1/tenants/%FF", "/v1/event-types?cursor=%00", "/v1/tenants?limit=%C3%28"]
+    {
+        let response = app.get(path, &app.admin_token).await;
+        response.expect_problem(400);
+    }
+}

@@ -157,7 +157,7 @@ async fn a_garbage_cursor_is_refused() {
     ];
     for (path, token) in &lists {
         let separator = if path.contains('?') { '&' } else { '?' };
-        for cursor in ["garbage", "%00%01", "eyJ9", "!!!"] {
+        for cursor in ["garbage", "%01%02", "eyJ9", "!!!"] {
             let response = app.get(&format!("{path}{separator}cursor={cursor}"), token).await;
             assert_eq!(response.status.as_u16(), 422, "{path} cursor={cursor}: {}", response.text);
             response.expect_invalid("cursor");
