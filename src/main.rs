@@ -101,6 +101,9 @@ enum Command {
         /// Run against this PostgreSQL server (a fresh database per scenario) instead of SQLite.
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
+        /// Herald processes sharing the database (more than one needs `--postgres`).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
         /// Longest one scenario may run, e.g. 5m.
         #[arg(long, value_parser = parse_duration_arg, default_value = "5m")]
         limit: std::time::Duration,
@@ -266,7 +269,10 @@ async fn run_tool(command: Command) -> anyhow::Result<()> {
             tokio::signal::ctrl_c().await?;
             Ok(())
         }
-        Command::Bench { scenario, events, backlog, concurrency, postgres, limit, json } => {
+        Command::Bench { scenario, events, backlog, concurrency, postgres, replicas, limit, json } => {
+            if replicas > 1 && postgres.is_none() {
+                anyhow::bail!("`--replicas` above 1 needs `--postgres`: SQLite serves one process");
+            }
             let options = herald::tools::bench::Options {
                 scenarios: scenario,
                 events,
@@ -275,6 +281,7 @@ async fn run_tool(command: Command) -> anyhow::Result<()> {
                 postgres,
                 limit,
                 json,
+                replicas,
             };
             let reports = herald::tools::bench::run(options).await?;
             let lost: usize = reports.iter().map(|r| r.missing).sum();

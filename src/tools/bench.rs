@@ -56,6 +56,9 @@ pub struct Options {
     pub postgres: Option<String>,
     /// Longest a scenario may take.
     pub limit: Duration,
+    /// Server processes sharing the database (more than one needs `postgres`); producers talk to
+    /// the first, every replica delivers.
+    pub replicas: usize,
     /// Also write the results here as JSON.
     pub json: Option<PathBuf>,
 }
@@ -67,6 +70,8 @@ pub struct Report {
     pub scenario: String,
     /// `sqlite` or `postgres`.
     pub backend: String,
+    /// Server processes.
+    pub replicas: usize,
     /// Events accepted.
     pub events: usize,
     /// Deliveries expected.
@@ -223,9 +228,10 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Report>> {
 
 fn print_report(r: &Report) {
     println!(
-        "{:<11} {:<8} events={:<8} deliveries={:<8} ingest={:>9.0}/s delivery={:>9.0}/s p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms rss={:>6.1}MiB missing={} duplicates={}{}",
+        "{:<11} {:<8} x{} events={:<8} deliveries={:<8} ingest={:>9.0}/s delivery={:>9.0}/s p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms rss={:>6.1}MiB missing={} duplicates={}{}",
         r.scenario,
         r.backend,
+        r.replicas,
         r.events,
         r.deliveries,
         r.ingest_per_second,
@@ -311,6 +317,13 @@ async fn run_scenario(
     };
 
     setup(&server, endpoints, &healthy, &hanging, scenario).await?;
+    let mut others = Vec::new();
+    for _ in 1..options.replicas.max(1) {
+        others.push(Server::start(&database_url, &env).await?);
+    }
+    if options.replicas > 1 {
+        notes.push(format!("{} replicas on one database; producers use the first", options.replicas));
+    }
     let tenant = "bench";
     let healthy_endpoints = if scenario == Scenario::Isolation { endpoints - 1 } else { endpoints };
     let expected = events * healthy_endpoints;
@@ -367,12 +380,16 @@ async fn run_scenario(
             p95: percentile(&latencies, 95.0),
             p99: percentile(&latencies, 99.0),
         },
-        server_peak_rss_mib: server.peak_rss_mib(),
+        server_peak_rss_mib: others.iter().map(Server::peak_rss_mib).fold(server.peak_rss_mib(), f64::max),
+        replicas: options.replicas.max(1),
         duplicates,
         missing: expected.saturating_sub(received),
         notes,
     };
     server.stop().await;
+    for other in others {
+        other.stop().await;
+    }
     Ok(report)
 }
 
