@@ -111,10 +111,15 @@ struct Server {
 }
 
 impl Server {
-    async fn start(database_url: &str, extra: &[(&str, String)]) -> anyhow::Result<Server> {
+    /// Starts `herald serve --dev --role <role>` on `database_url` with extra environment.
+    async fn start(database_url: &str, role: &str, extra: &[(&str, String)]) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let mut command = Command::new(std::env::current_exe()?);
-        command.args(["serve", "--dev"]).current_dir(dir.path()).kill_on_drop(true).stdin(Stdio::null());
+        command
+            .args(["serve", "--dev", "--role", role])
+            .current_dir(dir.path())
+            .kill_on_drop(true)
+            .stdin(Stdio::null());
         command.stdout(Stdio::piped()).stderr(Stdio::null());
         command
             .env("HERALD_LISTEN", "127.0.0.1:0")
@@ -270,11 +275,11 @@ async fn run_scenario(
         // Ingest with the dispatcher off, then drain with a second process on the same database.
         env.push(("HERALD_INGEST__BATCH_BODY_LIMIT", "64MiB".into()));
     }
-    let server = Server::start(&database_url, &env).await?;
+    let server = Server::start(&database_url, "all", &env).await?;
     let server = if scenario == Scenario::Backlog {
         server.stop().await;
         let api: Vec<(&str, String)> = vec![("HERALD_INGEST__BATCH_BODY_LIMIT", "64MiB".into())];
-        let mut api_server = start_role(&database_url, "api", &api).await?;
+        let mut api_server = Server::start(&database_url, "api", &api).await?;
         setup(&api_server, endpoints, &healthy, &hanging, scenario).await?;
         let tenant = "bench";
         let started = Instant::now();
@@ -285,7 +290,7 @@ async fn run_scenario(
             events as f64 / ingest_secs
         ));
         let _ = api_server.child.kill().await;
-        let drain = Server::start(&database_url, &[]).await?;
+        let drain = Server::start(&database_url, "all", &[]).await?;
         let begin = Instant::now();
         let mut peak_samples = Vec::new();
         loop {
@@ -301,6 +306,7 @@ async fn run_scenario(
         let report = Report {
             scenario: "backlog".into(),
             backend,
+            replicas: 1,
             events,
             deliveries: events,
             ingest_per_second: events as f64 / ingest_secs,
@@ -319,7 +325,7 @@ async fn run_scenario(
     setup(&server, endpoints, &healthy, &hanging, scenario).await?;
     let mut others = Vec::new();
     for _ in 1..options.replicas.max(1) {
-        others.push(Server::start(&database_url, &env).await?);
+        others.push(Server::start(&database_url, "all", &env).await?);
     }
     if options.replicas > 1 {
         notes.push(format!("{} replicas on one database; producers use the first", options.replicas));
@@ -391,39 +397,6 @@ async fn run_scenario(
         other.stop().await;
     }
     Ok(report)
-}
-
-async fn start_role(database_url: &str, role: &str, env: &[(&str, String)]) -> anyhow::Result<Server> {
-    let mut server = Server::start(database_url, env).await?;
-    // `Server::start` runs `serve --dev`; restart with the role when one is asked for.
-    let _ = server.child.kill().await;
-    let dir = tempfile::tempdir()?;
-    let mut command = Command::new(std::env::current_exe()?);
-    command.args(["serve", "--dev", "--role", role]).current_dir(dir.path()).kill_on_drop(true);
-    command.stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null());
-    command
-        .env("HERALD_LISTEN", "127.0.0.1:0")
-        .env("HERALD_DATABASE_URL", database_url)
-        .env("HERALD_ADMIN_TOKEN", TOKEN);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-    let port = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
-                return Ok::<u16, anyhow::Error>(rest.trim().parse()?);
-            }
-        }
-        bail!("the server exited before listening")
-    })
-    .await??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    server.child = child;
-    server.base = format!("http://127.0.0.1:{port}");
-    server._dir = dir;
-    Ok(server)
 }
 
 async fn setup(
