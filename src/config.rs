@@ -442,6 +442,12 @@ impl Config {
         if self.store.max_connections == 0 {
             bail!("invalid `store.max_connections`: expected at least 1");
         }
+        if self.api.max_endpoints_per_tenant < 1 {
+            bail!("invalid `api.max_endpoints_per_tenant`: expected at least 1");
+        }
+        if self.api.max_headers_per_endpoint > 100 {
+            bail!("invalid `api.max_headers_per_endpoint`: expected at most 100");
+        }
         if self.api.body_limit < 1024 {
             bail!("invalid `api.body_limit`: expected at least 1KiB");
         }
@@ -615,6 +621,20 @@ mod tests {
         assert_eq!(parse_byte_size("512KiB"), Ok(512 * 1024));
         assert_eq!(parse_byte_size("42"), Ok(42));
         assert!(parse_byte_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn nonsense_limits_are_refused_naming_the_option() {
+        let mut config = Config::default();
+        config.api.max_endpoints_per_tenant = 0;
+        let error = config.validate().expect_err("refused").to_string();
+        assert!(error.contains("api.max_endpoints_per_tenant"), "{error}");
+        let mut config = Config::default();
+        config.delivery.lease = Duration::from_secs(5);
+        assert!(config.validate().expect_err("refused").to_string().contains("delivery.lease"));
+        let mut config = Config::default();
+        config.maintenance.health_cron = "every tuesday".into();
+        assert!(config.validate().expect_err("refused").to_string().contains("maintenance.health_cron"));
     }
 
     #[test]
