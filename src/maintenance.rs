@@ -171,15 +171,7 @@ pub async fn retention(
     batch: i64,
 ) -> Result<u64, StoreError> {
     let cutoff = now - retention.as_micros() as i64;
-    let mut total = 0;
-    loop {
-        let done = store.purge_old_events(cutoff, batch).await?;
-        total += done;
-        if done < batch as u64 {
-            return Ok(total);
-        }
-        tokio::task::yield_now().await;
-    }
+    in_batches(batch, || store.purge_old_events(cutoff, batch)).await
 }
 
 /// Deletes idempotency keys older than `window`, in batches.
@@ -190,9 +182,19 @@ pub async fn expire_idempotency_keys(
     batch: i64,
 ) -> Result<u64, StoreError> {
     let cutoff = now - window.as_micros() as i64;
+    in_batches(batch, || store.expire_idempotency_keys(cutoff, batch)).await
+}
+
+/// Runs `step` (which changes at most `batch` rows) until a step changes fewer, yielding between
+/// steps so no transaction holds the database for long. Returns the rows changed in all.
+async fn in_batches<F, Fut>(batch: i64, mut step: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
     let mut total = 0;
     loop {
-        let done = store.expire_idempotency_keys(cutoff, batch).await?;
+        let done = step().await?;
         total += done;
         if done < batch as u64 {
             return Ok(total);
