@@ -111,6 +111,36 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Chaos run: a misbehaving receiver and a server SIGKILLed mid-run; checks nothing was lost.
+    Soak {
+        /// Events to emit.
+        #[arg(long, default_value_t = 2_000)]
+        events: usize,
+        /// Endpoints subscribed to every event.
+        #[arg(long, default_value_t = 3)]
+        endpoints: usize,
+        /// Times the server is SIGKILLed and restarted mid-run.
+        #[arg(long, default_value_t = 3)]
+        kills: usize,
+        /// Share of requests the receiver answers 500, 0.0–1.0.
+        #[arg(long, default_value_t = 0.2)]
+        fail_rate: f64,
+        /// Share of requests whose connection the receiver resets, 0.0–1.0.
+        #[arg(long, default_value_t = 0.05)]
+        reset_rate: f64,
+        /// Share of requests the receiver never answers, 0.0–1.0.
+        #[arg(long, default_value_t = 0.01)]
+        hang_rate: f64,
+        /// Delay before every answer, e.g. 5ms.
+        #[arg(long, value_parser = parse_duration_arg, default_value = "5ms")]
+        delay: std::time::Duration,
+        /// Run against this PostgreSQL server (a fresh database) instead of SQLite.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+        /// Longest the run may take, e.g. 5m.
+        #[arg(long, value_parser = parse_duration_arg, default_value = "5m")]
+        limit: std::time::Duration,
+    },
 }
 
 fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
@@ -171,7 +201,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if matches!(cli.command, Command::Receive { .. } | Command::Bench { .. }) {
+    if matches!(cli.command, Command::Receive { .. } | Command::Bench { .. } | Command::Soak { .. }) {
         herald::telemetry::init(herald::config::LogFormat::Pretty);
         return run_tool(cli.command).await;
     }
@@ -194,7 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Token { .. } | Command::Secrets { .. } => {}
-        Command::Receive { .. } | Command::Bench { .. } => {}
+        Command::Receive { .. } | Command::Bench { .. } | Command::Soak { .. } => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     herald::telemetry::init(config.log_format);
@@ -246,11 +276,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{secret}");
             Ok(())
         }
-        Command::Receive { .. } | Command::Bench { .. } => run_tool(cli.command).await,
+        Command::Receive { .. } | Command::Bench { .. } | Command::Soak { .. } => run_tool(cli.command).await,
     }
 }
 
-/// The tools that need no configuration: `receive` and `bench`.
+/// The tools that need no configuration: `receive`, `bench` and `soak`.
 async fn run_tool(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Receive { listen, secret, fail_rate, status, delay, hang_rate, reset_rate } => {
@@ -287,6 +317,44 @@ async fn run_tool(command: Command) -> anyhow::Result<()> {
             let lost: usize = reports.iter().map(|r| r.missing).sum();
             if lost > 0 {
                 anyhow::bail!("{lost} deliveries did not arrive within the limit");
+            }
+            Ok(())
+        }
+        Command::Soak {
+            events,
+            endpoints,
+            kills,
+            fail_rate,
+            reset_rate,
+            hang_rate,
+            delay,
+            postgres,
+            limit,
+        } => {
+            for (name, rate) in
+                [("fail-rate", fail_rate), ("reset-rate", reset_rate), ("hang-rate", hang_rate)]
+            {
+                if !(0.0..1.0).contains(&rate) {
+                    anyhow::bail!("`--{name}` must be at least 0 and below 1");
+                }
+            }
+            if endpoints == 0 || events == 0 {
+                anyhow::bail!("`--events` and `--endpoints` must be at least 1");
+            }
+            let options = herald::tools::soak::Options {
+                events,
+                endpoints,
+                kills,
+                fail_rate,
+                reset_rate,
+                hang_rate,
+                delay,
+                postgres,
+                limit,
+            };
+            let report = herald::tools::soak::run(options).await?;
+            if !report.passed() {
+                anyhow::bail!("the soak found lost, unrecorded or over-limit deliveries (see above)");
             }
             Ok(())
         }

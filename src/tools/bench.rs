@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 use super::receive::{Behaviour, Receiver};
 use crate::domain::time::now_micros;
 
-const TOKEN: &str = "bench-admin-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "bench-admin-token-0123456789abcdef";
 
 /// The scenarios `herald bench` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -103,16 +103,21 @@ pub struct Latencies {
     pub p99: f64,
 }
 
-struct Server {
-    child: Child,
-    base: String,
-    client: reqwest::Client,
+/// A `herald serve` child process.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
     /// Starts `herald serve --dev --role <role>` on `database_url` with extra environment.
-    async fn start(database_url: &str, role: &str, extra: &[(&str, String)]) -> anyhow::Result<Server> {
+    pub(crate) async fn start(
+        database_url: &str,
+        role: &str,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let mut command = Command::new(std::env::current_exe()?);
         command
@@ -147,7 +152,7 @@ impl Server {
         Ok(Server { child, base: format!("http://127.0.0.1:{port}"), client, _dir: dir })
     }
 
-    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let response =
             self.client.post(format!("{}{path}", self.base)).bearer_auth(TOKEN).json(body).send().await?;
         let status = response.status();
@@ -169,14 +174,14 @@ impl Server {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 }
 
 /// Drops a database `fresh_database` created on PostgreSQL.
-async fn drop_database(options: &Options, database_url: &str) {
-    let (Some(server), Ok(url)) = (&options.postgres, url::Url::parse(database_url)) else { return };
+pub(crate) async fn drop_database(postgres: Option<&str>, database_url: &str) {
+    let (Some(server), Ok(url)) = (postgres, url::Url::parse(database_url)) else { return };
     let name = url.path().trim_start_matches('/').to_owned();
     if !name.starts_with("herald_bench_") {
         return;
@@ -189,9 +194,13 @@ async fn drop_database(options: &Options, database_url: &str) {
     }
 }
 
-async fn fresh_database(options: &Options) -> anyhow::Result<(String, String, tempfile::TempDir)> {
+/// A new empty database: a SQLite file in a temporary directory, or a `herald_bench_…` database
+/// on the PostgreSQL server `postgres`. Returns (URL, backend name, the directory).
+pub(crate) async fn fresh_database(
+    postgres: Option<&str>,
+) -> anyhow::Result<(String, String, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
-    match &options.postgres {
+    match postgres {
         None => Ok((format!("sqlite://{}/bench.db", dir.path().display()), "sqlite".into(), dir)),
         Some(server) => {
             let name = format!("herald_bench_{}", uuid::Uuid::new_v4().simple());
@@ -217,10 +226,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn run(options: Options) -> anyhow::Result<Vec<Report>> {
     let mut reports = Vec::new();
     for scenario in &options.scenarios {
-        let (database_url, backend, dir) = fresh_database(&options).await?;
+        let (database_url, backend, dir) = fresh_database(options.postgres.as_deref()).await?;
         let result = run_scenario(*scenario, &options, &database_url, backend).await;
         drop(dir);
-        drop_database(&options, &database_url).await;
+        drop_database(options.postgres.as_deref(), &database_url).await;
         let report = result.with_context(|| format!("scenario {scenario:?}"))?;
         print_report(&report);
         reports.push(report);
@@ -348,18 +357,15 @@ async fn run_scenario(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let arrivals = healthy.counters.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
-    let last_arrival = arrivals.iter().map(|(_, at, _)| *at).max().unwrap_or(0);
+    let last_arrival = arrivals.iter().map(|a| a.at).max().unwrap_or(0);
     let first_accept = accepted.values().copied().min().unwrap_or(0);
     let delivery_secs = ((last_arrival - first_accept) as f64 / 1e6).max(1e-6);
     let mut per_id: HashMap<&str, usize> = HashMap::new();
     let mut latencies: Vec<f64> = Vec::with_capacity(arrivals.len());
-    for (id, at, ok) in &arrivals {
-        if !ok {
-            continue;
-        }
-        *per_id.entry(id.as_str()).or_default() += 1;
-        if let Some(accepted_at) = accepted.get(id) {
-            latencies.push((at - accepted_at) as f64 / 1000.0);
+    for arrival in arrivals.iter().filter(|a| a.ok) {
+        *per_id.entry(arrival.id.as_str()).or_default() += 1;
+        if let Some(accepted_at) = accepted.get(&arrival.id) {
+            latencies.push((arrival.at - accepted_at) as f64 / 1000.0);
         }
     }
     latencies.sort_by(f64::total_cmp);

@@ -1,19 +1,26 @@
 //! `herald receive`: a local receiving endpoint, for trying Herald out and for the benchmark.
 //! It verifies signatures when given the secret, records when each event arrived, and can
 //! misbehave on purpose: an error rate, a fixed status, a delay, hanging, or resetting the
-//! connection.
+//! connection before any status line is written (the sender sees a connection error, as when a
+//! load balancer or a crashing server drops it).
 
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use tokio::net::TcpListener;
+use axum::serve::{IncomingStream, Listener};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::time::now_micros;
@@ -31,7 +38,7 @@ pub struct Behaviour {
     pub delay: Duration,
     /// Share of requests never answered (the sender's timeout cuts them off).
     pub hang_rate: f64,
-    /// Share of requests whose connection is dropped before an answer is complete.
+    /// Share of requests whose connection is reset before the status line is written.
     pub reset_rate: f64,
     /// Print one line per request.
     pub print: bool,
@@ -46,8 +53,21 @@ pub struct Counters {
     pub accepted: AtomicU64,
     /// Requests whose signature did not verify (only with a secret).
     pub invalid: AtomicU64,
-    /// Per request: (webhook-id, arrival in Unix µs, answered 2xx).
-    pub arrivals: Mutex<Vec<(String, i64, bool)>>,
+    /// Every request, in arrival order.
+    pub arrivals: Mutex<Vec<Arrival>>,
+}
+
+/// One request the receiver saw.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    /// Its `webhook-id` (the event id).
+    pub id: String,
+    /// The request path (tells endpoints sharing a receiver apart).
+    pub path: String,
+    /// Unix µs.
+    pub at: i64,
+    /// Answered 2xx (not failed, reset or hung).
+    pub ok: bool,
 }
 
 struct Shared {
@@ -82,8 +102,9 @@ impl Receiver {
         let router = Router::new().fallback(receive).with_state(shared);
         let stop = CancellationToken::new();
         let signal = stop.clone();
+        let listener = ResetListener(listener);
         tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
+            let _ = axum::serve(listener, router.into_make_service_with_connect_info::<ResetSwitch>())
                 .with_graceful_shutdown(async move { signal.cancelled().await })
                 .await;
         });
@@ -101,7 +122,13 @@ impl Receiver {
     }
 }
 
-async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(switch): ConnectInfo<ResetSwitch>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let arrived = now_micros();
     let started = Instant::now();
     let counters = &shared.counters;
@@ -113,24 +140,22 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         counters.invalid.fetch_add(1, Ordering::Relaxed);
     }
     let roll = |rate: f64| rate > 0.0 && rand::random::<f64>() < rate;
-    if roll(behaviour.hang_rate) {
-        std::future::pending::<()>().await;
-    }
-    if !behaviour.delay.is_zero() {
+    let hang = roll(behaviour.hang_rate);
+    if !hang && !behaviour.delay.is_zero() {
         tokio::time::sleep(behaviour.delay).await;
     }
-    let reset = roll(behaviour.reset_rate);
+    let reset = !hang && roll(behaviour.reset_rate);
     let status = if roll(behaviour.fail_rate) {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
         behaviour.status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK)
     };
-    let ok = status.is_success() && !reset;
+    let ok = status.is_success() && !reset && !hang;
     if ok {
         counters.accepted.fetch_add(1, Ordering::Relaxed);
     }
     if let Ok(mut arrivals) = counters.arrivals.lock() {
-        arrivals.push((id.clone(), arrived, ok));
+        arrivals.push(Arrival { id: id.clone(), path: uri.path().to_owned(), at: arrived, ok });
     }
     if behaviour.print {
         let envelope: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -145,26 +170,99 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             Some(true) => "verified",
             Some(false) => "INVALID",
         };
-        let answer = if reset { "reset".to_owned() } else { status.as_u16().to_string() };
+        let answer = if hang {
+            "hang".to_owned()
+        } else if reset {
+            "reset".to_owned()
+        } else {
+            status.as_u16().to_string()
+        };
         println!(
             "{id} {event} {check} latency={latency} answer={answer} took={}ms",
             started.elapsed().as_millis()
         );
     }
+    if hang {
+        std::future::pending::<()>().await;
+    }
     if reset {
-        // An answer whose body fails mid-way: the connection is dropped under the client.
-        let failing = futures_util::stream::once(async {
-            Err::<Bytes, std::io::Error>(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "reset on purpose",
-            ))
-        });
-        return Response::builder()
-            .status(StatusCode::OK)
-            .body(Body::from_stream(failing))
-            .unwrap_or_default();
+        // The connection fails its next write, before hyper writes the status line, and is
+        // closed with SO_LINGER 0: the sender reads a TCP reset, not an answer.
+        switch.0.store(true, Ordering::Relaxed);
     }
     (status, "").into_response()
+}
+
+/// Accepts connections whose socket the handler can order reset.
+struct ResetListener(TcpListener);
+
+/// A connection that fails every operation once its switch is on, closing with a TCP reset.
+struct Resettable {
+    stream: TcpStream,
+    reset: Arc<AtomicBool>,
+}
+
+/// The handler's handle on its connection's reset switch.
+#[derive(Clone)]
+struct ResetSwitch(Arc<AtomicBool>);
+
+impl Listener for ResetListener {
+    type Io = Resettable;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Resettable, SocketAddr) {
+        let (stream, addr) = Listener::accept(&mut self.0).await;
+        (Resettable { stream, reset: Arc::new(AtomicBool::new(false)) }, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl Connected<IncomingStream<'_, ResetListener>> for ResetSwitch {
+    fn connect_info(stream: IncomingStream<'_, ResetListener>) -> Self {
+        ResetSwitch(stream.io().reset.clone())
+    }
+}
+
+impl Resettable {
+    /// When the switch is on: arm the reset and fail.
+    fn check(&self) -> io::Result<()> {
+        if self.reset.load(Ordering::Relaxed) {
+            let _ = self.stream.set_zero_linger();
+            return Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset on purpose"));
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for Resettable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check()?;
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Resettable {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.check()?;
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check()?;
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check()?;
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Standard Webhooks verification for the receiver (any matching `v1,` entry, 5-minute tolerance).

@@ -27,3 +27,4 @@ mod security;
 mod storage;
 mod tenants;
 mod tokens;
+mod tools;

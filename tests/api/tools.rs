@@ -1,0 +1,109 @@
+//! The tools that ship in the binary: `herald receive` misbehaving on purpose, and `herald soak`,
+//! the chaos run with SIGKILLed servers that must end with nothing lost.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use herald::tools::receive::{Behaviour, Receiver};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{POSTGRES_ENV, id_of, ms, spawn_app_with};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+async fn resetting_receiver() -> Receiver {
+    Receiver::start("127.0.0.1:0".parse().unwrap(), Behaviour { reset_rate: 1.0, ..Behaviour::default() })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_receiver_resets_the_connection_before_any_status_line() {
+    let receiver = resetting_receiver().await;
+    let mut stream = TcpStream::connect(receiver.addr).await.unwrap();
+    stream
+        .write_all(b"POST /hook HTTP/1.1\r\nhost: x\r\nwebhook-id: evt_1\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends at once");
+    match read {
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
+        Ok(_) => panic!("expected a TCP reset, read {:?}", String::from_utf8_lossy(&answer)),
+    }
+    assert!(answer.is_empty(), "no status line may arrive: {:?}", String::from_utf8_lossy(&answer));
+    let arrivals = receiver.counters.arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 1);
+    assert_eq!(
+        (arrivals[0].id.as_str(), arrivals[0].path.as_str(), arrivals[0].ok),
+        ("evt_1", "/hook", false)
+    );
+}
+
+#[tokio::test]
+async fn herald_records_a_reset_connection_as_a_failed_attempt_without_a_status() {
+    let app = spawn_app_with(|config| config.delivery.retry_schedule = vec![ms(50)]).await;
+    let receiver = resetting_receiver().await;
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&format!("{}/hook", receiver.url()), json!({})).await;
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+    let delivery = app
+        .settled(
+            &tenant,
+            &id_of(&app.only_delivery(&tenant, &event).await),
+            "failed",
+            Duration::from_secs(10),
+        )
+        .await;
+    let attempts = delivery["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "a reset is retried: {delivery}");
+    for attempt in attempts {
+        assert!(attempt["status_code"].is_null(), "{attempt}");
+        assert!(!["http_status", "timeout"].contains(&attempt["error_kind"].as_str().unwrap()), "{attempt}");
+    }
+    assert_eq!(receiver.counters.requests.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+/// `herald soak` against the backend under test, small and bounded.
+#[tokio::test]
+async fn a_soak_with_kills_and_a_misbehaving_receiver_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args(["soak", "--events", "300", "--endpoints", "2", "--kills", "2", "--limit", "150s"])
+        .current_dir(dir.path())
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .env("NO_COLOR", "1");
+    if let Ok(url) = std::env::var(POSTGRES_ENV) {
+        command.args(["--postgres", &url]);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .expect("the soak ends within its limit")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the soak failed:\n{stdout}\n{stderr}");
+    // The report is pretty-printed JSON between a line `{` and a line `}`.
+    let lines: Vec<&str> = stdout.lines().collect();
+    let start = lines.iter().position(|l| *l == "{").expect("a JSON report");
+    let end = lines.iter().rposition(|l| *l == "}").expect("a JSON report");
+    let report: Value = serde_json::from_str(&lines[start..=end].join("\n")).expect("the report is JSON");
+    assert_eq!(report["kills"], json!(2), "{report}");
+    assert_eq!(report["events"], json!(300), "{report}");
+    assert_eq!(report["deliveries"], json!(600), "{report}");
+    for zero in ["lost", "over_limit", "unrecorded", "unfinished", "invalid_signatures"] {
+        assert_eq!(report[zero], json!(0), "{zero}: {report}");
+    }
+    let received = report["received"].as_u64().unwrap();
+    let exhausted = report["exhausted"].as_u64().unwrap();
+    assert_eq!(received + exhausted, 600, "{report}");
+    assert!(received > 500, "most deliveries get through a 26 % failure rate in four attempts: {report}");
+    assert!(report["requests"].as_u64().unwrap() > 600, "failures were retried: {report}");
+    assert!(report["attempts"].as_u64().unwrap() >= report["requests"].as_u64().unwrap(), "{report}");
+}
