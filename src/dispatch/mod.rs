@@ -1,6 +1,8 @@
-//! The dispatcher: claims due deliveries in batches (each claim opens the attempt row and takes
-//! a lease), sends them concurrently under a global bound, and hands results to a recorder that
-//! writes them in batches. No transaction is open while a request is on the wire.
+//! The dispatcher: one loop whose every cycle is one transaction that records the attempts
+//! finished since the last cycle and claims due deliveries for the slots they freed (each claim
+//! opens the attempt row and takes a lease); the claims are sent concurrently under a global
+//! bound and their results come back to the loop. No transaction is open while a request is on
+//! the wire, and a freed slot is refilled in the very transaction that frees it.
 
 pub mod net_guard;
 pub mod send;
@@ -23,15 +25,9 @@ use send::{Sender, Sent};
 const CLAIM_BATCH: usize = 256;
 /// Most results written in one transaction.
 const RECORD_BATCH: usize = 512;
-
-/// What one `dispatch_once` did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Dispatched {
-    /// Started this many attempts.
-    Started(usize),
-    /// Nothing could start now.
-    Idle,
-}
+/// Times one batch of results is written again after a store error before it is given up (the
+/// leases then lapse and the reaper closes the attempts as interrupted).
+const RECORD_TRIES: u32 = 5;
 
 /// Everything the dispatcher needs, bundled.
 #[derive(Clone)]
@@ -95,17 +91,20 @@ impl Dispatcher {
         self.policy.schedule.len() as i32 + 1
     }
 
-    /// Runs until `shutdown`: claim, send, record; then drains within the grace period.
+    /// Runs until `shutdown`: record and claim, send; then drains within the grace period.
     pub async fn run(self, shutdown: CancellationToken) {
-        let receiver = self.recorder.lock().ok().and_then(|mut r| r.take());
-        let recorder = receiver
-            .map(|receiver| tokio::spawn(record_loop(self.store.clone(), self.wakeup.clone(), receiver)));
+        let Some(mut results) = self.recorder.lock().ok().and_then(|mut r| r.take()) else {
+            tracing::error!("the dispatcher can run only once");
+            return;
+        };
         let listening = {
             let store = self.store.clone();
             let (wakeup, shutdown) = (self.wakeup.clone(), shutdown.clone());
             tokio::spawn(async move { store.listen_for_work(wakeup, shutdown).await })
         };
         let mut last_reap = tokio::time::Instant::now() - self.lease;
+        let mut batch: Vec<AttemptRecord> = Vec::with_capacity(RECORD_BATCH);
+        let mut tries = 0;
         metrics::gauge!(crate::metrics::DISPATCHER_UP).set(1.0);
         while !shutdown.is_cancelled() {
             metrics::gauge!(crate::metrics::DISPATCHER_LAST_CLAIM).set(chrono::Utc::now().timestamp() as f64);
@@ -117,55 +116,93 @@ impl Dispatcher {
                     Err(error) => tracing::error!(%error, "could not reap expired leases"),
                 }
             }
-            match self.dispatch_once().await {
-                Ok(Dispatched::Started(_)) => continue,
-                Ok(Dispatched::Idle) => self.idle(&shutdown).await,
+            while batch.len() < RECORD_BATCH
+                && let Ok(record) = results.try_recv()
+            {
+                batch.push(record);
+            }
+            match self.cycle(&batch, true).await {
+                Ok(started) => {
+                    tries = 0;
+                    let recorded = !batch.is_empty();
+                    batch.clear();
+                    if started == 0 && !recorded {
+                        self.idle(&shutdown, &mut results, &mut batch).await;
+                    }
+                }
                 Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "claiming deliveries failed");
+                    tries += 1;
+                    tracing::error!(error = format!("{error:#}"), tries, "recording or claiming failed");
+                    if tries > RECORD_TRIES && !batch.is_empty() {
+                        // Their leases lapse and the reaper closes them as interrupted.
+                        tracing::error!(count = batch.len(), "could not record attempts; giving them up");
+                        batch.clear();
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        _ = tokio::time::sleep(self.poll_interval) => {}
+                        _ = tokio::time::sleep(self.poll_interval.min(Duration::from_millis(100 * u64::from(tries)))) => {}
                     }
                 }
             }
         }
         let _ = listening.await;
         self.drain().await;
-        metrics::gauge!(crate::metrics::DISPATCHER_UP).set(0.0);
-        drop(self.results);
-        if let Some(recorder) = recorder {
-            let _ = recorder.await;
+        // Record everything that finished, and what the drain closed as interrupted.
+        batch.extend(std::iter::from_fn(|| results.try_recv().ok()));
+        for chunk in batch.chunks(RECORD_BATCH) {
+            for tries in 0..=RECORD_TRIES {
+                match self.cycle(chunk, false).await {
+                    Ok(_) => break,
+                    Err(error) if tries < RECORD_TRIES => {
+                        tracing::warn!(%error, tries, "recording attempts failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(error) => tracing::error!(%error, count = chunk.len(), "could not record attempts"),
+                }
+            }
         }
+        metrics::gauge!(crate::metrics::DISPATCHER_UP).set(0.0);
     }
 
-    async fn idle(&self, shutdown: &CancellationToken) {
+    /// Waits for a finished attempt (kept in `batch`), a wake-up, the next due delivery (at most
+    /// the poll interval) or shutdown.
+    async fn idle(
+        &self,
+        shutdown: &CancellationToken,
+        results: &mut mpsc::UnboundedReceiver<AttemptRecord>,
+        batch: &mut Vec<AttemptRecord>,
+    ) {
         let now = now_micros();
-        let sleep = match self.store.next_due_after(now).await {
-            Ok(Some(due)) => Duration::from_micros((due - now).max(0) as u64).min(self.poll_interval),
-            _ => self.poll_interval,
+        let sleep = if self.permits.available_permits() == 0 {
+            // Every slot is busy: a finished attempt is what can change anything.
+            self.poll_interval
+        } else {
+            match self.store.next_due_after(now).await {
+                Ok(Some(due)) => Duration::from_micros((due - now).max(0) as u64).min(self.poll_interval),
+                _ => self.poll_interval,
+            }
         };
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = self.wakeup.notified() => {}
+            Some(record) = results.recv() => batch.push(record),
             _ = tokio::time::sleep(sleep) => {}
         }
     }
 
-    /// Claims what can start now and starts it. Waits for a free slot when all are busy.
-    pub async fn dispatch_once(&self) -> anyhow::Result<Dispatched> {
+    /// One cycle: records `records` and, when `claim`, claims what the free slots allow, in one
+    /// transaction, then starts the claimed attempts. Returns how many started.
+    async fn cycle(&self, records: &[AttemptRecord], claim: bool) -> anyhow::Result<usize> {
         let mut tasks = self.tasks.lock().await;
         while tasks.try_join_next().is_some() {}
-        if self.permits.available_permits() == 0 {
-            drop(tasks);
-            // Wait for any attempt to finish; its permit comes back.
-            let permit = self.permits.clone().acquire_owned().await?;
-            drop(permit);
-            return Ok(Dispatched::Started(0));
+        let free = if claim { self.permits.available_permits().min(CLAIM_BATCH) } else { 0 };
+        if free == 0 && records.is_empty() {
+            return Ok(0);
         }
-        let free = self.permits.available_permits().min(CLAIM_BATCH);
-        let claimed = self.store.claim_due(free as i64, self.lease).await?;
-        if claimed.is_empty() {
-            return Ok(Dispatched::Idle);
+        let (stale, claimed) = self.store.record_and_claim(records, free as i64, self.lease).await?;
+        if stale > 0 {
+            metrics::counter!(crate::metrics::STALE_RESULTS).increment(stale);
+            tracing::warn!(count = stale, "dropped results whose lease was taken over");
         }
         let count = claimed.len();
         for claim in claimed {
@@ -179,11 +216,11 @@ impl Dispatcher {
                 if let Ok(mut map) = this.in_flight.lock() {
                     map.remove(&record.attempt_id);
                 }
-                let _ = this.results.send(record);
                 drop(permit);
+                let _ = this.results.send(record);
             });
         }
-        Ok(Dispatched::Started(count))
+        Ok(count)
     }
 
     /// Sends one claimed delivery and decides its next state.
@@ -325,41 +362,6 @@ impl Dispatcher {
             };
             let _ = self.results.send(record);
         }
-    }
-}
-
-/// Writes results in batches: whatever has arrived is written in one transaction.
-async fn record_loop(
-    store: Arc<dyn Store>,
-    wakeup: Arc<Notify>,
-    mut receiver: mpsc::UnboundedReceiver<AttemptRecord>,
-) {
-    let mut batch = Vec::with_capacity(RECORD_BATCH);
-    while receiver.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-        let mut tries = 0;
-        loop {
-            match store.record_attempts(&batch).await {
-                Ok(stale) => {
-                    if stale > 0 {
-                        metrics::counter!(crate::metrics::STALE_RESULTS).increment(stale);
-                        tracing::warn!(count = stale, "dropped results whose lease was taken over");
-                    }
-                    break;
-                }
-                Err(error) if tries < 5 => {
-                    tries += 1;
-                    tracing::warn!(%error, tries, "recording attempts failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
-                }
-                Err(error) => {
-                    // Their leases lapse and the reaper closes them as interrupted.
-                    tracing::error!(%error, count = batch.len(), "could not record attempts");
-                    break;
-                }
-            }
-        }
-        batch.clear();
-        wakeup.notify_one();
     }
 }
 

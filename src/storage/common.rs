@@ -767,12 +767,13 @@ macro_rules! store_common {
                 self.reap_expired_leases_impl(max_run_attempts).await
             }
 
-            async fn claim_due(&self, limit: i64, lease: std::time::Duration) -> Result<Vec<Claimed>, StoreError> {
-                self.claim_due_impl(limit, lease).await
-            }
-
-            async fn record_attempts(&self, records: &[AttemptRecord]) -> Result<u64, StoreError> {
-                self.record_attempts_impl(records).await
+            async fn record_and_claim(
+                &self,
+                records: &[AttemptRecord],
+                limit: i64,
+                lease: std::time::Duration,
+            ) -> Result<(u64, Vec<Claimed>), StoreError> {
+                self.record_and_claim_impl(records, limit, lease).await
             }
 
             async fn endpoint_window(&self, endpoint_id: &str, period: &str, since: i64) -> Result<WindowTotals, StoreError> {

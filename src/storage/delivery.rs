@@ -163,6 +163,48 @@ pub(crate) struct ClaimRow {
     pub(crate) payload: Option<String>,
 }
 
+/// Most rows one multi-row claim statement carries (well under both backends' bind limits).
+pub(crate) const CLAIM_CHUNK: usize = 500;
+
+/// Most rows one multi-row insert carries at ingest (12 binds a delivery row: well under both
+/// backends' bind limits).
+pub(crate) const INSERT_CHUNK: usize = 1000;
+
+/// A delivery row ingest writes with a multi-row insert.
+pub(crate) struct NewDeliveryRow<'a> {
+    pub(crate) id: String,
+    pub(crate) event: &'a super::NewEvent,
+    pub(crate) endpoint_id: String,
+    pub(crate) status: &'static str,
+    pub(crate) fifo_seq: Option<i64>,
+    pub(crate) last_error: Option<&'static str>,
+    pub(crate) completed_at: Option<i64>,
+    pub(crate) bypass: bool,
+}
+
+/// What one recording batch did to an endpoint's health columns.
+#[derive(Default)]
+pub(crate) struct HealthChange<'a> {
+    /// Some attempt succeeded.
+    pub(crate) any_success: bool,
+    /// The last attempt in the batch succeeded.
+    pub(crate) last_succeeded: bool,
+    /// The last failure's error, when some attempt failed.
+    pub(crate) last_error: Option<Option<&'a str>>,
+}
+
+impl<'a> HealthChange<'a> {
+    pub(crate) fn add(&mut self, record: &'a super::AttemptRecord) {
+        let success = record.next == super::NextState::Delivered;
+        self.last_succeeded = success;
+        if success {
+            self.any_success = true;
+        } else {
+            self.last_error = Some(record.error.as_deref());
+        }
+    }
+}
+
 /// An endpoint's health columns.
 #[derive(sqlx::FromRow)]
 pub(crate) struct HealthRow {
@@ -380,6 +422,10 @@ macro_rules! delivery_common {
                 idempotency_since: i64,
             ) -> Result<Vec<IngestOutcome>, StoreError> {
                 let mut outcomes = Vec::with_capacity(events.len());
+                // Rows written by multi-row inserts: at the end, or before an idempotency lookup
+                // that may need to see them.
+                let mut event_rows: Vec<(&NewEvent, i32)> = Vec::with_capacity(events.len());
+                let mut delivery_rows: Vec<NewDeliveryRow<'_>> = Vec::with_capacity(events.len());
                 let mut fanout: std::collections::HashMap<String, Vec<FanoutRow>> = Default::default();
                 for event in events {
                     if let Some((key, hash)) = &event.idempotency {
@@ -408,6 +454,7 @@ macro_rules! delivery_common {
                         .map_err(map_err)?
                         .rows_affected();
                         if inserted == 0 {
+                            Self::flush_ingest(tx, &mut event_rows, &mut delivery_rows).await?;
                             let (known_hash, resource_id): (String, Option<String>) = sqlx::query_as(
                                 "select request_hash, resource_id from idempotency_keys where scope = $1 and key = $2",
                             )
@@ -478,20 +525,7 @@ macro_rules! delivery_common {
                             targets
                         }
                     };
-                    sqlx::query(
-                        r#"insert into events (id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at)
-                        values ($1, $2, $3, $4, $5, $6, $7)"#,
-                    )
-                    .bind(&event.id)
-                    .bind(&event.tenant_id)
-                    .bind(&event.event_type)
-                    .bind(&event.payload)
-                    .bind(event.idempotency.as_ref().map(|(key, _)| key.as_str()))
-                    .bind(targets.len() as i32)
-                    .bind(event.created_at)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(map_err)?;
+                    event_rows.push((event, targets.len() as i32));
                     for (endpoint_id, enabled, fifo, bypass) in &targets {
                         let fifo_seq: Option<i64> = if *fifo && *enabled {
                             let (seq,): (i64,) = sqlx::query_as(
@@ -512,35 +546,74 @@ macro_rules! delivery_common {
                         } else {
                             ("failed", Some("endpoint_disabled"), Some(event.created_at))
                         };
-                        sqlx::query(
-                            r#"insert into deliveries (
-                                id, event_id, tenant_id, endpoint_id, status, next_attempt_at, fifo_seq,
-                                last_error, completed_at, max_attempts, bypass, created_at
-                            )
-                            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"#,
-                        )
-                        .bind($crate::domain::id::new_id($crate::domain::id::IdKind::Delivery))
-                        .bind(&event.id)
-                        .bind(&event.tenant_id)
-                        .bind(endpoint_id)
-                        .bind(status)
-                        .bind(event.created_at)
-                        .bind(fifo_seq)
-                        .bind(last_error)
-                        .bind(completed_at)
-                        .bind(bypass.then_some(1i32))
-                        .bind(*bypass)
-                        .bind(event.created_at)
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(map_err)?;
-                    }
-                    if !targets.is_empty() {
-                        Self::notify_work(tx).await?;
+                        delivery_rows.push(NewDeliveryRow {
+                            id: $crate::domain::id::new_id($crate::domain::id::IdKind::Delivery),
+                            event,
+                            endpoint_id: endpoint_id.clone(),
+                            status,
+                            fifo_seq,
+                            last_error,
+                            completed_at,
+                            bypass: *bypass,
+                        });
                     }
                     outcomes.push(IngestOutcome::Created { deliveries: targets.len() as i32 });
                 }
+                let work = delivery_rows.iter().any(|row| row.status == "pending");
+                Self::flush_ingest(tx, &mut event_rows, &mut delivery_rows).await?;
+                if work {
+                    Self::notify_work(tx).await?;
+                }
                 Ok(outcomes)
+            }
+
+            /// Writes the pending event and delivery rows with multi-row inserts, and empties them.
+            async fn flush_ingest(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                events: &mut Vec<(&NewEvent, i32)>,
+                deliveries: &mut Vec<NewDeliveryRow<'_>>,
+            ) -> Result<(), StoreError> {
+                for chunk in events.chunks(INSERT_CHUNK) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "insert into events (id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at) ",
+                    );
+                    insert.push_values(chunk, |mut row, (event, count)| {
+                        row.push_bind(&event.id)
+                            .push_bind(&event.tenant_id)
+                            .push_bind(&event.event_type)
+                            .push_bind(&event.payload)
+                            .push_bind(event.idempotency.as_ref().map(|(key, _)| key.as_str()))
+                            .push_bind(*count)
+                            .push_bind(event.created_at);
+                    });
+                    insert.build().execute(&mut **tx).await.map_err(map_err)?;
+                }
+                for chunk in deliveries.chunks(INSERT_CHUNK) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        r#"insert into deliveries (
+                            id, event_id, tenant_id, endpoint_id, status, next_attempt_at, fifo_seq,
+                            last_error, completed_at, max_attempts, bypass, created_at
+                        ) "#,
+                    );
+                    insert.push_values(chunk, |mut row, d| {
+                        row.push_bind(&d.id)
+                            .push_bind(&d.event.id)
+                            .push_bind(&d.event.tenant_id)
+                            .push_bind(&d.endpoint_id)
+                            .push_bind(d.status)
+                            .push_bind(d.event.created_at)
+                            .push_bind(d.fifo_seq)
+                            .push_bind(d.last_error)
+                            .push_bind(d.completed_at)
+                            .push_bind(d.bypass.then_some(1i32))
+                            .push_bind(d.bypass)
+                            .push_bind(d.event.created_at);
+                    });
+                    insert.build().execute(&mut **tx).await.map_err(map_err)?;
+                }
+                events.clear();
+                deliveries.clear();
+                Ok(())
             }
 
             async fn ingest_impl(
@@ -852,9 +925,30 @@ macro_rules! delivery_common {
                 Ok(expired.len() as u64)
             }
 
-            async fn claim_due_impl(&self, limit: i64, lease: std::time::Duration) -> Result<Vec<Claimed>, StoreError> {
+            /// Records `records`, then claims up to `limit` deliveries that can start now, in one
+            /// transaction: the slots the records free are claimed again at once.
+            async fn record_and_claim_impl(
+                &self,
+                records: &[AttemptRecord],
+                limit: i64,
+                lease: std::time::Duration,
+            ) -> Result<(u64, Vec<Claimed>), StoreError> {
                 let mut tx = self.writer().begin().await.map_err(map_err)?;
                 let now = Self::db_now(&mut tx).await?;
+                let stale = if records.is_empty() { 0 } else { self.record_tx(&mut tx, now, records).await? };
+                let claimed = if limit > 0 { self.claim_tx(&mut tx, now, limit, lease).await? } else { Vec::new() };
+                tx.commit().await.map_err(map_err)?;
+                Ok((stale, claimed))
+            }
+
+            /// Claims up to `limit` deliveries inside `tx`, opening an attempt for each.
+            async fn claim_tx(
+                &self,
+                tx: &mut sqlx::Transaction<'_, $db>,
+                now: i64,
+                limit: i64,
+                lease: std::time::Duration,
+            ) -> Result<Vec<Claimed>, StoreError> {
                 let lease_until = now + lease.as_micros() as i64;
                 let mut picked: Vec<(ClaimRow, std::sync::Arc<CandidateRow>)> = Vec::new();
 
@@ -872,7 +966,7 @@ macro_rules! delivery_common {
                 ))
                 .bind(now)
                 .bind(limit)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut **tx)
                 .await
                 .map_err(map_err)?;
                 for row in bypass {
@@ -883,7 +977,7 @@ macro_rules! delivery_common {
                         where id = $1 and deleted_at is null"#,
                     )
                     .bind(&row.endpoint_id)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await
                     .map_err(map_err)?;
                     if let Some(endpoint) = endpoint {
@@ -912,7 +1006,7 @@ macro_rules! delivery_common {
                     $lock_e
                 ))
                 .bind(now)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut **tx)
                 .await
                 .map_err(map_err)?;
 
@@ -926,7 +1020,7 @@ macro_rules! delivery_common {
                     )
                     .bind(&endpoint.id)
                     .bind(now)
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut **tx)
                     .await
                     .map_err(map_err)?;
                     let mut room = if endpoint.fifo {
@@ -953,7 +1047,7 @@ macro_rules! delivery_common {
                             limit 1"#,
                         )
                         .bind(&endpoint.id)
-                        .fetch_optional(&mut *tx)
+                        .fetch_optional(&mut **tx)
                         .await
                         .map_err(map_err)?;
                         // A lapsed lease is closed by the reaper first, so its attempt is recorded.
@@ -977,7 +1071,7 @@ macro_rules! delivery_common {
                         .bind(&endpoint.id)
                         .bind(now)
                         .bind(room)
-                        .fetch_all(&mut *tx)
+                        .fetch_all(&mut **tx)
                         .await
                         .map_err(map_err)?
                     };
@@ -987,7 +1081,7 @@ macro_rules! delivery_common {
                         sqlx::query("update endpoints set rate_next_at = $2 where id = $1")
                             .bind(&endpoint.id)
                             .bind(tat + interval * rows.len() as i64)
-                            .execute(&mut *tx)
+                            .execute(&mut **tx)
                             .await
                             .map_err(map_err)?;
                     }
@@ -995,60 +1089,70 @@ macro_rules! delivery_common {
                     picked.extend(rows.into_iter().map(|row| (row, endpoint.clone())));
                 }
 
+                if picked.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // One lease token per claim: a later claim of the same delivery has another, so a
+                // result recorded under this one after a takeover is recognised as stale.
+                let lease_token = uuid::Uuid::new_v4().simple().to_string();
+                for chunk in picked.chunks(CLAIM_CHUNK) {
+                    let mut update = sqlx::QueryBuilder::<$db>::new(
+                        "update deliveries set attempt_count = attempt_count + 1, run_attempts = run_attempts + 1, lease_until = ",
+                    );
+                    update.push_bind(lease_until).push(", lease_token = ").push_bind(&lease_token);
+                    update.push(" where id in (");
+                    let mut ids = update.separated(", ");
+                    for (row, _) in chunk {
+                        ids.push_bind(&row.id);
+                    }
+                    update.push(")");
+                    update.build().execute(&mut **tx).await.map_err(map_err)?;
+                }
                 let mut claimed = Vec::with_capacity(picked.len());
                 for (row, endpoint) in picked {
-                    let lease_token = uuid::Uuid::new_v4().simple().to_string();
-                    let attempt_id = $crate::domain::id::new_id($crate::domain::id::IdKind::Attempt);
-                    let number = row.attempt_count + 1;
-                    sqlx::query(
-                        r#"update deliveries
-                        set lease_until = $2, lease_token = $3, attempt_count = attempt_count + 1,
-                            run_attempts = run_attempts + 1
-                        where id = $1"#,
-                    )
-                    .bind(&row.id)
-                    .bind(lease_until)
-                    .bind(&lease_token)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                    sqlx::query(
-                        r#"insert into attempts (id, delivery_id, endpoint_id, number, started_at)
-                        values ($1, $2, $3, $4, $5)"#,
-                    )
-                    .bind(&attempt_id)
-                    .bind(&row.id)
-                    .bind(&row.endpoint_id)
-                    .bind(number)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
                     claimed.push(Claimed {
+                        attempt_id: $crate::domain::id::new_id($crate::domain::id::IdKind::Attempt),
+                        attempt_number: row.attempt_count + 1,
+                        run_attempt: row.run_attempts + 1,
                         delivery_id: row.id,
                         event_id: row.event_id,
                         tenant_id: row.tenant_id,
                         endpoint_id: row.endpoint_id,
-                        attempt_id,
-                        attempt_number: number,
-                        run_attempt: row.run_attempts + 1,
                         max_attempts: row.max_attempts,
-                        lease_token,
+                        lease_token: lease_token.clone(),
                         url: endpoint.url.clone(),
                         headers: endpoint.headers(self.cipher())?,
                         secrets: endpoint.secrets(self.cipher())?,
                         payload: row.payload,
                     });
                 }
-                tx.commit().await.map_err(map_err)?;
+                for chunk in claimed.chunks(CLAIM_CHUNK) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "insert into attempts (id, delivery_id, endpoint_id, number, started_at) ",
+                    );
+                    insert.push_values(chunk, |mut row, claim| {
+                        row.push_bind(&claim.attempt_id)
+                            .push_bind(&claim.delivery_id)
+                            .push_bind(&claim.endpoint_id)
+                            .push_bind(claim.attempt_number)
+                            .push_bind(now);
+                    });
+                    insert.build().execute(&mut **tx).await.map_err(map_err)?;
+                }
                 Ok(claimed)
             }
 
-            async fn record_attempts_impl(&self, records: &[AttemptRecord]) -> Result<u64, StoreError> {
+            /// Records finished attempts inside `tx`; returns how many were stale.
+            async fn record_tx(
+                &self,
+                tx: &mut sqlx::Transaction<'_, $db>,
+                now: i64,
+                records: &[AttemptRecord],
+            ) -> Result<u64, StoreError> {
                 let operations = self.operations();
-                let mut tx = self.writer().begin().await.map_err(map_err)?;
-                let now = Self::db_now(&mut tx).await?;
                 let mut stale = 0;
+                // endpoint → its health after this batch, written once per endpoint below
+                let mut health: std::collections::BTreeMap<&str, HealthChange<'_>> = Default::default();
                 // (endpoint, tenant, period, bucket) → (attempts, successes, failures, latency histogram)
                 let mut rollup: std::collections::BTreeMap<
                     (String, String, &'static str, i64),
@@ -1080,7 +1184,7 @@ macro_rules! delivery_common {
                     .bind(next_attempt_at)
                     .bind(completed_at)
                     .bind(&record.last_error)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(map_err)?
                     .rows_affected();
@@ -1094,7 +1198,7 @@ macro_rules! delivery_common {
                         let (enabled, deleted_at): (bool, Option<i64>) =
                             sqlx::query_as("select enabled, deleted_at from endpoints where id = $1")
                                 .bind(&record.endpoint_id)
-                                .fetch_one(&mut *tx)
+                                .fetch_one(&mut **tx)
                                 .await
                                 .map_err(map_err)?;
                         if !enabled || deleted_at.is_some() {
@@ -1106,7 +1210,7 @@ macro_rules! delivery_common {
                             .bind(&record.delivery_id)
                             .bind(reason)
                             .bind(now)
-                            .execute(&mut *tx)
+                            .execute(&mut **tx)
                             .await
                             .map_err(map_err)?;
                         }
@@ -1138,29 +1242,10 @@ macro_rules! delivery_common {
                     .bind(record.error_kind)
                     .bind(&record.error)
                     .bind(&record.response_body)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(map_err)?;
-                    if record.next == NextState::Delivered {
-                        sqlx::query("update endpoints set last_success_at = $2, failing_since = null where id = $1")
-                            .bind(&record.endpoint_id)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(map_err)?;
-                    } else {
-                        sqlx::query(
-                            r#"update endpoints
-                            set failing_since = coalesce(failing_since, $2), last_error = $3, last_error_at = $2
-                            where id = $1"#,
-                        )
-                        .bind(&record.endpoint_id)
-                        .bind(now)
-                        .bind(&record.error)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                    }
+                    health.entry(record.endpoint_id.as_str()).or_default().add(record);
                     if let Some(pause) = record.pause_for {
                         sqlx::query(
                             r#"update endpoints set paused_until = $2
@@ -1168,7 +1253,7 @@ macro_rules! delivery_common {
                         )
                         .bind(&record.endpoint_id)
                         .bind(now + pause)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await
                         .map_err(map_err)?;
                     }
@@ -1180,12 +1265,12 @@ macro_rules! delivery_common {
                         .bind(&record.endpoint_id)
                         .bind(reason)
                         .bind(now)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await
                         .map_err(map_err)?
                         .rows_affected();
                         if disabled > 0 {
-                            Self::fail_pending(&mut tx, &record.endpoint_id, "endpoint_disabled", now).await?;
+                            Self::fail_pending(tx, &record.endpoint_id, "endpoint_disabled", now).await?;
                             let data = serde_json::json!({
                                 "tenant_id": record.tenant_id,
                                 "endpoint_id": record.endpoint_id,
@@ -1193,7 +1278,7 @@ macro_rules! delivery_common {
                                 "disabled_at": $crate::domain::time::format_micros(now),
                             });
                             Self::emit_operational(
-                                &mut tx,
+                                tx,
                                 operations.as_deref(),
                                 &record.tenant_id,
                                 "endpoint.disabled",
@@ -1204,7 +1289,7 @@ macro_rules! delivery_common {
                         }
                     }
                     if record.next == NextState::Failed {
-                        Self::emit_exhausted(&mut tx, operations.as_deref(), &record.delivery_id, now).await?;
+                        Self::emit_exhausted(tx, operations.as_deref(), &record.delivery_id, now).await?;
                     }
                 }
                 for ((endpoint_id, tenant_id, period, bucket), (attempts, successes, failures, latency)) in rollup {
@@ -1217,7 +1302,7 @@ macro_rules! delivery_common {
                     .bind(&tenant_id)
                     .bind(period)
                     .bind(bucket)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(map_err)?;
                     let (stored,): (String,) = sqlx::query_as(concat!(
@@ -1229,7 +1314,7 @@ macro_rules! delivery_common {
                     .bind(&endpoint_id)
                     .bind(period)
                     .bind(bucket)
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut **tx)
                     .await
                     .map_err(map_err)?;
                     let mut merged = latency;
@@ -1247,11 +1332,38 @@ macro_rules! delivery_common {
                     .bind(successes)
                     .bind(failures)
                     .bind($crate::domain::stats::histogram_json(&merged))
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(map_err)?;
                 }
-                tx.commit().await.map_err(map_err)?;
+                for (endpoint_id, health) in health {
+                    let failing_since = match (health.last_succeeded, health.any_success) {
+                        (true, _) => "clear",
+                        (false, true) => "now",
+                        (false, false) => "keep",
+                    };
+                    sqlx::query(
+                        r#"update endpoints
+                        set last_success_at = case when $2 then $5 else last_success_at end,
+                            last_error = case when $3 then $4 else last_error end,
+                            last_error_at = case when $3 then $5 else last_error_at end,
+                            failing_since = case $6
+                                when 'clear' then null
+                                when 'now' then $5
+                                else coalesce(failing_since, $5)
+                            end
+                        where id = $1"#,
+                    )
+                    .bind(endpoint_id)
+                    .bind(health.any_success)
+                    .bind(health.last_error.is_some())
+                    .bind(health.last_error.flatten())
+                    .bind(now)
+                    .bind(failing_since)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(map_err)?;
+                }
                 Ok(stale)
             }
 

@@ -189,11 +189,24 @@ pub trait Store: Send + Sync + 'static {
     /// Closes attempts whose lease lapsed (a crashed or stopped process) as `interrupted`, and
     /// requeues or fails their deliveries. Returns how many were closed.
     async fn reap_expired_leases(&self, max_run_attempts: i32) -> Result<u64, StoreError>;
-    /// Claims up to `limit` deliveries that can start now, opening an attempt for each.
-    async fn claim_due(&self, limit: i64, lease: std::time::Duration) -> Result<Vec<Claimed>, StoreError>;
-    /// Records finished attempts and their deliveries' new states in one transaction. Returns
-    /// how many were stale (their lease had been taken over) and dropped.
-    async fn record_attempts(&self, records: &[AttemptRecord]) -> Result<u64, StoreError>;
+    /// The dispatcher's one transaction per cycle: records finished attempts and their
+    /// deliveries' new states, then claims up to `limit` deliveries that can start now, opening
+    /// an attempt for each. Returns how many records were stale (their lease had been taken over)
+    /// and dropped, and the claims.
+    async fn record_and_claim(
+        &self,
+        records: &[AttemptRecord],
+        limit: i64,
+        lease: std::time::Duration,
+    ) -> Result<(u64, Vec<Claimed>), StoreError>;
+    /// Claims up to `limit` deliveries that can start now (`record_and_claim` with no records).
+    async fn claim_due(&self, limit: i64, lease: std::time::Duration) -> Result<Vec<Claimed>, StoreError> {
+        Ok(self.record_and_claim(&[], limit, lease).await?.1)
+    }
+    /// Records finished attempts (`record_and_claim` claiming nothing); returns how many were stale.
+    async fn record_attempts(&self, records: &[AttemptRecord]) -> Result<u64, StoreError> {
+        Ok(self.record_and_claim(records, 0, std::time::Duration::ZERO).await?.0)
+    }
     /// Starts an idempotent request: records the key, or reports what an earlier request with the
     /// same key did. Keys older than `since` are forgotten first.
     async fn begin_idempotent(
