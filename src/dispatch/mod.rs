@@ -25,6 +25,8 @@ use send::{Sender, Sent};
 const CLAIM_BATCH: usize = 256;
 /// Most results written in one transaction.
 const RECORD_BATCH: usize = 512;
+/// Longest a cycle waits for the rest of a burst of results.
+const GATHER: Duration = Duration::from_millis(1);
 /// Times one batch of results is written again after a store error before it is given up (the
 /// leases then lapse and the reaper closes the attempts as interrupted).
 const RECORD_TRIES: u32 = 5;
@@ -43,6 +45,7 @@ pub struct Dispatcher {
     grace: Duration,
     poll_interval: Duration,
     permits: Arc<Semaphore>,
+    max_in_flight: usize,
     wakeup: Arc<Notify>,
     results: mpsc::UnboundedSender<AttemptRecord>,
     recorder: Arc<Mutex<Option<mpsc::UnboundedReceiver<AttemptRecord>>>>,
@@ -78,6 +81,7 @@ impl Dispatcher {
             grace: config.delivery.grace(),
             poll_interval: config.delivery.poll_interval,
             permits: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
+            max_in_flight: config.delivery.max_in_flight,
             wakeup,
             results,
             recorder: Arc::new(Mutex::new(Some(receiver))),
@@ -121,6 +125,7 @@ impl Dispatcher {
             {
                 batch.push(record);
             }
+            self.gather(&mut results, &mut batch).await;
             match self.cycle(&batch, true).await {
                 Ok(started) => {
                     tries = 0;
@@ -164,6 +169,27 @@ impl Dispatcher {
         metrics::gauge!(crate::metrics::DISPATCHER_UP).set(0.0);
     }
 
+    /// Attempts started together finish together: when fewer than half of those running have
+    /// reported, waits up to `GATHER` for the rest, so one cycle records (and refills) them all
+    /// instead of one cycle for the first and another for the others.
+    async fn gather(
+        &self,
+        results: &mut mpsc::UnboundedReceiver<AttemptRecord>,
+        batch: &mut Vec<AttemptRecord>,
+    ) {
+        let running = self.max_in_flight.saturating_sub(self.permits.available_permits());
+        if batch.is_empty() || batch.len() * 2 >= running {
+            return;
+        }
+        let until = tokio::time::Instant::now() + GATHER;
+        while batch.len() < running.min(RECORD_BATCH) {
+            match tokio::time::timeout_at(until, results.recv()).await {
+                Ok(Some(record)) => batch.push(record),
+                _ => break,
+            }
+        }
+    }
+
     /// Waits for a finished attempt (kept in `batch`), a wake-up, the next due delivery (at most
     /// the poll interval) or shutdown.
     async fn idle(
@@ -199,7 +225,14 @@ impl Dispatcher {
         if free == 0 && records.is_empty() {
             return Ok(0);
         }
+        let started = std::time::Instant::now();
         let (stale, claimed) = self.store.record_and_claim(records, free as i64, self.lease).await?;
+        tracing::trace!(
+            recorded = records.len(),
+            claimed = claimed.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "dispatch cycle"
+        );
         if stale > 0 {
             metrics::counter!(crate::metrics::STALE_RESULTS).increment(stale);
             tracing::warn!(count = stale, "dropped results whose lease was taken over");

@@ -1150,7 +1150,6 @@ macro_rules! delivery_common {
                 records: &[AttemptRecord],
             ) -> Result<u64, StoreError> {
                 let operations = self.operations();
-                let mut stale = 0;
                 // endpoint → its health after this batch, written once per endpoint below
                 let mut health: std::collections::BTreeMap<&str, HealthChange<'_>> = Default::default();
                 // (endpoint, tenant, period, bucket) → (attempts, successes, failures, latency histogram)
@@ -1162,36 +1161,74 @@ macro_rules! delivery_common {
                 // recorders on PostgreSQL free of deadlocks.
                 let mut ordered: Vec<&AttemptRecord> = records.iter().collect();
                 ordered.sort_by(|a, b| (&a.endpoint_id, &a.delivery_id).cmp(&(&b.endpoint_id, &b.delivery_id)));
-                for record in ordered {
-                    let (status, next_attempt_at, completed_at) = match record.next {
-                        NextState::Delivered => ("delivered", None, Some(now)),
-                        NextState::Retry(delay) => ("pending", Some(now + delay), None),
-                        NextState::Failed => ("failed", None, Some(now)),
-                    };
-                    let done = sqlx::query(
+                // A delivery twice in one batch: the first result wins, the second is stale.
+                ordered.dedup_by(|later, first| later.delivery_id == first.delivery_id);
+                // Multi-row updates: every delivery whose lease token still matches, then the
+                // attempts of those.
+                let mut fresh: std::collections::HashSet<String> = Default::default();
+                for chunk in ordered.chunks(CLAIM_CHUNK) {
+                    let mut update = sqlx::QueryBuilder::<$db>::new(
                         r#"update deliveries
-                        set status = case when status = 'pending' then $3 else status end,
-                            next_attempt_at = coalesce($4, next_attempt_at),
-                            completed_at = case when status = 'pending' then $5 else completed_at end,
-                            last_error = case when status = 'pending' then $6 else last_error end,
+                        set status = case when status = 'pending' then v.column3 else status end,
+                            next_attempt_at = coalesce(v.column4, next_attempt_at),
+                            completed_at = case when status = 'pending' then v.column5 else completed_at end,
+                            last_error = case when status = 'pending' then v.column6 else last_error end,
                             lease_until = null,
                             lease_token = null
-                        where id = $1 and lease_token = $2"#,
-                    )
-                    .bind(&record.delivery_id)
-                    .bind(&record.lease_token)
-                    .bind(status)
-                    .bind(next_attempt_at)
-                    .bind(completed_at)
-                    .bind(&record.last_error)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(map_err)?
-                    .rows_affected();
-                    if done == 0 {
-                        stale += 1;
-                        continue;
-                    }
+                        from ("#,
+                    );
+                    update.push_values(chunk, |mut row, record| {
+                        let (status, next_attempt_at, completed_at) = match record.next {
+                            NextState::Delivered => ("delivered", None, Some(now)),
+                            NextState::Retry(delay) => ("pending", Some(now + delay), None),
+                            NextState::Failed => ("failed", None, Some(now)),
+                        };
+                        row.push_bind(&record.delivery_id)
+                            .push_bind(&record.lease_token)
+                            .push_bind(status)
+                            .push("cast(")
+                            .push_bind_unseparated(next_attempt_at)
+                            .push_unseparated(" as bigint)")
+                            .push("cast(")
+                            .push_bind_unseparated(completed_at)
+                            .push_unseparated(" as bigint)")
+                            .push_bind(&record.last_error);
+                    });
+                    update.push(
+                        ") as v where deliveries.id = v.column1 and deliveries.lease_token = v.column2 returning deliveries.id",
+                    );
+                    let ids: Vec<(String,)> =
+                        update.build_query_as().fetch_all(&mut **tx).await.map_err(map_err)?;
+                    fresh.extend(ids.into_iter().map(|(id,)| id));
+                }
+                ordered.retain(|record| fresh.contains(&record.delivery_id));
+                let stale = (records.len() - ordered.len()) as u64;
+                for chunk in ordered.chunks(CLAIM_CHUNK) {
+                    let mut update = sqlx::QueryBuilder::<$db>::new(
+                        r#"update attempts
+                        set finished_at = v.column2, duration_ms = v.column3, status_code = v.column4,
+                            error_kind = v.column5, error = v.column6, response_body = v.column7
+                        from ("#,
+                    );
+                    update.push_values(chunk, |mut row, record| {
+                        row.push_bind(&record.attempt_id)
+                            .push("cast(")
+                            .push_bind_unseparated(record.finished_at)
+                            .push_unseparated(" as bigint)")
+                            .push("cast(")
+                            .push_bind_unseparated(record.duration_ms)
+                            .push_unseparated(" as bigint)")
+                            .push("cast(")
+                            .push_bind_unseparated(record.status_code)
+                            .push_unseparated(" as integer)")
+                            .push_bind(record.error_kind)
+                            .push_bind(&record.error)
+                            .push_bind(&record.response_body);
+                    });
+                    update.push(") as v where attempts.id = v.column1 and attempts.finished_at is null");
+                    update.build().execute(&mut **tx).await.map_err(map_err)?;
+                }
+                for record in ordered {
                     if matches!(record.next, NextState::Retry(_)) {
                         // The endpoint may have been disabled or deleted while this attempt ran:
                         // its retry is then failed like the rest of its pending deliveries.
@@ -1229,22 +1266,6 @@ macro_rules! delivery_common {
                         }
                         *entry.3.entry(record.duration_ms.max(0)).or_default() += 1;
                     }
-                    sqlx::query(
-                        r#"update attempts
-                        set finished_at = $2, duration_ms = $3, status_code = $4, error_kind = $5, error = $6,
-                            response_body = $7
-                        where id = $1 and finished_at is null"#,
-                    )
-                    .bind(&record.attempt_id)
-                    .bind(record.finished_at)
-                    .bind(record.duration_ms)
-                    .bind(record.status_code)
-                    .bind(record.error_kind)
-                    .bind(&record.error)
-                    .bind(&record.response_body)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(map_err)?;
                     health.entry(record.endpoint_id.as_str()).or_default().add(record);
                     if let Some(pause) = record.pause_for {
                         sqlx::query(
@@ -1293,30 +1314,36 @@ macro_rules! delivery_common {
                     }
                 }
                 for ((endpoint_id, tenant_id, period, bucket), (attempts, successes, failures, latency)) in rollup {
-                    sqlx::query(
-                        r#"insert into endpoint_stats (endpoint_id, tenant_id, period, bucket_start)
-                        values ($1, $2, $3, $4)
-                        on conflict do nothing"#,
-                    )
-                    .bind(&endpoint_id)
-                    .bind(&tenant_id)
-                    .bind(period)
-                    .bind(bucket)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(map_err)?;
-                    let (stored,): (String,) = sqlx::query_as(concat!(
-                        r#"select latency_counts
-                        from endpoint_stats
-                        where endpoint_id = $1 and period = $2 and bucket_start = $3"#,
-                        $lock_row
-                    ))
-                    .bind(&endpoint_id)
-                    .bind(period)
-                    .bind(bucket)
-                    .fetch_one(&mut **tx)
-                    .await
-                    .map_err(map_err)?;
+                    // The bucket's row, locked; created first (once per bucket) when missing.
+                    let select_stored = || {
+                        sqlx::query_as::<_, (String,)>(concat!(
+                            r#"select latency_counts
+                            from endpoint_stats
+                            where endpoint_id = $1 and period = $2 and bucket_start = $3"#,
+                            $lock_row
+                        ))
+                        .bind(&endpoint_id)
+                        .bind(period)
+                        .bind(bucket)
+                    };
+                    let stored = match select_stored().fetch_optional(&mut **tx).await.map_err(map_err)? {
+                        Some((stored,)) => stored,
+                        None => {
+                            sqlx::query(
+                                r#"insert into endpoint_stats (endpoint_id, tenant_id, period, bucket_start)
+                                values ($1, $2, $3, $4)
+                                on conflict do nothing"#,
+                            )
+                            .bind(&endpoint_id)
+                            .bind(&tenant_id)
+                            .bind(period)
+                            .bind(bucket)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(map_err)?;
+                            select_stored().fetch_one(&mut **tx).await.map_err(map_err)?.0
+                        }
+                    };
                     let mut merged = latency;
                     $crate::domain::stats::merge_histogram(&mut merged, &stored);
                     sqlx::query(
