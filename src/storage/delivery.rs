@@ -117,6 +117,8 @@ pub(crate) struct CandidateRow {
     pub(crate) secret: String,
     pub(crate) previous_secret: Option<String>,
     pub(crate) previous_secret_expires_at: Option<i64>,
+    /// Attempts in flight now (leases not lapsed), across every process.
+    pub(crate) in_flight: i64,
 }
 
 impl CandidateRow {
@@ -972,7 +974,7 @@ macro_rules! delivery_common {
                 for row in bypass {
                     let endpoint: Option<CandidateRow> = sqlx::query_as(
                         r#"select id, max_in_flight, fifo, rate_limit_per_second, rate_next_at, url, headers, secret,
-                            previous_secret, previous_secret_expires_at
+                            previous_secret, previous_secret_expires_at, cast(0 as bigint) as in_flight
                         from endpoints
                         where id = $1 and deleted_at is null"#,
                     )
@@ -987,7 +989,8 @@ macro_rules! delivery_common {
 
                 let candidates: Vec<CandidateRow> = sqlx::query_as(concat!(
                     r#"select e.id, e.max_in_flight, e.fifo, e.rate_limit_per_second, e.rate_next_at, e.url,
-                        e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at
+                        e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at,
+                        (select count(*) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1) as in_flight
                     from endpoints e
                     where e.enabled
                       and e.deleted_at is null
@@ -1015,14 +1018,7 @@ macro_rules! delivery_common {
                     if remaining <= 0 {
                         break;
                     }
-                    let (in_flight,): (i64,) = sqlx::query_as(
-                        "select count(*) from deliveries where endpoint_id = $1 and lease_until > $2",
-                    )
-                    .bind(&endpoint.id)
-                    .bind(now)
-                    .fetch_one(&mut **tx)
-                    .await
-                    .map_err(map_err)?;
+                    let in_flight = endpoint.in_flight;
                     let mut room = if endpoint.fifo {
                         i64::from(in_flight == 0)
                     } else {
@@ -1313,55 +1309,72 @@ macro_rules! delivery_common {
                         Self::emit_exhausted(tx, operations.as_deref(), &record.delivery_id, now).await?;
                     }
                 }
-                for ((endpoint_id, tenant_id, period, bucket), (attempts, successes, failures, latency)) in rollup {
-                    // The bucket's row, locked; created first (once per bucket) when missing.
-                    let select_stored = || {
-                        sqlx::query_as::<_, (String,)>(concat!(
-                            r#"select latency_counts
-                            from endpoint_stats
-                            where endpoint_id = $1 and period = $2 and bucket_start = $3"#,
-                            $lock_row
-                        ))
-                        .bind(&endpoint_id)
-                        .bind(period)
-                        .bind(bucket)
-                    };
-                    let stored = match select_stored().fetch_optional(&mut **tx).await.map_err(map_err)? {
-                        Some((stored,)) => stored,
-                        None => {
-                            sqlx::query(
-                                r#"insert into endpoint_stats (endpoint_id, tenant_id, period, bucket_start)
-                                values ($1, $2, $3, $4)
-                                on conflict do nothing"#,
-                            )
-                            .bind(&endpoint_id)
-                            .bind(&tenant_id)
-                            .bind(period)
-                            .bind(bucket)
-                            .execute(&mut **tx)
-                            .await
-                            .map_err(map_err)?;
-                            select_stored().fetch_one(&mut **tx).await.map_err(map_err)?.0
-                        }
-                    };
-                    let mut merged = latency;
-                    $crate::domain::stats::merge_histogram(&mut merged, &stored);
-                    sqlx::query(
+                if !rollup.is_empty() {
+                    // The batch's buckets: created when missing, locked in one order, merged in
+                    // memory and written back, three statements for all of them.
+                    let keys: Vec<_> = rollup.keys().collect();
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "insert into endpoint_stats (endpoint_id, tenant_id, period, bucket_start) ",
+                    );
+                    insert.push_values(&keys, |mut row, (endpoint_id, tenant_id, period, bucket)| {
+                        row.push_bind(endpoint_id).push_bind(tenant_id).push_bind(*period).push_bind(*bucket);
+                    });
+                    insert.push(" on conflict do nothing");
+                    insert.build().execute(&mut **tx).await.map_err(map_err)?;
+                    let mut select = sqlx::QueryBuilder::<$db>::new(
+                        "select endpoint_id, period, bucket_start, latency_counts from endpoint_stats where (endpoint_id, period, bucket_start) in (",
+                    );
+                    select.push_values(&keys, |mut row, (endpoint_id, _, period, bucket)| {
+                        row.push_bind(endpoint_id).push_bind(*period).push_bind(*bucket);
+                    });
+                    select.push(") order by endpoint_id, period, bucket_start");
+                    select.push($lock_row);
+                    let stored: Vec<(String, String, i64, String)> =
+                        select.build_query_as().fetch_all(&mut **tx).await.map_err(map_err)?;
+                    let stored: std::collections::HashMap<(String, String, i64), String> = stored
+                        .into_iter()
+                        .map(|(endpoint_id, period, bucket, counts)| ((endpoint_id, period, bucket), counts))
+                        .collect();
+                    let rows: Vec<_> = rollup
+                        .iter()
+                        .map(|((endpoint_id, _, period, bucket), (attempts, successes, failures, latency))| {
+                            let mut merged = latency.clone();
+                            if let Some(counts) = stored.get(&(endpoint_id.clone(), (*period).to_owned(), *bucket)) {
+                                $crate::domain::stats::merge_histogram(&mut merged, counts);
+                            }
+                            (endpoint_id, *period, *bucket, *attempts, *successes, *failures,
+                                $crate::domain::stats::histogram_json(&merged))
+                        })
+                        .collect();
+                    let mut update = sqlx::QueryBuilder::<$db>::new(
                         r#"update endpoint_stats
-                        set attempts = attempts + $4, successes = successes + $5, failures = failures + $6,
-                            latency_counts = $7
-                        where endpoint_id = $1 and period = $2 and bucket_start = $3"#,
-                    )
-                    .bind(&endpoint_id)
-                    .bind(period)
-                    .bind(bucket)
-                    .bind(attempts)
-                    .bind(successes)
-                    .bind(failures)
-                    .bind($crate::domain::stats::histogram_json(&merged))
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(map_err)?;
+                        set attempts = attempts + v.column4, successes = successes + v.column5,
+                            failures = failures + v.column6, latency_counts = v.column7
+                        from ("#,
+                    );
+                    update.push_values(&rows, |mut row, (endpoint_id, period, bucket, attempts, successes, failures, counts)| {
+                        row.push_bind(*endpoint_id)
+                            .push_bind(*period)
+                            .push("cast(")
+                            .push_bind_unseparated(*bucket)
+                            .push_unseparated(" as bigint)")
+                            .push("cast(")
+                            .push_bind_unseparated(*attempts)
+                            .push_unseparated(" as bigint)")
+                            .push("cast(")
+                            .push_bind_unseparated(*successes)
+                            .push_unseparated(" as bigint)")
+                            .push("cast(")
+                            .push_bind_unseparated(*failures)
+                            .push_unseparated(" as bigint)")
+                            .push_bind(counts);
+                    });
+                    update.push(
+                        r#") as v
+                        where endpoint_stats.endpoint_id = v.column1 and endpoint_stats.period = v.column2
+                          and endpoint_stats.bucket_start = v.column3"#,
+                    );
+                    update.build().execute(&mut **tx).await.map_err(map_err)?;
                 }
                 for (endpoint_id, health) in health {
                     let failing_since = match (health.last_succeeded, health.any_success) {
