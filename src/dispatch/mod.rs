@@ -27,6 +27,8 @@ const CLAIM_BATCH: usize = 256;
 const RECORD_BATCH: usize = 512;
 /// Longest a cycle waits for the rest of a burst of results.
 const GATHER: Duration = Duration::from_millis(1);
+/// Attempts younger than this are expected back within `GATHER`.
+const RECENT: Duration = Duration::from_millis(20);
 /// Times one batch of results is written again after a store error before it is given up (the
 /// leases then lapse and the reaper closes the attempts as interrupted).
 const RECORD_TRIES: u32 = 5;
@@ -45,11 +47,11 @@ pub struct Dispatcher {
     grace: Duration,
     poll_interval: Duration,
     permits: Arc<Semaphore>,
-    max_in_flight: usize,
     wakeup: Arc<Notify>,
     results: mpsc::UnboundedSender<AttemptRecord>,
     recorder: Arc<Mutex<Option<mpsc::UnboundedReceiver<AttemptRecord>>>>,
-    in_flight: Arc<Mutex<HashMap<String, Claimed>>>,
+    /// Attempts on the wire: attempt id → (claim, when it started).
+    in_flight: Arc<Mutex<HashMap<String, (Claimed, std::time::Instant)>>>,
     tasks: Arc<tokio::sync::Mutex<JoinSet<()>>>,
 }
 
@@ -81,7 +83,6 @@ impl Dispatcher {
             grace: config.delivery.grace(),
             poll_interval: config.delivery.poll_interval,
             permits: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
-            max_in_flight: config.delivery.max_in_flight,
             wakeup,
             results,
             recorder: Arc::new(Mutex::new(Some(receiver))),
@@ -169,20 +170,24 @@ impl Dispatcher {
         metrics::gauge!(crate::metrics::DISPATCHER_UP).set(0.0);
     }
 
-    /// Attempts started together finish together: when fewer than half of those running have
-    /// reported, waits up to `GATHER` for the rest, so one cycle records (and refills) them all
-    /// instead of one cycle for the first and another for the others.
-    async fn gather(
-        &self,
-        results: &mut mpsc::UnboundedReceiver<AttemptRecord>,
-        batch: &mut Vec<AttemptRecord>,
-    ) {
-        let running = self.max_in_flight.saturating_sub(self.permits.available_permits());
-        if batch.is_empty() || batch.len() * 2 >= running {
+    /// Attempts started together finish together: while attempts started in the last `RECENT`
+    /// are still out, waits up to `GATHER` for them, so one cycle records (and refills) a whole
+    /// burst instead of one cycle for the first result and another for the rest. Older attempts
+    /// (a slow or hanging endpoint's) are not waited for.
+    async fn gather(&self, results: &mut mpsc::UnboundedReceiver<AttemptRecord>, batch: &mut Vec<AttemptRecord>) {
+        if batch.is_empty() {
             return;
         }
         let until = tokio::time::Instant::now() + GATHER;
-        while batch.len() < running.min(RECORD_BATCH) {
+        while batch.len() < RECORD_BATCH {
+            let young = self
+                .in_flight
+                .lock()
+                .map(|map| map.values().filter(|(_, started)| started.elapsed() < RECENT).count())
+                .unwrap_or(0);
+            if young == 0 {
+                break;
+            }
             match tokio::time::timeout_at(until, results.recv()).await {
                 Ok(Some(record)) => batch.push(record),
                 _ => break,
@@ -241,7 +246,7 @@ impl Dispatcher {
         for claim in claimed {
             let permit = self.permits.clone().acquire_owned().await?;
             if let Ok(mut map) = self.in_flight.lock() {
-                map.insert(claim.attempt_id.clone(), claim.clone());
+                map.insert(claim.attempt_id.clone(), (claim.clone(), std::time::Instant::now()));
             }
             let this = self.clone();
             tasks.spawn(async move {
@@ -372,7 +377,7 @@ impl Dispatcher {
             }
         }
         let left: Vec<Claimed> =
-            self.in_flight.lock().map(|mut m| m.drain().map(|(_, c)| c).collect()).unwrap_or_default();
+            self.in_flight.lock().map(|mut m| m.drain().map(|(_, (c, _))| c).collect()).unwrap_or_default();
         for claim in left {
             let max = claim.max_attempts.unwrap_or(self.max_run_attempts());
             let next = if claim.run_attempt >= max { NextState::Failed } else { NextState::Retry(0) };
