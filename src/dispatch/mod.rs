@@ -25,6 +25,14 @@ use send::{Sender, Sent};
 const CLAIM_BATCH: usize = 256;
 /// Most results written in one transaction.
 const RECORD_BATCH: usize = 512;
+/// What one dispatch cycle did.
+struct Cycle {
+    /// Attempts started.
+    started: usize,
+    /// Attempts it could have started (free slots, at most one claim batch).
+    room: usize,
+}
+
 /// Longest a cycle waits for the rest of a burst of results.
 const GATHER: Duration = Duration::from_millis(1);
 /// Attempts younger than this are expected back within `GATHER`.
@@ -128,11 +136,12 @@ impl Dispatcher {
             }
             self.gather(&mut results, &mut batch).await;
             match self.cycle(&batch, true).await {
-                Ok(started) => {
+                Ok(Cycle { started, room }) => {
                     tries = 0;
-                    let recorded = !batch.is_empty();
                     batch.clear();
-                    if started == 0 && !recorded {
+                    // Claimed less than there was room for: nothing more can start until a result
+                    // comes back, work is committed, or a retry falls due.
+                    if started < room || room == 0 {
                         self.idle(&shutdown, &mut results, &mut batch).await;
                     }
                 }
@@ -174,7 +183,11 @@ impl Dispatcher {
     /// are still out, waits up to `GATHER` for them, so one cycle records (and refills) a whole
     /// burst instead of one cycle for the first result and another for the rest. Older attempts
     /// (a slow or hanging endpoint's) are not waited for.
-    async fn gather(&self, results: &mut mpsc::UnboundedReceiver<AttemptRecord>, batch: &mut Vec<AttemptRecord>) {
+    async fn gather(
+        &self,
+        results: &mut mpsc::UnboundedReceiver<AttemptRecord>,
+        batch: &mut Vec<AttemptRecord>,
+    ) {
         if batch.is_empty() {
             return;
         }
@@ -222,13 +235,13 @@ impl Dispatcher {
     }
 
     /// One cycle: records `records` and, when `claim`, claims what the free slots allow, in one
-    /// transaction, then starts the claimed attempts. Returns how many started.
-    async fn cycle(&self, records: &[AttemptRecord], claim: bool) -> anyhow::Result<usize> {
+    /// transaction, then starts the claimed attempts.
+    async fn cycle(&self, records: &[AttemptRecord], claim: bool) -> anyhow::Result<Cycle> {
         let mut tasks = self.tasks.lock().await;
         while tasks.try_join_next().is_some() {}
         let free = if claim { self.permits.available_permits().min(CLAIM_BATCH) } else { 0 };
         if free == 0 && records.is_empty() {
-            return Ok(0);
+            return Ok(Cycle { started: 0, room: 0 });
         }
         let started = std::time::Instant::now();
         let (stale, claimed) = self.store.record_and_claim(records, free as i64, self.lease).await?;
@@ -258,7 +271,7 @@ impl Dispatcher {
                 let _ = this.results.send(record);
             });
         }
-        Ok(count)
+        Ok(Cycle { started: count, room: free })
     }
 
     /// Sends one claimed delivery and decides its next state.
