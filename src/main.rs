@@ -112,35 +112,7 @@ enum Command {
         json: Option<PathBuf>,
     },
     /// Chaos run: a misbehaving receiver and a server SIGKILLed mid-run; checks nothing was lost.
-    Soak {
-        /// Events to emit.
-        #[arg(long, default_value_t = 2_000)]
-        events: usize,
-        /// Endpoints subscribed to every event.
-        #[arg(long, default_value_t = 3)]
-        endpoints: usize,
-        /// Times the server is SIGKILLed and restarted mid-run.
-        #[arg(long, default_value_t = 3)]
-        kills: usize,
-        /// Share of requests the receiver answers 500, 0.0–1.0.
-        #[arg(long, default_value_t = 0.2)]
-        fail_rate: f64,
-        /// Share of requests whose connection the receiver resets, 0.0–1.0.
-        #[arg(long, default_value_t = 0.05)]
-        reset_rate: f64,
-        /// Share of requests the receiver never answers, 0.0–1.0.
-        #[arg(long, default_value_t = 0.01)]
-        hang_rate: f64,
-        /// Delay before every answer, e.g. 5ms.
-        #[arg(long, value_parser = parse_duration_arg, default_value = "5ms")]
-        delay: std::time::Duration,
-        /// Run against this PostgreSQL server (a fresh database) instead of SQLite.
-        #[arg(long, value_name = "URL")]
-        postgres: Option<String>,
-        /// Longest the run may take, e.g. 5m.
-        #[arg(long, value_parser = parse_duration_arg, default_value = "5m")]
-        limit: std::time::Duration,
-    },
+    Soak(herald::tools::soak::Options),
 }
 
 fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
@@ -201,7 +173,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if matches!(cli.command, Command::Receive { .. } | Command::Bench { .. } | Command::Soak { .. }) {
+    if matches!(cli.command, Command::Receive { .. } | Command::Bench { .. } | Command::Soak(_)) {
         herald::telemetry::init(herald::config::LogFormat::Pretty);
         return run_tool(cli.command).await;
     }
@@ -224,7 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Token { .. } | Command::Secrets { .. } => {}
-        Command::Receive { .. } | Command::Bench { .. } | Command::Soak { .. } => {}
+        Command::Receive { .. } | Command::Bench { .. } | Command::Soak(_) => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     herald::telemetry::init(config.log_format);
@@ -276,7 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{secret}");
             Ok(())
         }
-        Command::Receive { .. } | Command::Bench { .. } | Command::Soak { .. } => run_tool(cli.command).await,
+        Command::Receive { .. } | Command::Bench { .. } | Command::Soak(_) => run_tool(cli.command).await,
     }
 }
 
@@ -320,38 +292,8 @@ async fn run_tool(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Soak {
-            events,
-            endpoints,
-            kills,
-            fail_rate,
-            reset_rate,
-            hang_rate,
-            delay,
-            postgres,
-            limit,
-        } => {
-            for (name, rate) in
-                [("fail-rate", fail_rate), ("reset-rate", reset_rate), ("hang-rate", hang_rate)]
-            {
-                if !(0.0..1.0).contains(&rate) {
-                    anyhow::bail!("`--{name}` must be at least 0 and below 1");
-                }
-            }
-            if endpoints == 0 || events == 0 {
-                anyhow::bail!("`--events` and `--endpoints` must be at least 1");
-            }
-            let options = herald::tools::soak::Options {
-                events,
-                endpoints,
-                kills,
-                fail_rate,
-                reset_rate,
-                hang_rate,
-                delay,
-                postgres,
-                limit,
-            };
+        Command::Soak(options) => {
+            options.validate()?;
             let report = herald::tools::soak::run(options).await?;
             if !report.passed() {
                 anyhow::bail!("the soak found lost, unrecorded or over-limit deliveries (see above)");

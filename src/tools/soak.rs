@@ -34,27 +34,53 @@ const RETRY_SCHEDULE: [&str; 3] = ["200ms", "400ms", "800ms"];
 /// Events per batch request.
 const BATCH: usize = 25;
 
-/// What to run.
-#[derive(Clone, Debug)]
+/// What to run (the `herald soak` flags).
+#[derive(Clone, Debug, clap::Args)]
 pub struct Options {
     /// Events to emit.
+    #[arg(long, default_value_t = 2_000)]
     pub events: usize,
     /// Endpoints subscribed to every event.
+    #[arg(long, default_value_t = 3)]
     pub endpoints: usize,
-    /// Times the server is SIGKILLed and restarted while events are emitted.
+    /// Times the server is SIGKILLed and restarted mid-run.
+    #[arg(long, default_value_t = 3)]
     pub kills: usize,
-    /// Share of requests the receiver answers 500.
+    /// Share of requests the receiver answers 500, 0.0–1.0.
+    #[arg(long, default_value_t = 0.2)]
     pub fail_rate: f64,
-    /// Share of requests whose connection the receiver resets.
+    /// Share of requests whose connection the receiver resets, 0.0–1.0.
+    #[arg(long, default_value_t = 0.05)]
     pub reset_rate: f64,
-    /// Share of requests the receiver never answers (cut off by the 1 s timeout).
+    /// Share of requests the receiver never answers (cut off by the 1 s timeout), 0.0–1.0.
+    #[arg(long, default_value_t = 0.01)]
     pub hang_rate: f64,
-    /// Delay before every answer.
+    /// Delay before every answer, e.g. 5ms.
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "5ms")]
     pub delay: Duration,
-    /// PostgreSQL server URL (a fresh database is created); SQLite when absent.
+    /// Run against this PostgreSQL server (a fresh database) instead of SQLite.
+    #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
-    /// Longest the run may take.
+    /// Longest the run may take, e.g. 5m.
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "5m")]
     pub limit: Duration,
+}
+
+impl Options {
+    /// Refuses rates outside [0, 1) and empty runs, naming the flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, rate) in
+            [("fail-rate", self.fail_rate), ("reset-rate", self.reset_rate), ("hang-rate", self.hang_rate)]
+        {
+            if !(0.0..1.0).contains(&rate) {
+                bail!("`--{name}` must be at least 0 and below 1");
+            }
+        }
+        if self.endpoints == 0 || self.events == 0 {
+            bail!("`--events` and `--endpoints` must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 /// What the soak found.

@@ -107,3 +107,17 @@ async fn a_soak_with_kills_and_a_misbehaving_receiver_loses_nothing() {
     assert!(report["requests"].as_u64().unwrap() > 600, "failures were retried: {report}");
     assert!(report["attempts"].as_u64().unwrap() >= report["requests"].as_u64().unwrap(), "{report}");
 }
+
+#[tokio::test]
+async fn soak_refuses_a_rate_outside_zero_to_one_and_names_the_flag() {
+    let output = tokio::process::Command::new(BIN)
+        .args(["soak", "--reset-rate", "1.5"])
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`--reset-rate` must be at least 0 and below 1"), "{stderr}");
+}
