@@ -257,6 +257,13 @@ async fn run_tool(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Receive { listen, secret, fail_rate, status, delay, hang_rate, reset_rate } => {
             use herald::tools::receive::{Behaviour, Receiver};
+            for (name, rate) in
+                [("fail-rate", fail_rate), ("hang-rate", hang_rate), ("reset-rate", reset_rate)]
+            {
+                if !(0.0..=1.0).contains(&rate) {
+                    anyhow::bail!("`--{name}` must be between 0 and 1");
+                }
+            }
             let behaviour = Behaviour {
                 secret,
                 fail_rate,

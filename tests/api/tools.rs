@@ -121,3 +121,17 @@ async fn soak_refuses_a_rate_outside_zero_to_one_and_names_the_flag() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("`--reset-rate` must be at least 0 and below 1"), "{stderr}");
 }
+
+#[tokio::test]
+async fn receive_refuses_a_rate_outside_zero_to_one_and_names_the_flag() {
+    let output = tokio::process::Command::new(BIN)
+        .args(["receive", "--listen", "127.0.0.1:0", "--fail-rate", "2"])
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`--fail-rate` must be between 0 and 1"), "{stderr}");
+}
