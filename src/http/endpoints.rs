@@ -290,11 +290,10 @@ pub async fn create_endpoint(
     }
     invalid.into_result().map_err(ApiError::Invalid)?;
     let limit = state.config.api.max_endpoints_per_tenant;
-    if state.store.count_endpoints(&endpoint.tenant_id).await? >= limit {
+    let secret = body.secret.unwrap_or_else(generate_secret);
+    if !state.store.insert_endpoint(&endpoint, &secret, limit).await? {
         return Err(ApiError::Conflict(format!("this tenant already has the maximum of {limit} endpoints")));
     }
-    let secret = body.secret.unwrap_or_else(generate_secret);
-    state.store.insert_endpoint(&endpoint, &secret).await?;
     Ok((StatusCode::CREATED, Json(EndpointCreatedOut { endpoint: endpoint.into(), secret })))
 }
 

@@ -421,14 +421,28 @@ macro_rules! store_common {
                 Ok(())
             }
 
-            async fn insert_endpoint(&self, endpoint: &Endpoint, secret: &str) -> Result<(), StoreError> {
-                sqlx::query(
+            async fn insert_endpoint(
+                &self,
+                endpoint: &Endpoint,
+                secret: &str,
+                max_per_tenant: i64,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                // Lock the tenant row first: concurrent creates for one tenant, on any replica,
+                // then count and insert one at a time, so the cap holds exactly.
+                sqlx::query("update tenants set updated_at = updated_at where id = $1")
+                    .bind(&endpoint.tenant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let inserted = sqlx::query(
                     r#"insert into endpoints (
                         id, tenant_id, url, description, event_types, headers, enabled,
                         disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
                         secret, created_at, updated_at
                     )
-                    values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"#,
+                    select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
+                    where (select count(*) from endpoints where tenant_id = $2 and deleted_at is null) < $16"#,
                 )
                 .bind(&endpoint.id)
                 .bind(&endpoint.tenant_id)
@@ -445,10 +459,13 @@ macro_rules! store_common {
                 .bind(self.cipher().seal(secret))
                 .bind(endpoint.created_at)
                 .bind(endpoint.updated_at)
-                .execute(self.writer())
+                .bind(max_per_tenant)
+                .execute(&mut *tx)
                 .await
-                .map_err(map_err)?;
-                Ok(())
+                .map_err(map_err)?
+                .rows_affected();
+                tx.commit().await.map_err(map_err)?;
+                Ok(inserted == 1)
             }
 
             async fn get_endpoint(&self, tenant_id: &str, id: &str) -> Result<Endpoint, StoreError> {
@@ -465,16 +482,6 @@ macro_rules! store_common {
                 .await
                 .map_err(map_err)?;
                 self.open_endpoint(row.try_into()?)
-            }
-
-            async fn count_endpoints(&self, tenant_id: &str) -> Result<i64, StoreError> {
-                let (count,): (i64,) =
-                    sqlx::query_as("select count(*) from endpoints where tenant_id = $1 and deleted_at is null")
-                        .bind(tenant_id)
-                        .fetch_one(self.reader())
-                        .await
-                        .map_err(map_err)?;
-                Ok(count)
             }
 
             async fn list_endpoints(&self, tenant_id: &str, page: &PageQuery) -> Result<Vec<Endpoint>, StoreError> {

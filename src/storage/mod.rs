@@ -123,11 +123,16 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_tenant(&self, id: &str, at: i64) -> Result<(), StoreError>;
 
     /// Adds an endpoint with its first secret.
-    async fn insert_endpoint(&self, endpoint: &Endpoint, secret: &str) -> Result<(), StoreError>;
+    /// Inserts an endpoint unless its tenant already has `max_per_tenant` live ones (then
+    /// `false`); the check and the insert are atomic across processes.
+    async fn insert_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        secret: &str,
+        max_per_tenant: i64,
+    ) -> Result<bool, StoreError>;
     /// A live endpoint of a tenant.
     async fn get_endpoint(&self, tenant_id: &str, id: &str) -> Result<Endpoint, StoreError>;
-    /// How many live endpoints a tenant has.
-    async fn count_endpoints(&self, tenant_id: &str) -> Result<i64, StoreError>;
     /// A tenant's live endpoints, newest first.
     async fn list_endpoints(&self, tenant_id: &str, page: &PageQuery) -> Result<Vec<Endpoint>, StoreError>;
     /// Replaces the editable fields of an endpoint.

@@ -294,7 +294,7 @@ async fn endpoints_round_trip_within_their_tenant() {
         store.insert_tenant(&other).await.unwrap();
         let mut ep = endpoint(&acme.id);
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-        store.insert_endpoint(&ep, secret).await.unwrap();
+        assert!(store.insert_endpoint(&ep, secret, 1000).await.unwrap());
         assert_eq!(store.get_endpoint(&acme.id, &ep.id).await.unwrap(), ep);
         assert_not_found(store.get_endpoint(&other.id, &ep.id).await);
         assert_not_found(store.get_secrets(&other.id, &ep.id).await);
@@ -338,7 +338,9 @@ async fn endpoints_are_listed_newest_first_and_go_with_their_tenant() {
         let mut ids = Vec::new();
         for _ in 0..4 {
             let ep = endpoint(&acme.id);
-            store.insert_endpoint(&ep, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").await.unwrap();
+            assert!(
+                store.insert_endpoint(&ep, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", 1000).await.unwrap()
+            );
             ids.push(ep.id);
         }
         ids.reverse();
@@ -368,7 +370,31 @@ async fn endpoints_are_listed_newest_first_and_go_with_their_tenant() {
 #[tokio::test]
 async fn an_endpoint_needs_an_existing_tenant() {
     for (_db, store) in stores().await {
-        let result = store.insert_endpoint(&endpoint("tnt_01ARZ3NDEKTSV4RRFFQ69G5FAV"), "whsec_x").await;
+        let result =
+            store.insert_endpoint(&endpoint("tnt_01ARZ3NDEKTSV4RRFFQ69G5FAV"), "whsec_x", 1000).await;
         assert!(result.is_err(), "the foreign key refuses an orphan endpoint");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_pass_the_endpoint_cap() {
+    for (_db, store) in stores().await {
+        let acme = tenant(None);
+        store.insert_tenant(&acme).await.unwrap();
+        let creates: Vec<_> = (0..20)
+            .map(|_| {
+                let store = store.clone();
+                let ep = endpoint(&acme.id);
+                tokio::spawn(async move {
+                    store.insert_endpoint(&ep, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", 5).await.unwrap()
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for create in creates {
+            created += usize::from(create.await.unwrap());
+        }
+        assert_eq!(created, 5, "exactly the cap is created, however the creates interleave");
+        assert_eq!(store.list_endpoints(&acme.id, &page(None, 100)).await.unwrap().len(), 5);
     }
 }
