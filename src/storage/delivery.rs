@@ -943,6 +943,26 @@ macro_rules! delivery_common {
                 Ok((stale, claimed))
             }
 
+            /// Moves a rate-limited endpoint's next free time on by `n` claims.
+            async fn charge_rate(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                endpoint: &CandidateRow,
+                now: i64,
+                n: i64,
+            ) -> Result<(), StoreError> {
+                if let Some((_, tat, interval)) = endpoint.rate_room(now)
+                    && n > 0
+                {
+                    sqlx::query("update endpoints set rate_next_at = $2 where id = $1")
+                        .bind(&endpoint.id)
+                        .bind(tat + interval * n)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(map_err)?;
+                }
+                Ok(())
+            }
+
             /// Claims up to `limit` deliveries inside `tx`, opening an attempt for each.
             async fn claim_tx(
                 &self,
@@ -1013,9 +1033,12 @@ macro_rules! delivery_common {
                 .await
                 .map_err(map_err)?;
 
+                // FIFO heads one by one; every other endpoint's due rows in one read (`due_rows`).
+                let mut plan: Vec<(String, i64)> = Vec::new();
+                let mut by_id: std::collections::HashMap<String, std::sync::Arc<CandidateRow>> =
+                    std::collections::HashMap::new();
                 for endpoint in candidates {
-                    let remaining = limit - picked.len() as i64;
-                    if remaining <= 0 {
+                    if picked.len() as i64 >= limit {
                         break;
                     }
                     let in_flight = endpoint.in_flight;
@@ -1024,15 +1047,14 @@ macro_rules! delivery_common {
                     } else {
                         i64::from(endpoint.max_in_flight) - in_flight
                     };
-                    let rate = endpoint.rate_room(now);
-                    if let Some((allowed, _, _)) = rate {
+                    if let Some((allowed, _, _)) = endpoint.rate_room(now) {
                         room = room.min(allowed);
                     }
-                    room = room.min(remaining);
                     if room <= 0 {
                         continue;
                     }
-                    let rows: Vec<ClaimRow> = if endpoint.fifo {
+                    let endpoint = std::sync::Arc::new(endpoint);
+                    if endpoint.fifo {
                         let head: Option<ClaimRow> = sqlx::query_as(
                             r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
                                 d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
@@ -1047,42 +1069,36 @@ macro_rules! delivery_common {
                         .await
                         .map_err(map_err)?;
                         // A lapsed lease is closed by the reaper first, so its attempt is recorded.
-                        head.filter(|h| h.next_attempt_at <= now && h.lease_until.is_none())
-                            .into_iter()
-                            .collect()
+                        if let Some(head) = head.filter(|h| h.next_attempt_at <= now && h.lease_until.is_none()) {
+                            Self::charge_rate(tx, &endpoint, now, 1).await?;
+                            picked.push((head, endpoint));
+                        }
                     } else {
-                        sqlx::query_as(
-                            r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
-                                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
-                            from deliveries d
-                            join events ev on ev.id = d.event_id
-                            where d.endpoint_id = $1
-                              and d.status = 'pending'
-                              and not d.bypass
-                              and d.next_attempt_at <= $2
-                              and d.lease_until is null
-                            order by d.next_attempt_at, d.id
-                            limit $3"#,
-                        )
-                        .bind(&endpoint.id)
-                        .bind(now)
-                        .bind(room)
-                        .fetch_all(&mut **tx)
-                        .await
-                        .map_err(map_err)?
-                    };
-                    if let Some((_, tat, interval)) = rate
-                        && !rows.is_empty()
-                    {
-                        sqlx::query("update endpoints set rate_next_at = $2 where id = $1")
-                            .bind(&endpoint.id)
-                            .bind(tat + interval * rows.len() as i64)
-                            .execute(&mut **tx)
-                            .await
-                            .map_err(map_err)?;
+                        // Every endpoint's room is planned in full: `due_rows` stops at the
+                        // cycle's limit, and endpoints with fewer due rows than room leave the
+                        // rest to the others.
+                        plan.push((endpoint.id.clone(), room.min(limit)));
+                        by_id.insert(endpoint.id.clone(), endpoint);
                     }
-                    let endpoint = std::sync::Arc::new(endpoint);
-                    picked.extend(rows.into_iter().map(|row| (row, endpoint.clone())));
+                }
+                let room = limit - picked.len() as i64;
+                if !plan.is_empty() && room > 0 {
+                    let rows = Self::due_rows(tx, &plan, now, room).await?;
+                    let mut taken: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+                    for row in &rows {
+                        *taken.entry(row.endpoint_id.as_str()).or_default() += 1;
+                    }
+                    for (id, n) in taken {
+                        if let Some(endpoint) = by_id.get(id) {
+                            Self::charge_rate(tx, endpoint, now, n).await?;
+                        }
+                    }
+                    for row in rows {
+                        if let Some(endpoint) = by_id.get(&row.endpoint_id) {
+                            let endpoint = endpoint.clone();
+                            picked.push((row, endpoint));
+                        }
+                    }
                 }
 
                 if picked.is_empty() {

@@ -54,6 +54,43 @@ impl PgStore {
         Ok(PgStore { pool, operations: Default::default(), cipher })
     }
 
+    /// Up to `limit` due deliveries over the planned endpoints, each endpoint's oldest first and
+    /// at most its room, endpoints in plan order: one statement, whatever the number of
+    /// endpoints (a round trip each was most of a cycle with many endpoints). The lateral reads
+    /// stop at each room and the outer limit stops the whole read; events are joined per row.
+    async fn due_rows(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        plan: &[(String, i64)],
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimRow>, StoreError> {
+        let (ids, rooms): (Vec<&str>, Vec<i64>) = plan.iter().map(|(id, room)| (id.as_str(), *room)).unzip();
+        sqlx::query_as(
+            r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
+                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+            from unnest($1::text[], $2::bigint[]) with ordinality as p(endpoint_id, room, n)
+            cross join lateral (
+                select id, event_id, tenant_id, endpoint_id, attempt_count, run_attempts,
+                    max_attempts, next_attempt_at, lease_until
+                from deliveries
+                where endpoint_id = p.endpoint_id and status = 'pending' and not bypass
+                  and next_attempt_at <= $3 and lease_until is null
+                order by next_attempt_at, id
+                limit p.room
+            ) d
+            cross join lateral (select payload from events where id = d.event_id) ev
+            order by p.n, d.next_attempt_at, d.id
+            limit $4"#,
+        )
+        .bind(ids)
+        .bind(rooms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(map_err)
+    }
+
     /// The database clock, in Unix microseconds: every replica compares due and lease times
     /// against it, never against its own clock.
     async fn db_now(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<i64, StoreError> {

@@ -65,6 +65,48 @@ impl SqliteStore {
         Ok(SqliteStore { writer, reader, operations: Default::default(), cipher })
     }
 
+    /// Up to `limit` due deliveries over the planned endpoints, each endpoint's oldest first and
+    /// at most its room, endpoints in plan order. One indexed read per endpoint: on SQLite a
+    /// statement is a call into the same process, so one per endpoint costs little.
+    async fn due_rows(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        plan: &[(String, i64)],
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimRow>, StoreError> {
+        let mut rows: Vec<ClaimRow> = Vec::new();
+        for (endpoint_id, room) in plan {
+            let room = (*room).min(limit - rows.len() as i64);
+            if room <= 0 {
+                break;
+            }
+            // The limit applies before the join, whatever the planner thinks of the table's size.
+            let due: Vec<ClaimRow> = sqlx::query_as(
+                r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
+                    d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+                from (
+                    select id, event_id, tenant_id, endpoint_id, attempt_count, run_attempts,
+                        max_attempts, next_attempt_at, lease_until
+                    from deliveries
+                    where endpoint_id = $1 and status = 'pending' and not bypass
+                      and next_attempt_at <= $2 and lease_until is null
+                    order by next_attempt_at, id
+                    limit $3
+                ) d
+                join events ev on ev.id = d.event_id
+                order by d.next_attempt_at, d.id"#,
+            )
+            .bind(endpoint_id)
+            .bind(now)
+            .bind(room)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(map_err)?;
+            rows.extend(due);
+        }
+        Ok(rows)
+    }
+
     /// The clock due and lease times compare against: this process's (SQLite has one writer).
     async fn db_now(_tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<i64, StoreError> {
         Ok(crate::domain::time::now_micros())
