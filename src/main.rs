@@ -79,38 +79,7 @@ enum Command {
         reset_rate: f64,
     },
     /// Measure Herald on this machine: starts a server on a fresh database and a receiver on loopback.
-    Bench {
-        /// Scenarios to run, in order.
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [
-            herald::tools::bench::Scenario::Single,
-            herald::tools::bench::Scenario::Batch,
-            herald::tools::bench::Scenario::Fanout10,
-            herald::tools::bench::Scenario::Isolation,
-            herald::tools::bench::Scenario::Latency,
-        ])]
-        scenario: Vec<herald::tools::bench::Scenario>,
-        /// Events per scenario.
-        #[arg(long, default_value_t = 20_000)]
-        events: usize,
-        /// Deliveries in the backlog scenario.
-        #[arg(long, default_value_t = 1_000_000)]
-        backlog: usize,
-        /// Concurrent producer requests in the single-request scenario.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Run against this PostgreSQL server (a fresh database per scenario) instead of SQLite.
-        #[arg(long, value_name = "URL")]
-        postgres: Option<String>,
-        /// Herald processes sharing the database (more than one needs `--postgres`).
-        #[arg(long, default_value_t = 1)]
-        replicas: usize,
-        /// Longest one scenario may run, e.g. 5m.
-        #[arg(long, value_parser = parse_duration_arg, default_value = "5m")]
-        limit: std::time::Duration,
-        /// Also write the results as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    Bench(herald::tools::bench::Options),
     /// Chaos run: a misbehaving receiver and a server SIGKILLed mid-run; checks nothing was lost.
     Soak(herald::tools::soak::Options),
 }
@@ -278,20 +247,7 @@ async fn run_tool(command: Command) -> anyhow::Result<()> {
             tokio::signal::ctrl_c().await?;
             Ok(())
         }
-        Command::Bench { scenario, events, backlog, concurrency, postgres, replicas, limit, json } => {
-            if replicas > 1 && postgres.is_none() {
-                anyhow::bail!("`--replicas` above 1 needs `--postgres`: SQLite serves one process");
-            }
-            let options = herald::tools::bench::Options {
-                scenarios: scenario,
-                events,
-                backlog,
-                concurrency,
-                postgres,
-                limit,
-                json,
-                replicas,
-            };
+        Command::Bench(options) => {
             let reports = herald::tools::bench::run(options).await?;
             let lost: usize = reports.iter().map(|r| r.missing).sum();
             if lost > 0 {

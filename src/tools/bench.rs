@@ -41,27 +41,59 @@ pub enum Scenario {
     Backlog,
 }
 
-/// What to run.
-#[derive(Clone, Debug)]
+/// What to run (the `herald bench` flags).
+#[derive(Clone, Debug, clap::Args)]
 pub struct Options {
-    /// Scenarios, in order.
+    /// Scenarios to run, in order.
+    #[arg(long = "scenario", value_enum, value_delimiter = ',', default_values_t = [
+        Scenario::Single, Scenario::Batch, Scenario::Fanout10, Scenario::Isolation, Scenario::Latency,
+    ])]
     pub scenarios: Vec<Scenario>,
-    /// Events per scenario (Fanout1000 uses a hundredth).
+    /// Events per scenario (fanout1000 uses a hundredth).
+    #[arg(long, default_value_t = 20_000)]
     pub events: usize,
     /// Deliveries in the backlog scenario.
+    #[arg(long, default_value_t = 1_000_000)]
     pub backlog: usize,
     /// Concurrent producer requests in the single-request scenario.
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// PostgreSQL server URL (a fresh database is created per scenario); SQLite when absent.
+    /// Run against this PostgreSQL server (a fresh database per scenario) instead of SQLite.
+    #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
-    /// Longest a scenario may take.
+    /// Herald processes sharing the database, e.g. `1,3` to run every scenario with one, then
+    /// with three (above 1 needs `--postgres`). Producers talk to the first; every replica delivers.
+    #[arg(long, value_delimiter = ',', default_values_t = [1])]
+    pub replicas: Vec<usize>,
+    /// The receiver waits this long before answering, e.g. 200ms: a slow customer endpoint.
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "0ms")]
+    pub receiver_delay: Duration,
+    /// Longest one scenario may run, e.g. 5m.
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "5m")]
     pub limit: Duration,
-    /// Server processes sharing the database (more than one needs `postgres`); producers talk to
-    /// the first, every replica delivers.
-    pub replicas: usize,
-    /// Also write the results here as JSON.
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
     pub json: Option<PathBuf>,
 }
+
+impl Options {
+    /// Refuses replica counts SQLite cannot serve or this machine should not start, naming the flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.replicas.iter().any(|&n| !(1..=MAX_REPLICAS).contains(&n)) {
+            bail!("`--replicas` must be between 1 and {MAX_REPLICAS}");
+        }
+        if self.replicas.iter().any(|&n| n > 1) && self.postgres.is_none() {
+            bail!("`--replicas` above 1 needs `--postgres`: SQLite serves one process");
+        }
+        if self.events == 0 || self.concurrency == 0 {
+            bail!("`--events` and `--concurrency` must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Most server processes one bench starts.
+const MAX_REPLICAS: usize = 16;
 
 /// One scenario's figures.
 #[derive(Debug, Default, Serialize)]
@@ -72,6 +104,8 @@ pub struct Report {
     pub backend: String,
     /// Server processes.
     pub replicas: usize,
+    /// How long the receiver waited before answering, milliseconds.
+    pub receiver_delay_ms: u64,
     /// Events accepted.
     pub events: usize,
     /// Deliveries expected.
@@ -84,12 +118,82 @@ pub struct Report {
     pub latency_ms: Latencies,
     /// Highest resident memory of the server process, MiB.
     pub server_peak_rss_mib: f64,
+    /// Where the machine's CPU went between the first request and the last arrival.
+    pub cpu_seconds: CpuSeconds,
     /// Deliveries received more than once (0 without crashes).
     pub duplicates: usize,
     /// Deliveries never received within the limit.
     pub missing: usize,
     /// Notes (caps raised, scaled counts).
     pub notes: Vec<String>,
+}
+
+/// CPU time (user + system), seconds, over one scenario's measured span.
+#[derive(Debug, Default, Serialize)]
+pub struct CpuSeconds {
+    /// Every `herald serve` replica together.
+    pub herald: f64,
+    /// The PostgreSQL server's processes, when it runs on this machine (0 on SQLite).
+    pub postgres: f64,
+    /// The bench process itself: producers and receiver.
+    pub bench: f64,
+    /// Wall-clock seconds of the span; (herald + postgres + bench) ÷ wall is the cores in use.
+    pub wall: f64,
+}
+
+/// CPU counters at the start of a span: per process id, seconds used so far.
+struct CpuMark {
+    at: Instant,
+    herald: Vec<(u32, f64)>,
+    postgres: HashMap<u32, f64>,
+    bench: f64,
+}
+
+impl CpuMark {
+    /// Marks the replicas, this process, and with `postgres` the local PostgreSQL server.
+    fn take(servers: &[&Server], postgres: bool) -> CpuMark {
+        let herald = servers.iter().filter_map(|s| s.child.id()).map(|pid| (pid, process_cpu(pid))).collect();
+        let postgres = if postgres { postgres_cpu() } else { HashMap::new() };
+        CpuMark { at: Instant::now(), herald, postgres, bench: process_cpu(std::process::id()) }
+    }
+
+    /// CPU used since the mark. PostgreSQL processes started during the span count in full.
+    fn since(&self) -> CpuSeconds {
+        let herald = self.herald.iter().map(|(pid, before)| process_cpu(*pid) - before).sum();
+        let postgres = if self.postgres.is_empty() {
+            0.0
+        } else {
+            postgres_cpu().iter().map(|(pid, now)| now - self.postgres.get(pid).copied().unwrap_or(0.0)).sum()
+        };
+        CpuSeconds {
+            herald,
+            postgres,
+            bench: process_cpu(std::process::id()) - self.bench,
+            wall: self.at.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// User + system CPU seconds of a process from `/proc/<pid>/stat` (0 where unreadable). Linux
+/// reports them in USER_HZ, which the kernel ABI fixes at 100.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: state is the 1st, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of every process named `postgres` on this machine, by process id.
+fn postgres_cpu() -> HashMap<u32, f64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return HashMap::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| (pid, process_cpu(pid)))
+        .collect()
 }
 
 /// Latency percentiles.
@@ -222,17 +326,31 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-/// Runs the scenarios and prints the results.
+/// Runs the scenarios (each once per replica count) and prints the results.
 pub async fn run(options: Options) -> anyhow::Result<Vec<Report>> {
+    options.validate()?;
     let mut reports = Vec::new();
     for scenario in &options.scenarios {
-        let (database_url, backend, dir) = fresh_database(options.postgres.as_deref()).await?;
-        let result = run_scenario(*scenario, &options, &database_url, backend).await;
-        drop(dir);
-        drop_database(options.postgres.as_deref(), &database_url).await;
-        let report = result.with_context(|| format!("scenario {scenario:?}"))?;
-        print_report(&report);
-        reports.push(report);
+        let counts: &[usize] = if *scenario == Scenario::Backlog { &[1] } else { &options.replicas };
+        let mut first: Option<f64> = None;
+        for &replicas in counts {
+            let (database_url, backend, dir) = fresh_database(options.postgres.as_deref()).await?;
+            let result = run_scenario(*scenario, &options, replicas, &database_url, backend).await;
+            drop(dir);
+            drop_database(options.postgres.as_deref(), &database_url).await;
+            let mut report = result.with_context(|| format!("scenario {scenario:?}"))?;
+            match first {
+                None => first = Some(report.deliveries_per_second),
+                Some(base) if base > 0.0 => report.notes.push(format!(
+                    "{:.2}× the delivery rate of {} replica(s) in this run",
+                    report.deliveries_per_second / base,
+                    counts[0]
+                )),
+                Some(_) => {}
+            }
+            print_report(&report);
+            reports.push(report);
+        }
     }
     if let Some(path) = &options.json {
         std::fs::write(path, serde_json::to_string_pretty(&reports)?)?;
@@ -242,10 +360,11 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Report>> {
 
 fn print_report(r: &Report) {
     println!(
-        "{:<11} {:<8} x{} events={:<8} deliveries={:<8} ingest={:>9.0}/s delivery={:>9.0}/s p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms rss={:>6.1}MiB missing={} duplicates={}{}",
+        "{:<11} {:<8} x{}{} events={:<8} deliveries={:<8} ingest={:>9.0}/s delivery={:>9.0}/s p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms rss={:>6.1}MiB cpu=herald {:.1}s+pg {:.1}s+bench {:.1}s/{:.1}s missing={} duplicates={}{}",
         r.scenario,
         r.backend,
         r.replicas,
+        if r.receiver_delay_ms > 0 { format!(" delay={}ms", r.receiver_delay_ms) } else { String::new() },
         r.events,
         r.deliveries,
         r.ingest_per_second,
@@ -254,6 +373,10 @@ fn print_report(r: &Report) {
         r.latency_ms.p95,
         r.latency_ms.p99,
         r.server_peak_rss_mib,
+        r.cpu_seconds.herald,
+        r.cpu_seconds.postgres,
+        r.cpu_seconds.bench,
+        r.cpu_seconds.wall,
         r.missing,
         r.duplicates,
         if r.notes.is_empty() { String::new() } else { format!(" ({})", r.notes.join("; ")) }
@@ -263,11 +386,16 @@ fn print_report(r: &Report) {
 async fn run_scenario(
     scenario: Scenario,
     options: &Options,
+    replicas: usize,
     database_url: &str,
     backend: String,
 ) -> anyhow::Result<Report> {
     let database_url = database_url.to_owned();
-    let healthy = Receiver::start("127.0.0.1:0".parse()?, Behaviour::default()).await?;
+    let healthy = Receiver::start(
+        "127.0.0.1:0".parse()?,
+        Behaviour { delay: options.receiver_delay, ..Behaviour::default() },
+    )
+    .await?;
     let hanging =
         Receiver::start("127.0.0.1:0".parse()?, Behaviour { hang_rate: 1.0, ..Behaviour::default() }).await?;
     let (endpoints, events, batch) = match scenario {
@@ -316,6 +444,7 @@ async fn run_scenario(
             scenario: "backlog".into(),
             backend,
             replicas: 1,
+            receiver_delay_ms: options.receiver_delay.as_millis() as u64,
             events,
             deliveries: events,
             ingest_per_second: events as f64 / ingest_secs,
@@ -333,15 +462,17 @@ async fn run_scenario(
 
     setup(&server, endpoints, &healthy, &hanging, scenario).await?;
     let mut others = Vec::new();
-    for _ in 1..options.replicas.max(1) {
+    for _ in 1..replicas {
         others.push(Server::start(&database_url, "all", &env).await?);
     }
-    if options.replicas > 1 {
-        notes.push(format!("{} replicas on one database; producers use the first", options.replicas));
+    if replicas > 1 {
+        notes.push(format!("{replicas} replicas on one database; producers use the first"));
     }
     let tenant = "bench";
     let healthy_endpoints = if scenario == Scenario::Isolation { endpoints - 1 } else { endpoints };
     let expected = events * healthy_endpoints;
+    let replicas_now: Vec<&Server> = std::iter::once(&server).chain(&others).collect();
+    let mark = CpuMark::take(&replicas_now, options.postgres.is_some());
     let begin = Instant::now();
     let accepted: HashMap<String, i64> = if batch {
         ingest_batches(&server, tenant, events).await?
@@ -356,6 +487,7 @@ async fn run_scenario(
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu_seconds = mark.since();
     let arrivals = healthy.counters.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
     let last_arrival = arrivals.iter().map(|a| a.at).max().unwrap_or(0);
     let first_accept = accepted.values().copied().min().unwrap_or(0);
@@ -393,7 +525,9 @@ async fn run_scenario(
             p99: percentile(&latencies, 99.0),
         },
         server_peak_rss_mib: others.iter().map(Server::peak_rss_mib).fold(server.peak_rss_mib(), f64::max),
-        replicas: options.replicas.max(1),
+        cpu_seconds,
+        replicas,
+        receiver_delay_ms: options.receiver_delay.as_millis() as u64,
         duplicates,
         missing: expected.saturating_sub(received),
         notes,
