@@ -55,9 +55,11 @@ impl PgStore {
     }
 
     /// Up to `limit` due deliveries over the planned endpoints, each endpoint's oldest first and
-    /// at most its room, endpoints in plan order: one statement, whatever the number of
-    /// endpoints (a round trip each was most of a cycle with many endpoints). The lateral reads
-    /// stop at each room and the outer limit stops the whole read; events are joined per row.
+    /// at most its room: one statement, whatever the number of endpoints (a round trip each was
+    /// most of a cycle with many endpoints). The nested loop walks the plan in order and each
+    /// lateral read stops at its room; with no outer sort, the outer limit stops the whole read
+    /// (sorting by plan position made every cycle read every planned endpoint's rows, ~45 ms
+    /// with 1,000 endpoints, even to claim one). Events are joined per row.
     async fn due_rows(
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         plan: &[(String, i64)],
@@ -68,7 +70,7 @@ impl PgStore {
         sqlx::query_as(
             r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
                 d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
-            from unnest($1::text[], $2::bigint[]) with ordinality as p(endpoint_id, room, n)
+            from unnest($1::text[], $2::bigint[]) as p(endpoint_id, room)
             cross join lateral (
                 select id, event_id, tenant_id, endpoint_id, attempt_count, run_attempts,
                     max_attempts, next_attempt_at, lease_until
@@ -79,7 +81,6 @@ impl PgStore {
                 limit p.room
             ) d
             cross join lateral (select payload from events where id = d.event_id) ev
-            order by p.n, d.next_attempt_at, d.id
             limit $4"#,
         )
         .bind(ids)
