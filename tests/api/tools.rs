@@ -135,3 +135,63 @@ async fn receive_refuses_a_rate_outside_zero_to_one_and_names_the_flag() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("`--fail-rate` must be between 0 and 1"), "{stderr}");
 }
+
+#[tokio::test]
+async fn bench_refuses_replica_counts_it_cannot_run_and_names_the_flag() {
+    for (args, message) in [
+        (vec!["--replicas", "1,3"], "`--replicas` above 1 needs `--postgres`"),
+        (vec!["--replicas", "0"], "`--replicas` must be between 1 and 16"),
+    ] {
+        let output = tokio::process::Command::new(BIN)
+            .arg("bench")
+            .args(&args)
+            .kill_on_drop(true)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
+
+/// `--replicas 1,2` runs the scenario once per count on one PostgreSQL server, with a slow
+/// receiver, and reports both runs, their ratio and where the CPU went.
+#[tokio::test]
+async fn bench_compares_replica_counts_in_one_run_on_postgres() {
+    let Ok(url) = std::env::var(POSTGRES_ENV) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+    let output = tokio::process::Command::new(BIN)
+        .args(["bench", "--scenario", "fanout10", "--events", "30", "--replicas", "1,2"])
+        .args(["--receiver-delay", "20ms", "--limit", "2m", "--postgres", &url])
+        .arg("--json")
+        .arg(&json_path)
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let reports: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for (report, replicas) in reports.iter().zip([1, 2]) {
+        assert_eq!(report["replicas"], replicas);
+        assert_eq!(report["backend"], "postgres");
+        assert_eq!(report["receiver_delay_ms"], 20);
+        assert_eq!(report["deliveries"], 300);
+        assert_eq!(report["missing"], 0);
+        assert_eq!(report["duplicates"], 0);
+        assert!(report["cpu_seconds"]["herald"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(report["cpu_seconds"]["postgres"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(report["cpu_seconds"]["wall"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    let notes = reports[1]["notes"].to_string();
+    assert!(
+        notes.contains("2 replicas on one database") && notes.contains("× the delivery rate of 1"),
+        "{notes}"
+    );
+    assert!(stdout.contains("x2 delay=20ms"), "{stdout}");
+}
