@@ -943,6 +943,50 @@ macro_rules! delivery_common {
                 Ok((stale, claimed))
             }
 
+            /// Up to `limit` enabled, unpaused endpoints with a due delivery and a free slot,
+            /// with ids in (`after`, `up_to`], in id order, locked (PostgreSQL, skipping rows
+            /// another process holds), with their attempts in flight.
+            async fn candidates(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                now: i64,
+                after: Option<&str>,
+                up_to: Option<&str>,
+                limit: i64,
+            ) -> Result<Vec<CandidateRow>, StoreError> {
+                sqlx::query_as(concat!(
+                    r#"select e.id, e.max_in_flight, e.fifo, e.rate_limit_per_second, e.rate_next_at, e.url,
+                        e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at,
+                        (select count(*) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1) as in_flight
+                    from endpoints e
+                    where e.enabled
+                      and e.deleted_at is null
+                      and (e.paused_until is null or e.paused_until <= $1)
+                      and ($2 is null or e.id > $2)
+                      and ($3 is null or e.id <= $3)
+                      and exists (
+                        select 1
+                        from deliveries d
+                        where d.endpoint_id = e.id
+                          and d.status = 'pending'
+                          and not d.bypass
+                          and d.next_attempt_at <= $1
+                          and d.lease_until is null
+                      )
+                      and (select count(*) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1)
+                          < case when e.fifo then 1 else e.max_in_flight end
+                    order by e.id
+                    limit $4"#,
+                    $lock_e
+                ))
+                .bind(now)
+                .bind(after)
+                .bind(up_to)
+                .bind(limit)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(map_err)
+            }
+
             /// Moves a rate-limited endpoint's next free time on by `n` claims.
             async fn charge_rate(
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -1007,31 +1051,19 @@ macro_rules! delivery_common {
                     }
                 }
 
-                let candidates: Vec<CandidateRow> = sqlx::query_as(concat!(
-                    r#"select e.id, e.max_in_flight, e.fifo, e.rate_limit_per_second, e.rate_next_at, e.url,
-                        e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at,
-                        (select count(*) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1) as in_flight
-                    from endpoints e
-                    where e.enabled
-                      and e.deleted_at is null
-                      and (e.paused_until is null or e.paused_until <= $1)
-                      and exists (
-                        select 1
-                        from deliveries d
-                        where d.endpoint_id = e.id
-                          and d.status = 'pending'
-                          and not d.bypass
-                          and d.next_attempt_at <= $1
-                          and d.lease_until is null
-                      )
-                    order by random()
-                    limit 1000"#,
-                    $lock_e
-                ))
-                .bind(now)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(map_err)?;
+                // Candidate endpoints: due work and a free slot, in id order from where this
+                // process's last claim stopped, wrapping around (round robin over every endpoint),
+                // and only as many as there are free slots, since each gives at least one row. So
+                // a cycle reads a few endpoints past the cursor, not every endpoint there is.
+                let cursor = self.claim_cursor().lock().ok().and_then(|c| c.clone());
+                let mut candidates = Self::candidates(tx, now, cursor.as_deref(), None, limit).await?;
+                if let Some(cursor) = cursor.as_deref()
+                    && (candidates.len() as i64) < limit
+                {
+                    let rest = limit - candidates.len() as i64;
+                    candidates.extend(Self::candidates(tx, now, None, Some(cursor), rest).await?);
+                }
+                let order: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
 
                 // FIFO heads one by one; every other endpoint's due rows in one read (`due_rows`).
                 let mut plan: Vec<(String, i64)> = Vec::new();
@@ -1101,6 +1133,15 @@ macro_rules! delivery_common {
                     }
                 }
 
+                // The next cycle starts after the last endpoint served (or, when none was, after
+                // the last one looked at).
+                let served: std::collections::HashSet<&str> =
+                    picked.iter().map(|(row, _)| row.endpoint_id.as_str()).collect();
+                if let Some(last) = order.iter().rev().find(|id| served.contains(id.as_str())).or(order.last())
+                    && let Ok(mut cursor) = self.claim_cursor().lock()
+                {
+                    *cursor = Some(last.clone());
+                }
                 if picked.is_empty() {
                     return Ok(Vec::new());
                 }

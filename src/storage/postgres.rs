@@ -27,6 +27,8 @@ pub struct PgStore {
     pool: PgPool,
     operations: std::sync::RwLock<Option<String>>,
     cipher: crate::crypto::Cipher,
+    /// Where this process's next claim starts looking for endpoints (round robin).
+    claim_cursor: std::sync::Mutex<Option<String>>,
 }
 
 impl PgStore {
@@ -51,7 +53,7 @@ impl PgStore {
             .with_context(|| {
                 format!("could not connect to PostgreSQL at `{}`", crate::config::redact_url(url))
             })?;
-        Ok(PgStore { pool, operations: Default::default(), cipher })
+        Ok(PgStore { pool, operations: Default::default(), cipher, claim_cursor: Default::default() })
     }
 
     /// Up to `limit` due deliveries over the planned endpoints, each endpoint's oldest first and
@@ -106,6 +108,11 @@ impl PgStore {
     /// Seals and opens secrets at rest.
     fn cipher(&self) -> &crate::crypto::Cipher {
         &self.cipher
+    }
+
+    /// Where this process's next claim starts looking for endpoints.
+    fn claim_cursor(&self) -> &std::sync::Mutex<Option<String>> {
+        &self.claim_cursor
     }
 
     /// The operations tenant (id or external id), if configured.

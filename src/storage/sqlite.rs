@@ -31,6 +31,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     operations: std::sync::RwLock<Option<String>>,
     cipher: crate::crypto::Cipher,
+    /// Where this process's next claim starts looking for endpoints (round robin).
+    claim_cursor: std::sync::Mutex<Option<String>>,
 }
 
 impl SqliteStore {
@@ -62,7 +64,13 @@ impl SqliteStore {
             .connect_with(options.read_only(false))
             .await
             .with_context(|| format!("could not open the SQLite database `{url}`"))?;
-        Ok(SqliteStore { writer, reader, operations: Default::default(), cipher })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            operations: Default::default(),
+            cipher,
+            claim_cursor: Default::default(),
+        })
     }
 
     /// Up to `limit` due deliveries over the planned endpoints, each endpoint's oldest first and
@@ -115,6 +123,11 @@ impl SqliteStore {
     /// Seals and opens secrets at rest.
     fn cipher(&self) -> &crate::crypto::Cipher {
         &self.cipher
+    }
+
+    /// Where this process's next claim starts looking for endpoints.
+    fn claim_cursor(&self) -> &std::sync::Mutex<Option<String>> {
+        &self.claim_cursor
     }
 
     /// The operations tenant (id or external id), if configured.

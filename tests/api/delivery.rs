@@ -639,3 +639,36 @@ async fn an_edit_to_the_endpoint_applies_to_the_next_retry() {
     app.settled(&tenant, &delivery, "delivered", SOON).await;
     assert_eq!(receiver.requests("/old").len(), 1);
 }
+
+/// Claims go round the endpoints with due work: each claim starts after the endpoint the last
+/// one served, so a cycle with one free slot serves every endpoint in turn, not the same one.
+#[tokio::test]
+async fn claims_serve_endpoints_in_turn() {
+    let app = spawn_app_with(|c| c.dispatcher_enabled = false).await;
+    app.create_event_type("order.paid").await;
+    let tenant = id_of(&app.create_tenant().await);
+    let mut endpoints = BTreeSet::new();
+    for n in 0..3 {
+        endpoints
+            .insert(id_of(&app.add_endpoint(&tenant, &format!("http://127.0.0.1:9/{n}"), json!({})).await));
+    }
+    for n in 0..2 {
+        app.emit(&tenant, "order.paid", &json!({"n": n})).await;
+    }
+    let config = Config { database_url: app.db.url.clone(), ..Config::default() };
+    let store = herald::storage::connect(&config).await.unwrap();
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        let claimed = store.claim_due(1, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        served.push(claimed[0].endpoint_id.clone());
+    }
+    for round in served.chunks(3) {
+        assert_eq!(
+            round.iter().cloned().collect::<BTreeSet<_>>(),
+            endpoints,
+            "each round serves all three: {served:?}"
+        );
+    }
+    assert!(store.claim_due(1, Duration::from_secs(30)).await.unwrap().is_empty(), "all six are claimed");
+}
