@@ -428,6 +428,7 @@ async fn run_scenario(
         ));
         let _ = api_server.child.kill().await;
         let drain = Server::start(&database_url, "all", &[]).await?;
+        let mark = CpuMark::take(&[&drain], false);
         let begin = Instant::now();
         let mut peak_samples = Vec::new();
         loop {
@@ -450,6 +451,7 @@ async fn run_scenario(
             ingest_per_second: events as f64 / ingest_secs,
             deliveries_per_second: received as f64 / secs,
             server_peak_rss_mib: drain.peak_rss_mib(),
+            cpu_seconds: mark.since(),
             missing: events.saturating_sub(received),
             notes,
             ..Report::default()
