@@ -108,52 +108,37 @@ async fn a_soak_with_kills_and_a_misbehaving_receiver_loses_nothing() {
     assert!(report["attempts"].as_u64().unwrap() >= report["requests"].as_u64().unwrap(), "{report}");
 }
 
-#[tokio::test]
-async fn soak_refuses_a_rate_outside_zero_to_one_and_names_the_flag() {
+/// Runs `herald <args>`, which must refuse them: exit status 1 and a message on standard error.
+async fn refused(args: &[&str]) -> String {
     let output = tokio::process::Command::new(BIN)
-        .args(["soak", "--reset-rate", "1.5"])
+        .args(args)
         .kill_on_drop(true)
         .stdin(Stdio::null())
         .output()
         .await
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn soak_refuses_a_rate_outside_zero_to_one_and_names_the_flag() {
+    let stderr = refused(&["soak", "--reset-rate", "1.5"]).await;
     assert!(stderr.contains("`--reset-rate` must be at least 0 and below 1"), "{stderr}");
 }
 
 #[tokio::test]
 async fn receive_refuses_a_rate_outside_zero_to_one_and_names_the_flag() {
-    let output = tokio::process::Command::new(BIN)
-        .args(["receive", "--listen", "127.0.0.1:0", "--fail-rate", "2"])
-        .kill_on_drop(true)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused(&["receive", "--listen", "127.0.0.1:0", "--fail-rate", "2"]).await;
     assert!(stderr.contains("`--fail-rate` must be between 0 and 1"), "{stderr}");
 }
 
 #[tokio::test]
 async fn bench_refuses_replica_counts_it_cannot_run_and_names_the_flag() {
-    for (args, message) in [
-        (vec!["--replicas", "1,3"], "`--replicas` above 1 needs `--postgres`"),
-        (vec!["--replicas", "0"], "`--replicas` must be between 1 and 16"),
-    ] {
-        let output = tokio::process::Command::new(BIN)
-            .arg("bench")
-            .args(&args)
-            .kill_on_drop(true)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(output.status.code(), Some(1), "{args:?}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(message), "{args:?}: {stderr}");
-    }
+    let stderr = refused(&["bench", "--replicas", "1,3"]).await;
+    assert!(stderr.contains("`--replicas` above 1 needs `--postgres`"), "{stderr}");
+    let stderr = refused(&["bench", "--replicas", "0"]).await;
+    assert!(stderr.contains("`--replicas` must be between 1 and 16"), "{stderr}");
 }
 
 /// `--replicas 1,2` runs the scenario once per count on one PostgreSQL server, with a slow
