@@ -69,7 +69,7 @@ impl App {
     }
 
     /// The store this app uses.
-    pub fn store(&self) -> Arc<dyn Store> {
+    pub fn store(&self) -> Arc<Store> {
         self.state.store.clone()
     }
 
@@ -101,7 +101,7 @@ impl App {
 }
 
 /// With no admin token configured and none stored, creates one and returns it (to print once).
-async fn ensure_admin_token(config: &Config, store: &dyn Store) -> anyhow::Result<Option<String>> {
+async fn ensure_admin_token(config: &Config, store: &Store) -> anyhow::Result<Option<String>> {
     if config.admin_token.is_some() || store.count_admin_tokens().await? > 0 {
         return Ok(None);
     }
@@ -121,7 +121,7 @@ pub const OPERATIONAL_EVENT_TYPES: [(&str, &str); 3] = [
     ),
 ];
 
-async fn register_operational_event_types(store: &dyn Store) -> anyhow::Result<()> {
+async fn register_operational_event_types(store: &Store) -> anyhow::Result<()> {
     let now = now_micros();
     for (name, description) in OPERATIONAL_EVENT_TYPES {
         let event_type = EventType {
@@ -144,7 +144,7 @@ async fn register_operational_event_types(store: &dyn Store) -> anyhow::Result<(
 
 /// Warns once when secrets are stored in clear, and refuses to start when stored secrets were
 /// sealed with a key that is not configured (every delivery to them would fail).
-async fn check_secret_keys(config: &Config, store: &dyn Store) -> anyhow::Result<()> {
+async fn check_secret_keys(config: &Config, store: &Store) -> anyhow::Result<()> {
     let cipher = config.cipher()?;
     if !cipher.enabled() {
         tracing::warn!(

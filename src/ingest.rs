@@ -39,7 +39,7 @@ pub enum CommitError {
 
 impl Committer {
     /// Starts the writer task over `store`.
-    pub fn start(store: Arc<dyn Store>) -> Committer {
+    pub fn start(store: Arc<Store>) -> Committer {
         let (requests, receiver) = mpsc::channel(4096);
         tokio::spawn(write_groups(store, receiver));
         Committer { requests }
@@ -60,7 +60,7 @@ impl Committer {
     }
 }
 
-async fn write_groups(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Request>) {
+async fn write_groups(store: Arc<Store>, mut receiver: mpsc::Receiver<Request>) {
     while let Some(first) = receiver.recv().await {
         let mut group = vec![first];
         let mut size = group[0].events.len();

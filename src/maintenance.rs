@@ -72,7 +72,7 @@ impl JobKind {
 /// What the jobs need, bundled.
 #[derive(Clone)]
 pub struct Jobs {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     config: MaintenanceConfig,
     idempotency_window: Duration,
     max_run_attempts: i32,
@@ -81,7 +81,7 @@ pub struct Jobs {
 
 impl Jobs {
     /// Jobs over `store` with the given configuration.
-    pub fn new(config: &Config, store: Arc<dyn Store>) -> Jobs {
+    pub fn new(config: &Config, store: Arc<Store>) -> Jobs {
         Jobs {
             store,
             config: config.maintenance.clone(),
@@ -164,19 +164,14 @@ impl Jobs {
 
 /// Deletes events older than `retention` with their deliveries and attempts, in batches of
 /// `batch`; events with pending deliveries stay. Returns the events deleted.
-pub async fn retention(
-    store: &dyn Store,
-    now: i64,
-    retention: Duration,
-    batch: i64,
-) -> Result<u64, StoreError> {
+pub async fn retention(store: &Store, now: i64, retention: Duration, batch: i64) -> Result<u64, StoreError> {
     let cutoff = now - retention.as_micros() as i64;
     in_batches(batch, || store.purge_old_events(cutoff, batch)).await
 }
 
 /// Deletes idempotency keys older than `window`, in batches.
 pub async fn expire_idempotency_keys(
-    store: &dyn Store,
+    store: &Store,
     now: i64,
     window: Duration,
     batch: i64,
@@ -206,7 +201,7 @@ where
 /// Disables endpoints failing since at least `disable_after` that failed within the last day;
 /// each is reported as `endpoint.disabled`. Returns their ids.
 pub async fn endpoint_health(
-    store: &dyn Store,
+    store: &Store,
     now: i64,
     disable_after: Duration,
 ) -> Result<Vec<String>, StoreError> {

@@ -121,7 +121,7 @@ fn describe() {
 }
 
 /// Refreshes the store-derived gauges unless they are fresh enough.
-pub async fn refresh_store_gauges(store: &dyn Store) {
+pub async fn refresh_store_gauges(store: &Store) {
     {
         let Ok(mut at) = GAUGES_AT.lock() else { return };
         if at.is_some_and(|t| t.elapsed() < GAUGE_TTL) {

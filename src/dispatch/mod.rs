@@ -44,7 +44,7 @@ const RECORD_TRIES: u32 = 5;
 /// Everything the dispatcher needs, bundled.
 #[derive(Clone)]
 pub struct Dispatcher {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     sender: Sender,
     /// For the operations tenant's endpoints: `[security] operations_allow_cidrs` opened too.
     operations_sender: Sender,
@@ -65,7 +65,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Builds a dispatcher over `store`; `wakeup` is notified when new work is committed.
-    pub fn new(config: &Config, store: Arc<dyn Store>, wakeup: Arc<Notify>) -> anyhow::Result<Dispatcher> {
+    pub fn new(config: &Config, store: Arc<Store>, wakeup: Arc<Notify>) -> anyhow::Result<Dispatcher> {
         let (results, receiver) = mpsc::unbounded_channel();
         Ok(Dispatcher {
             store,

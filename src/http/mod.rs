@@ -34,7 +34,7 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     /// The store.
-    pub store: Arc<dyn Store>,
+    pub store: Arc<Store>,
     /// The configuration.
     pub config: Arc<Config>,
     /// SHA-256 (hex) of the configured bootstrap admin token, if any.

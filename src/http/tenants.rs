@@ -293,7 +293,7 @@ pub struct TokenList {
 
 /// Creates and stores a token; returns it with its clear text.
 pub async fn issue_token(
-    store: &dyn crate::storage::Store,
+    store: &crate::storage::Store,
     name: String,
     tenant_id: Option<String>,
 ) -> Result<(Token, String), StoreError> {

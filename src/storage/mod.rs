@@ -1,30 +1,34 @@
-//! The store: the only source of truth. A `Store` trait with a SQLite backend (the embedded
-//! default) and a PostgreSQL backend (scale-out); the URL scheme of `database_url` picks one.
+//! The store: the only source of truth. One [`Store`] over SQLite (the embedded default) or
+//! PostgreSQL (scale-out); the URL scheme of `database_url` picks the backend.
 //!
-//! Both backends share their portable SQL through the `store_common!` macro in `common.rs`
-//! (`$N` placeholders, TEXT ids, BIGINT Unix-microsecond times, TEXT JSON), so a query is written
-//! once and compiled against each driver's own types; what differs (connecting, pragmas,
-//! migrations) lives in each backend's file.
+//! Every statement is written once, with `$N` placeholders, TEXT ids, BIGINT Unix-microsecond
+//! times and TEXT JSON, and runs on either backend through `sql.rs`; the few real differences
+//! (the clock, due-row reads, row locks, `NOTIFY`) sit in `db.rs`, `sqlite.rs` and `postgres.rs`.
+//! The methods are split by concern: `catalog.rs` (tokens, event types, tenants), `endpoints.rs`,
+//! `idempotency.rs`, `ingest.rs` (fan-out and operational events), `claim.rs`, `record.rs`,
+//! `replay.rs` (reads, retry, recover, lease reaping), `stats.rs` and `jobs.rs`. The rules they
+//! apply live in `crate::domain`; the storage code asks them and writes what they decide.
 
-#[macro_use]
-mod common;
-#[macro_use]
-mod delivery;
-#[macro_use]
-mod maintenance;
-pub mod postgres;
-pub mod sqlite;
+mod catalog;
+mod claim;
+mod db;
+mod endpoints;
+mod idempotency;
+mod ingest;
+mod jobs;
+mod postgres;
+mod record;
+mod replay;
+mod rows;
+mod sql;
+mod sqlite;
+mod stats;
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::Config;
-use crate::domain::delivery::{Attempt, Delivery, Event};
-use crate::domain::endpoint::{Endpoint, Secrets};
-use crate::domain::event_type::EventType;
-use crate::domain::tenant::Tenant;
-use crate::domain::token::Token;
+use crate::domain::delivery::Event;
+use crate::domain::endpoint::Secrets;
 
 /// What can go wrong in the store, as callers need to tell it apart.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +41,7 @@ pub enum StoreError {
     Conflict(String),
     /// Anything else from the database.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// The database refused a text value (PostgreSQL refuses NUL characters).
     #[error("invalid text value")]
     InvalidText,
@@ -46,13 +50,18 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Which engine a store runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// Embedded SQLite file.
-    Sqlite,
-    /// PostgreSQL server.
-    Postgres,
+impl From<sqlx::Error> for StoreError {
+    /// Maps driver errors into the store's vocabulary, once for every statement.
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("22021") => StoreError::InvalidText,
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(db.constraint().unwrap_or("unique").to_owned())
+            }
+            other => StoreError::Database(other),
+        }
+    }
 }
 
 /// A page request: items strictly after `after` in the list's order, at most `limit` of them.
@@ -65,222 +74,69 @@ pub struct PageQuery {
 }
 
 /// Every operation on stored state. Each method that must be atomic runs its own transaction.
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// The engine behind this store.
-    fn backend(&self) -> Backend;
+pub struct Store {
+    db: db::Db,
+    cipher: crate::crypto::Cipher,
+    /// The operations tenant (id or external id) that operational events go to.
+    operations: RwLock<Option<String>>,
+    /// Where this process's next claim starts looking for endpoints (round robin).
+    claim_cursor: Mutex<Option<String>>,
+}
+
+/// Opens the store named by `config.database_url`, without migrating.
+pub async fn connect(config: &Config) -> anyhow::Result<Arc<Store>> {
+    let url = config.database_url.as_str();
+    let db = if url.starts_with("sqlite:") {
+        sqlite::connect(url, &config.store).await?
+    } else {
+        postgres::connect(url, &config.store).await?
+    };
+    Ok(Arc::new(Store {
+        db,
+        cipher: config.cipher()?,
+        operations: Default::default(),
+        claim_cursor: Default::default(),
+    }))
+}
+
+impl Store {
     /// Applies pending migrations.
-    async fn migrate(&self) -> Result<(), StoreError>;
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.db.migrate().await
+    }
+
     /// Checks the database answers.
-    async fn ping(&self) -> Result<(), StoreError>;
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sql::sql("select 1").execute(self.db.reader()).await?;
+        Ok(())
+    }
+
     /// Closes every connection.
-    async fn close(&self);
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+
     /// Wakes `wakeup` whenever any process commits new work, until `shutdown` (PostgreSQL:
     /// `LISTEN herald_work`; SQLite: returns at once, its only process wakes itself).
-    async fn listen_for_work(
+    pub async fn listen_for_work(
         &self,
-        wakeup: std::sync::Arc<tokio::sync::Notify>,
+        wakeup: Arc<tokio::sync::Notify>,
         shutdown: tokio_util::sync::CancellationToken,
-    );
+    ) {
+        self.db.listen_for_work(wakeup, shutdown).await;
+    }
+
     /// Names the operations tenant (id or external id) that operational events go to.
-    fn set_operations_tenant(&self, key: Option<String>);
-
-    /// Stores a token by its hash.
-    async fn insert_token(&self, token: &Token, hash: &str) -> Result<(), StoreError>;
-    /// The live token with this hash (not revoked, tenant not deleted).
-    async fn find_token_by_hash(&self, hash: &str) -> Result<Option<Token>, StoreError>;
-    /// Records that a token was used.
-    async fn touch_token(&self, id: &str, at: i64) -> Result<(), StoreError>;
-    /// Live tokens, newest first, optionally of one tenant.
-    async fn list_tokens(&self, tenant_id: Option<&str>, page: &PageQuery) -> Result<Vec<Token>, StoreError>;
-    /// Revokes a live token.
-    async fn revoke_token(&self, id: &str, at: i64) -> Result<(), StoreError>;
-    /// Number of live admin tokens.
-    async fn count_admin_tokens(&self) -> Result<i64, StoreError>;
-
-    /// Adds an event type; `Conflict` when the name exists.
-    async fn insert_event_type(&self, event_type: &EventType) -> Result<(), StoreError>;
-    /// One event type, archived or not.
-    async fn get_event_type(&self, name: &str) -> Result<EventType, StoreError>;
-    /// Event types by name, ascending.
-    async fn list_event_types(
-        &self,
-        include_archived: bool,
-        page: &PageQuery,
-    ) -> Result<Vec<EventType>, StoreError>;
-    /// Replaces description, schema and archived flag.
-    async fn update_event_type(&self, event_type: &EventType) -> Result<(), StoreError>;
-
-    /// Adds a tenant; `Conflict` when the external id is taken.
-    async fn insert_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
-    /// A live tenant by id or external id.
-    async fn get_tenant(&self, key: &str) -> Result<Tenant, StoreError>;
-    /// Live tenants, newest first.
-    async fn list_tenants(&self, page: &PageQuery) -> Result<Vec<Tenant>, StoreError>;
-    /// Replaces name, external id and metadata.
-    async fn update_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
-    /// Soft-deletes a tenant, its endpoints (failing their pending deliveries) and its tokens.
-    async fn delete_tenant(&self, id: &str, at: i64) -> Result<(), StoreError>;
-
-    /// Adds an endpoint with its first secret.
-    /// Inserts an endpoint unless its tenant already has `max_per_tenant` live ones (then
-    /// `false`); the check and the insert are atomic across processes.
-    async fn insert_endpoint(
-        &self,
-        endpoint: &Endpoint,
-        secret: &str,
-        max_per_tenant: i64,
-    ) -> Result<bool, StoreError>;
-    /// A live endpoint of a tenant.
-    async fn get_endpoint(&self, tenant_id: &str, id: &str) -> Result<Endpoint, StoreError>;
-    /// A tenant's live endpoints, newest first.
-    async fn list_endpoints(&self, tenant_id: &str, page: &PageQuery) -> Result<Vec<Endpoint>, StoreError>;
-    /// Replaces the editable fields of an endpoint.
-    async fn update_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError>;
-    /// Soft-deletes an endpoint and fails its pending deliveries with `endpoint_deleted`.
-    async fn delete_endpoint(&self, tenant_id: &str, id: &str, at: i64) -> Result<(), StoreError>;
-    /// The endpoint's signing secrets.
-    async fn get_secrets(&self, tenant_id: &str, id: &str) -> Result<Secrets, StoreError>;
-    /// Makes `secret` current; the old one signs too until `previous_expires_at`.
-    async fn rotate_secret(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        secret: &str,
-        previous_expires_at: i64,
-    ) -> Result<(), StoreError>;
-    /// Ends a rotation's grace period now.
-    async fn delete_previous_secret(&self, tenant_id: &str, id: &str) -> Result<(), StoreError>;
-
-    /// Writes events and their fan-out (one delivery per matching endpoint) in one transaction.
-    async fn ingest(
-        &self,
-        events: &[NewEvent],
-        idempotency_since: i64,
-    ) -> Result<Vec<IngestOutcome>, StoreError>;
-    /// One event of a tenant.
-    async fn get_event(&self, tenant_id: &str, id: &str) -> Result<Event, StoreError>;
-    /// A tenant's events, newest first.
-    async fn list_events(
-        &self,
-        tenant_id: &str,
-        filter: &EventFilter,
-        page: &PageQuery,
-    ) -> Result<Vec<Event>, StoreError>;
-    /// The deliveries of one event.
-    async fn list_event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError>;
-    /// A tenant's deliveries, newest first.
-    async fn list_deliveries(
-        &self,
-        tenant_id: &str,
-        filter: &DeliveryFilter,
-        page: &PageQuery,
-    ) -> Result<Vec<Delivery>, StoreError>;
-    /// One delivery of a tenant.
-    async fn get_delivery(&self, tenant_id: &str, id: &str) -> Result<Delivery, StoreError>;
-    /// Every attempt of a delivery, by number.
-    async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>, StoreError>;
-    /// Queues a delivery again now (manual replay).
-    async fn retry_delivery(&self, tenant_id: &str, id: &str) -> Result<(), RetryError>;
-    /// Replays an endpoint's failed deliveries created in `[since, until)`; returns how many.
-    async fn recover_endpoint(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        since: i64,
-        until: i64,
-    ) -> Result<u64, RetryError>;
-
-    /// Closes attempts whose lease lapsed (a crashed or stopped process) as `interrupted`, and
-    /// requeues or fails their deliveries. Returns how many were closed.
-    async fn reap_expired_leases(&self, max_run_attempts: i32) -> Result<u64, StoreError>;
-    /// The dispatcher's one transaction per cycle: records finished attempts and their
-    /// deliveries' new states, then claims up to `limit` deliveries that can start now, opening
-    /// an attempt for each. Returns how many records were stale (their lease had been taken over)
-    /// and dropped, and the claims.
-    async fn record_and_claim(
-        &self,
-        records: &[AttemptRecord],
-        limit: i64,
-        lease: std::time::Duration,
-    ) -> Result<(u64, Vec<Claimed>), StoreError>;
-    /// Claims up to `limit` deliveries that can start now (`record_and_claim` with no records).
-    async fn claim_due(&self, limit: i64, lease: std::time::Duration) -> Result<Vec<Claimed>, StoreError> {
-        Ok(self.record_and_claim(&[], limit, lease).await?.1)
+    pub fn set_operations_tenant(&self, key: Option<String>) {
+        if let Ok(mut slot) = self.operations.write() {
+            *slot = key;
+        }
     }
-    /// Records finished attempts (`record_and_claim` claiming nothing); returns how many were stale.
-    async fn record_attempts(&self, records: &[AttemptRecord]) -> Result<u64, StoreError> {
-        Ok(self.record_and_claim(records, 0, std::time::Duration::ZERO).await?.0)
+
+    /// The operations tenant (id or external id), if configured.
+    fn operations(&self) -> Option<String> {
+        self.operations.read().ok().and_then(|o| o.clone())
     }
-    /// Starts an idempotent request: records the key, or reports what an earlier request with the
-    /// same key did. Keys older than `since` are forgotten first.
-    async fn begin_idempotent(
-        &self,
-        scope: &str,
-        key: &str,
-        request_hash: &str,
-        since: i64,
-    ) -> Result<IdempotencyState, StoreError>;
-    /// Stores the answer of a successful idempotent request.
-    async fn finish_idempotent(
-        &self,
-        scope: &str,
-        key: &str,
-        status: u16,
-        body: &str,
-    ) -> Result<(), StoreError>;
-    /// Forgets a key whose request failed, so it can be tried again.
-    async fn abandon_idempotent(&self, scope: &str, key: &str) -> Result<(), StoreError>;
-
-    /// Rollup rows of one endpoint (`period` `m` or `h`, buckets from `since`), summed, with the
-    /// merged latency histogram.
-    async fn endpoint_window(
-        &self,
-        endpoint_id: &str,
-        period: &str,
-        since: i64,
-    ) -> Result<WindowTotals, StoreError>;
-    /// Every live endpoint (of one tenant, or all) with its window totals and backlog; no
-    /// latency histograms.
-    async fn endpoints_overview(
-        &self,
-        tenant_id: Option<&str>,
-        endpoint_id: Option<&str>,
-        period: &str,
-        since: i64,
-    ) -> Result<Vec<EndpointHealth>, StoreError>;
-    /// Takes the lock of job `name` until `until` unless another holder has it now.
-    async fn try_lock_job(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool, StoreError>;
-    /// Releases a job lock held by `holder`.
-    async fn unlock_job(&self, name: &str, holder: &str) -> Result<(), StoreError>;
-    /// Deletes up to `batch` events created before `cutoff` (with their deliveries and attempts),
-    /// never one with a pending delivery. Returns how many.
-    async fn purge_old_events(&self, cutoff: i64, batch: i64) -> Result<u64, StoreError>;
-    /// Deletes up to `batch` idempotency keys created before `cutoff`.
-    async fn expire_idempotency_keys(&self, cutoff: i64, batch: i64) -> Result<u64, StoreError>;
-    /// Forgets rotated secrets whose grace period ended by `now`.
-    async fn expire_previous_secrets(&self, now: i64) -> Result<u64, StoreError>;
-    /// Deletes rollup buckets older than the windows need.
-    async fn purge_stats(&self, minute_cutoff: i64, hour_cutoff: i64) -> Result<u64, StoreError>;
-    /// Disables endpoints failing since `failing_before` with a failed attempt since
-    /// `failed_since`, fails their pending deliveries and reports each; returns their ids.
-    async fn disable_unhealthy_endpoints(
-        &self,
-        now: i64,
-        failing_before: i64,
-        failed_since: i64,
-        reason: &str,
-    ) -> Result<Vec<String>, StoreError>;
-    /// Ids of the master keys that sealed stored secrets.
-    async fn sealed_key_ids(&self) -> Result<Vec<String>, StoreError>;
-    /// Re-seals every stored secret, header value and idempotent answer with the current key
-    /// (in batches); returns how many rows changed.
-    async fn rekey_secrets(&self) -> Result<u64, StoreError>;
-    /// Backlog figures for the metrics gauges.
-    async fn delivery_gauges(&self) -> Result<DeliveryGauges, StoreError>;
-
-    /// When the earliest pending delivery due after `now` falls due (Unix µs), if any.
-    async fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError>;
 }
 
 /// An event to write, with what the fan-out needs.
@@ -510,27 +366,4 @@ pub struct AttemptRecord {
     pub pause_for: Option<i64>,
     /// Disable the endpoint with this reason (410 Gone).
     pub disable_reason: Option<String>,
-}
-
-/// Opens the store named by `config.database_url`, without migrating.
-pub async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let url = config.database_url.as_str();
-    let cipher = config.cipher()?;
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url, &config.store, cipher).await?))
-    } else {
-        Ok(Arc::new(postgres::PgStore::connect(url, &config.store, cipher).await?))
-    }
-}
-
-/// Maps driver errors into the store's vocabulary.
-pub(crate) fn map_err(error: sqlx::Error) -> StoreError {
-    match error {
-        sqlx::Error::RowNotFound => StoreError::NotFound,
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("22021") => StoreError::InvalidText,
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict(db.constraint().unwrap_or("unique").to_owned())
-        }
-        other => StoreError::Database(other),
-    }
 }

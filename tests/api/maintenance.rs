@@ -18,7 +18,7 @@ use crate::receiver::{Receiver, Reply};
 const DAY: i64 = 86_400_000_000;
 
 /// A second handle on the app's database, as a replica or a job runner would have.
-async fn store_of(app: &TestApp) -> Arc<dyn Store> {
+async fn store_of(app: &TestApp) -> Arc<Store> {
     let config = Config { database_url: app.db.url.clone(), ..Config::default() };
     let store = herald::storage::connect(&config).await.unwrap();
     store.set_operations_tenant(Some("ops".into()));
@@ -26,7 +26,7 @@ async fn store_of(app: &TestApp) -> Arc<dyn Store> {
 }
 
 /// Claims every due delivery and records it as delivered.
-async fn deliver_all(store: &dyn Store) -> usize {
+async fn deliver_all(store: &Store) -> usize {
     let claimed = store.claim_due(100, Duration::from_secs(30)).await.unwrap();
     let records: Vec<AttemptRecord> = claimed
         .iter()

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::helpers::{POSTGRES_ENV, TestDatabase, test_config};
 
 /// A migrated store on every backend available, each with the database that backs it.
-async fn stores() -> Vec<(TestDatabase, Arc<dyn Store>)> {
+async fn stores() -> Vec<(TestDatabase, Arc<Store>)> {
     let mut databases = vec![TestDatabase::sqlite()];
     match std::env::var(POSTGRES_ENV) {
         Ok(url) if !url.trim().is_empty() => databases.push(TestDatabase::postgres(&url).await),

@@ -1,0 +1,276 @@
+//! Claims: the dispatcher's one transaction per cycle records finished attempts and claims due
+//! deliveries for the freed slots, each claim opening its attempt row and taking a lease.
+
+use super::rows::*;
+use super::sql::{Sql, Tx, sql};
+use super::*;
+
+/// Most rows one multi-row claim statement carries (well under both backends' bind limits).
+pub(super) const CLAIM_CHUNK: usize = 500;
+
+impl Store {
+    /// The dispatcher's one transaction per cycle: records finished attempts and their
+    /// deliveries' new states, then claims up to `limit` deliveries that can start now, opening
+    /// an attempt for each. Returns how many records were stale (their lease had been taken over)
+    /// and dropped, and the claims.
+    pub async fn record_and_claim(
+        &self,
+        records: &[AttemptRecord],
+        limit: i64,
+        lease: std::time::Duration,
+    ) -> Result<(u64, Vec<Claimed>), StoreError> {
+        let mut tx = self.db.begin().await?;
+        let now = tx.now().await?;
+        let stale = if records.is_empty() { 0 } else { self.record_tx(&mut tx, now, records).await? };
+        let claimed = if limit > 0 { self.claim_tx(&mut tx, now, limit, lease).await? } else { Vec::new() };
+        tx.commit().await?;
+        Ok((stale, claimed))
+    }
+
+    /// Claims up to `limit` deliveries that can start now (`record_and_claim` with no records).
+    pub async fn claim_due(
+        &self,
+        limit: i64,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        Ok(self.record_and_claim(&[], limit, lease).await?.1)
+    }
+
+    /// Records finished attempts (`record_and_claim` claiming nothing); returns how many were stale.
+    pub async fn record_attempts(&self, records: &[AttemptRecord]) -> Result<u64, StoreError> {
+        Ok(self.record_and_claim(records, 0, std::time::Duration::ZERO).await?.0)
+    }
+
+    /// Up to `limit` enabled, unpaused endpoints with a due delivery and a free slot,
+    /// with ids in (`after`, `up_to`], in id order, locked (PostgreSQL, skipping rows
+    /// another process holds), with their attempts in flight.
+    pub(super) async fn candidates(
+        tx: &mut Tx,
+        now: i64,
+        after: Option<&str>,
+        up_to: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<CandidateRow>, StoreError> {
+        let statement = format!(
+            r#"select e.id, e.max_in_flight, e.fifo, e.rate_limit_per_second, e.rate_next_at, e.url,
+                e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at,
+                (select count(*) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1) as in_flight
+            from endpoints e
+            where e.enabled
+              and e.deleted_at is null
+              and (e.paused_until is null or e.paused_until <= $1)
+              and ($2 is null or e.id > $2)
+              and ($3 is null or e.id <= $3)
+              and exists (
+                select 1
+                from deliveries d
+                where d.endpoint_id = e.id
+                  and d.status = 'pending'
+                  and not d.bypass
+                  and d.next_attempt_at <= $1
+                  and d.lease_until is null
+              )
+              and (select count(*) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1)
+                  < case when e.fifo then 1 else e.max_in_flight end
+            order by e.id
+            limit $4{}"#,
+            tx.locking(" for update of e skip locked")
+        );
+        Sql::build(&statement).bind(now).bind(after).bind(up_to).bind(limit).fetch_all(&mut *tx).await
+    }
+
+    /// Moves a rate-limited endpoint's next free time on by `n` claims.
+    pub(super) async fn charge_rate(
+        tx: &mut Tx,
+        endpoint: &CandidateRow,
+        now: i64,
+        n: i64,
+    ) -> Result<(), StoreError> {
+        if let Some((_, tat, interval)) = endpoint.rate_room(now)
+            && n > 0
+        {
+            sql("update endpoints set rate_next_at = $2 where id = $1")
+                .bind(&endpoint.id)
+                .bind(tat + interval * n)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Claims up to `limit` deliveries inside `tx`, opening an attempt for each.
+    pub(super) async fn claim_tx(
+        &self,
+        tx: &mut Tx,
+        now: i64,
+        limit: i64,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let lease_until = now + lease.as_micros() as i64;
+        let mut picked: Vec<(ClaimRow, std::sync::Arc<CandidateRow>)> = Vec::new();
+
+        // Test deliveries skip the endpoint's enabled flag, FIFO lane and pause.
+        let statement = format!(
+            r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
+                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+            from deliveries d
+            join events ev on ev.id = d.event_id
+            where d.bypass and d.status = 'pending' and d.next_attempt_at <= $1
+              and d.lease_until is null
+            order by d.next_attempt_at
+            limit $2{}"#,
+            tx.locking(" for update of d skip locked")
+        );
+        let bypass: Vec<ClaimRow> = Sql::build(&statement).bind(now).bind(limit).fetch_all(&mut *tx).await?;
+        for row in bypass {
+            let endpoint: Option<CandidateRow> = sql(
+                r#"select id, max_in_flight, fifo, rate_limit_per_second, rate_next_at, url, headers, secret,
+                    previous_secret, previous_secret_expires_at, cast(0 as bigint) as in_flight
+                from endpoints
+                where id = $1 and deleted_at is null"#,
+            )
+            .bind(&row.endpoint_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(endpoint) = endpoint {
+                picked.push((row, std::sync::Arc::new(endpoint)));
+            }
+        }
+
+        // Candidate endpoints: due work and a free slot, in id order from where this
+        // process's last claim stopped, wrapping around (round robin over every endpoint),
+        // and only as many as there are free slots, since each gives at least one row. So
+        // a cycle reads a few endpoints past the cursor, not every endpoint there is.
+        let cursor = self.claim_cursor.lock().ok().and_then(|c| c.clone());
+        let mut candidates = Self::candidates(tx, now, cursor.as_deref(), None, limit).await?;
+        if let Some(cursor) = cursor.as_deref()
+            && (candidates.len() as i64) < limit
+        {
+            let rest = limit - candidates.len() as i64;
+            candidates.extend(Self::candidates(tx, now, None, Some(cursor), rest).await?);
+        }
+        let order: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
+
+        // FIFO heads one by one; every other endpoint's due rows in one read (`due_rows`).
+        let mut plan: Vec<(String, i64)> = Vec::new();
+        let mut by_id: std::collections::HashMap<String, std::sync::Arc<CandidateRow>> =
+            std::collections::HashMap::new();
+        for endpoint in candidates {
+            if picked.len() as i64 >= limit {
+                break;
+            }
+            let in_flight = endpoint.in_flight;
+            let mut room = if endpoint.fifo {
+                i64::from(in_flight == 0)
+            } else {
+                i64::from(endpoint.max_in_flight) - in_flight
+            };
+            if let Some((allowed, _, _)) = endpoint.rate_room(now) {
+                room = room.min(allowed);
+            }
+            if room <= 0 {
+                continue;
+            }
+            let endpoint = std::sync::Arc::new(endpoint);
+            if endpoint.fifo {
+                let head: Option<ClaimRow> = sql(
+                    r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
+                        d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+                    from deliveries d
+                    join events ev on ev.id = d.event_id
+                    where d.endpoint_id = $1 and d.status = 'pending' and not d.bypass
+                    order by d.fifo_seq nulls first, d.id
+                    limit 1"#,
+                )
+                .bind(&endpoint.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                // A lapsed lease is closed by the reaper first, so its attempt is recorded.
+                if let Some(head) = head.filter(|h| h.next_attempt_at <= now && h.lease_until.is_none()) {
+                    Self::charge_rate(tx, &endpoint, now, 1).await?;
+                    picked.push((head, endpoint));
+                }
+            } else {
+                // Every endpoint's room is planned in full: `due_rows` stops at the
+                // cycle's limit, and endpoints with fewer due rows than room leave the
+                // rest to the others.
+                plan.push((endpoint.id.clone(), room.min(limit)));
+                by_id.insert(endpoint.id.clone(), endpoint);
+            }
+        }
+        let room = limit - picked.len() as i64;
+        if !plan.is_empty() && room > 0 {
+            let rows = tx.due_rows(&plan, now, room).await?;
+            let mut taken: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+            for row in &rows {
+                *taken.entry(row.endpoint_id.as_str()).or_default() += 1;
+            }
+            for (id, n) in taken {
+                if let Some(endpoint) = by_id.get(id) {
+                    Self::charge_rate(tx, endpoint, now, n).await?;
+                }
+            }
+            for row in rows {
+                if let Some(endpoint) = by_id.get(&row.endpoint_id) {
+                    let endpoint = endpoint.clone();
+                    picked.push((row, endpoint));
+                }
+            }
+        }
+
+        // The next cycle starts after the last endpoint served (or, when none was, after
+        // the last one looked at).
+        let served: std::collections::HashSet<&str> =
+            picked.iter().map(|(row, _)| row.endpoint_id.as_str()).collect();
+        if let Some(last) = order.iter().rev().find(|id| served.contains(id.as_str())).or(order.last())
+            && let Ok(mut cursor) = self.claim_cursor.lock()
+        {
+            *cursor = Some(last.clone());
+        }
+        if picked.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One lease token per claim: a later claim of the same delivery has another, so a
+        // result recorded under this one after a takeover is recognised as stale.
+        let lease_token = uuid::Uuid::new_v4().simple().to_string();
+        for chunk in picked.chunks(CLAIM_CHUNK) {
+            let mut update = Sql::build(
+                "update deliveries set attempt_count = attempt_count + 1, run_attempts = run_attempts + 1, lease_until = ",
+            );
+            update.push_bind(lease_until).push(", lease_token = ").push_bind(&lease_token);
+            update.push(" where id in (").push_list(chunk.iter().map(|(row, _)| &row.id)).push(")");
+            update.execute(&mut *tx).await?;
+        }
+        let mut claimed = Vec::with_capacity(picked.len());
+        for (row, endpoint) in picked {
+            claimed.push(Claimed {
+                attempt_id: crate::domain::id::new_id(crate::domain::id::IdKind::Attempt),
+                attempt_number: row.attempt_count + 1,
+                run_attempt: row.run_attempts + 1,
+                delivery_id: row.id,
+                event_id: row.event_id,
+                tenant_id: row.tenant_id,
+                endpoint_id: row.endpoint_id,
+                max_attempts: row.max_attempts,
+                lease_token: lease_token.clone(),
+                url: endpoint.url.clone(),
+                headers: endpoint.headers(&self.cipher)?,
+                secrets: endpoint.secrets(&self.cipher)?,
+                payload: row.payload,
+            });
+        }
+        for chunk in claimed.chunks(CLAIM_CHUNK) {
+            let mut insert =
+                Sql::build("insert into attempts (id, delivery_id, endpoint_id, number, started_at) values ");
+            insert.push_tuples(chunk, |row, claim| {
+                row.bind(&claim.attempt_id)
+                    .bind(&claim.delivery_id)
+                    .bind(&claim.endpoint_id)
+                    .bind(claim.attempt_number)
+                    .bind(now);
+            });
+            insert.execute(&mut *tx).await?;
+        }
+        Ok(claimed)
+    }
+}

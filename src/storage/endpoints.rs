@@ -1,0 +1,285 @@
+//! Endpoints and their secrets: sealed at rest, opened when read; what disabling and deleting do
+//! to the endpoint's pending deliveries.
+
+use super::rows::*;
+use super::sql::{Tx, sql};
+use super::*;
+use crate::domain::endpoint::{Endpoint, Secrets};
+
+impl Store {
+    /// Adds an endpoint with its first secret.
+    /// Inserts an endpoint unless its tenant already has `max_per_tenant` live ones (then
+    /// `false`); the check and the insert are atomic across processes.
+    pub async fn insert_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        secret: &str,
+        max_per_tenant: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // Lock the tenant row first: concurrent creates for one tenant, on any replica,
+        // then count and insert one at a time, so the cap holds exactly.
+        sql("update tenants set updated_at = updated_at where id = $1")
+            .bind(&endpoint.tenant_id)
+            .execute(&mut tx)
+            .await?;
+        let inserted = sql(r#"insert into endpoints (
+                id, tenant_id, url, description, event_types, headers, enabled,
+                disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
+                secret, created_at, updated_at
+            )
+            select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
+            where (select count(*) from endpoints where tenant_id = $2 and deleted_at is null) < $16"#)
+        .bind(&endpoint.id)
+        .bind(&endpoint.tenant_id)
+        .bind(&endpoint.url)
+        .bind(&endpoint.description)
+        .bind(to_json(&endpoint.event_types))
+        .bind(self.seal_headers(&endpoint.headers))
+        .bind(endpoint.enabled)
+        .bind(&endpoint.disabled_reason)
+        .bind(endpoint.disabled_at)
+        .bind(endpoint.fifo)
+        .bind(endpoint.max_in_flight)
+        .bind(endpoint.rate_limit_per_second)
+        .bind(self.cipher.seal(secret))
+        .bind(endpoint.created_at)
+        .bind(endpoint.updated_at)
+        .bind(max_per_tenant)
+        .execute(&mut tx)
+        .await?;
+        tx.commit().await?;
+        Ok(inserted == 1)
+    }
+
+    /// A live endpoint of a tenant.
+    pub async fn get_endpoint(&self, tenant_id: &str, id: &str) -> Result<Endpoint, StoreError> {
+        let row: EndpointRow = sql(r#"select id, tenant_id, url, description, event_types, headers, enabled,
+                disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
+                created_at, updated_at
+            from endpoints
+            where tenant_id = $1 and id = $2 and deleted_at is null"#)
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_one(self.db.reader())
+        .await?;
+        self.open_endpoint(row.try_into()?)
+    }
+
+    /// A tenant's live endpoints, newest first.
+    pub async fn list_endpoints(
+        &self,
+        tenant_id: &str,
+        page: &PageQuery,
+    ) -> Result<Vec<Endpoint>, StoreError> {
+        let rows: Vec<EndpointRow> =
+            sql(r#"select id, tenant_id, url, description, event_types, headers, enabled,
+                disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
+                created_at, updated_at
+            from endpoints
+            where tenant_id = $1
+              and deleted_at is null
+              and ($2 is null or id < $2)
+            order by id desc
+            limit $3"#)
+            .bind(tenant_id)
+            .bind(&page.after)
+            .bind(page.limit)
+            .fetch_all(self.db.reader())
+            .await?;
+        rows.into_iter().map(|row| self.open_endpoint(row.try_into()?)).collect()
+    }
+
+    /// Replaces the editable fields of an endpoint.
+    pub async fn update_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError> {
+        let operations = self.operations();
+        let mut tx = self.db.begin().await?;
+        let before: Option<(bool,)> =
+            sql("select enabled from endpoints where tenant_id = $1 and id = $2 and deleted_at is null")
+                .bind(&endpoint.tenant_id)
+                .bind(&endpoint.id)
+                .fetch_optional(&mut tx)
+                .await?;
+        let Some((was_enabled,)) = before else {
+            return Err(StoreError::NotFound);
+        };
+        let done = sql(r#"update endpoints
+            set url = $3, description = $4, event_types = $5, headers = $6, enabled = $7,
+                disabled_reason = $8, disabled_at = $9, fifo = $10, max_in_flight = $11,
+                rate_limit_per_second = $12, updated_at = $13,
+                failing_since = case when $7 and not enabled then null else failing_since end
+            where tenant_id = $1 and id = $2 and deleted_at is null"#)
+        .bind(&endpoint.tenant_id)
+        .bind(&endpoint.id)
+        .bind(&endpoint.url)
+        .bind(&endpoint.description)
+        .bind(to_json(&endpoint.event_types))
+        .bind(self.seal_headers(&endpoint.headers))
+        .bind(endpoint.enabled)
+        .bind(&endpoint.disabled_reason)
+        .bind(endpoint.disabled_at)
+        .bind(endpoint.fifo)
+        .bind(endpoint.max_in_flight)
+        .bind(endpoint.rate_limit_per_second)
+        .bind(endpoint.updated_at)
+        .execute(&mut tx)
+        .await?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        if !endpoint.enabled {
+            Self::fail_pending(&mut tx, &endpoint.id, "endpoint_disabled", endpoint.updated_at).await?;
+        }
+        if was_enabled != endpoint.enabled {
+            let (event_type, data) = if endpoint.enabled {
+                (
+                    "endpoint.enabled",
+                    serde_json::json!({"tenant_id": endpoint.tenant_id, "endpoint_id": endpoint.id}),
+                )
+            } else {
+                (
+                    "endpoint.disabled",
+                    serde_json::json!({
+                        "tenant_id": endpoint.tenant_id,
+                        "endpoint_id": endpoint.id,
+                        "reason": endpoint.disabled_reason,
+                        "disabled_at": endpoint.disabled_at.map(crate::domain::time::format_micros),
+                    }),
+                )
+            };
+            Self::emit_operational(
+                &mut tx,
+                operations.as_deref(),
+                &endpoint.tenant_id,
+                event_type,
+                data,
+                endpoint.updated_at,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Soft-deletes an endpoint and fails its pending deliveries with `endpoint_deleted`.
+    pub async fn delete_endpoint(&self, tenant_id: &str, id: &str, at: i64) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        let done = sql(
+            "update endpoints set deleted_at = $3 where tenant_id = $1 and id = $2 and deleted_at is null",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(at)
+        .execute(&mut tx)
+        .await?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        sql(r#"update deliveries
+            set status = 'failed', last_error = 'endpoint_deleted', completed_at = $2
+            where endpoint_id = $1 and status = 'pending'"#)
+        .bind(id)
+        .bind(at)
+        .execute(&mut tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The endpoint's signing secrets.
+    pub async fn get_secrets(&self, tenant_id: &str, id: &str) -> Result<Secrets, StoreError> {
+        let row: SecretsRow = sql(r#"select secret, previous_secret, previous_secret_expires_at
+            from endpoints
+            where tenant_id = $1 and id = $2 and deleted_at is null"#)
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_one(self.db.reader())
+        .await?;
+        self.open_secrets(row.into())
+    }
+
+    /// Makes `secret` current; the old one signs too until `previous_expires_at`.
+    pub async fn rotate_secret(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        secret: &str,
+        previous_expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let done = sql(r#"update endpoints
+            set previous_secret = secret, previous_secret_expires_at = $4, secret = $3
+            where tenant_id = $1 and id = $2 and deleted_at is null"#)
+        .bind(tenant_id)
+        .bind(id)
+        .bind(self.cipher.seal(secret))
+        .bind(previous_expires_at)
+        .execute(self.db.writer())
+        .await?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Ends a rotation's grace period now.
+    pub async fn delete_previous_secret(&self, tenant_id: &str, id: &str) -> Result<(), StoreError> {
+        let done = sql(r#"update endpoints
+            set previous_secret = null, previous_secret_expires_at = null
+            where tenant_id = $1 and id = $2 and deleted_at is null"#)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(self.db.writer())
+        .await?;
+        if done == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Custom header values sealed for storage, as JSON.
+    pub(super) fn seal_headers(&self, headers: &std::collections::BTreeMap<String, String>) -> String {
+        let sealed: std::collections::BTreeMap<&String, String> =
+            headers.iter().map(|(name, value)| (name, self.cipher.seal(value))).collect();
+        to_json(&sealed)
+    }
+
+    /// An endpoint read from the store, its header values decrypted.
+    pub(super) fn open_endpoint(&self, mut endpoint: Endpoint) -> Result<Endpoint, StoreError> {
+        for value in endpoint.headers.values_mut() {
+            *value = self.cipher.open(value).map_err(corrupt)?;
+        }
+        Ok(endpoint)
+    }
+
+    /// Secrets read from the store, decrypted.
+    pub(super) fn open_secrets(&self, secrets: Secrets) -> Result<Secrets, StoreError> {
+        Ok(Secrets {
+            current: self.cipher.open(&secrets.current).map_err(corrupt)?,
+            previous: secrets
+                .previous
+                .as_deref()
+                .map(|p| self.cipher.open(p))
+                .transpose()
+                .map_err(corrupt)?,
+            previous_expires_at: secrets.previous_expires_at,
+        })
+    }
+
+    /// Fails an endpoint's pending deliveries that are not in flight.
+    pub(super) async fn fail_pending(
+        tx: &mut Tx,
+        endpoint_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sql(r#"update deliveries
+            set status = 'failed', last_error = $2, completed_at = $3
+            where endpoint_id = $1 and status = 'pending' and not bypass and lease_until is null"#)
+        .bind(endpoint_id)
+        .bind(reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        Ok(done)
+    }
+}

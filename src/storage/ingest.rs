@@ -1,0 +1,321 @@
+//! Ingest: events and their fan-out (one delivery per matching endpoint) in one transaction,
+//! idempotency keys of the ingest routes, and operational events written in the transaction of
+//! the change they report.
+
+use super::rows::*;
+use super::sql::{Sql, Tx, sql};
+use super::*;
+
+/// Most rows one multi-row insert carries at ingest (12 binds a delivery row: well under both
+/// backends' bind limits).
+const INSERT_CHUNK: usize = 1000;
+
+impl Store {
+    /// Writes events and their fan-out (one delivery per matching endpoint) in one transaction.
+    pub async fn ingest(
+        &self,
+        events: &[NewEvent],
+        idempotency_since: i64,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let outcomes = Self::ingest_tx(&mut tx, events, idempotency_since).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Writes events and their fan-out inside `tx` (ingest, and operational events written
+    /// in the transaction of the change they report).
+    pub(super) async fn ingest_tx(
+        tx: &mut Tx,
+        events: &[NewEvent],
+        idempotency_since: i64,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        // Rows written by multi-row inserts: at the end, or before an idempotency lookup
+        // that may need to see them.
+        let mut event_rows: Vec<(&NewEvent, i32)> = Vec::with_capacity(events.len());
+        let mut delivery_rows: Vec<NewDeliveryRow<'_>> = Vec::with_capacity(events.len());
+        let mut fanout: std::collections::HashMap<String, Vec<FanoutRow>> = Default::default();
+        for event in events {
+            if let Some((key, hash)) = &event.idempotency {
+                let scope = format!("events:{}", event.tenant_id);
+                sql("delete from idempotency_keys where scope = $1 and key = $2 and created_at < $3")
+                    .bind(&scope)
+                    .bind(key)
+                    .bind(idempotency_since)
+                    .execute(&mut *tx)
+                    .await?;
+                let inserted =
+                    sql(r#"insert into idempotency_keys (scope, key, request_hash, resource_id, created_at)
+                    values ($1, $2, $3, $4, $5)
+                    on conflict do nothing"#)
+                    .bind(&scope)
+                    .bind(key)
+                    .bind(hash)
+                    .bind(&event.id)
+                    .bind(event.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                if inserted == 0 {
+                    Self::flush_ingest(tx, &mut event_rows, &mut delivery_rows).await?;
+                    let (known_hash, resource_id): (String, Option<String>) = sql(
+                        "select request_hash, resource_id from idempotency_keys where scope = $1 and key = $2",
+                    )
+                    .bind(&scope)
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if known_hash != *hash {
+                        outcomes.push(IngestOutcome::KeyConflict);
+                        continue;
+                    }
+                    let first: Option<EventRow> = sql(
+                        r#"select id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at
+                        from events
+                        where id = $1"#,
+                    )
+                    .bind(resource_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match first {
+                        Some(first) => {
+                            outcomes.push(IngestOutcome::Replayed(first.into()));
+                            continue;
+                        }
+                        None => {
+                            sql(r#"update idempotency_keys set resource_id = $3, created_at = $4
+                                where scope = $1 and key = $2"#)
+                            .bind(&scope)
+                            .bind(key)
+                            .bind(&event.id)
+                            .bind(event.created_at)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                }
+            }
+            // (endpoint id, enabled, fifo lane, bypass)
+            let targets: Vec<(String, bool, bool, bool)> = match &event.only_endpoint {
+                Some(endpoint_id) => vec![(endpoint_id.clone(), true, false, true)],
+                None => {
+                    if !fanout.contains_key(&event.tenant_id) {
+                        let rows: Vec<FanoutRow> = sql(r#"select id, event_types, enabled, fifo
+                            from endpoints
+                            where tenant_id = $1 and deleted_at is null
+                            order by id"#)
+                        .bind(&event.tenant_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        fanout.insert(event.tenant_id.clone(), rows);
+                    }
+                    let mut targets = Vec::new();
+                    for row in fanout.get(&event.tenant_id).map(Vec::as_slice).unwrap_or_default() {
+                        let patterns: Vec<String> =
+                            serde_json::from_str(&row.event_types).map_err(corrupt)?;
+                        if crate::domain::event_type::subscribed(&patterns, &event.event_type) {
+                            targets.push((row.id.clone(), row.enabled, row.fifo, false));
+                        }
+                    }
+                    targets
+                }
+            };
+            event_rows.push((event, targets.len() as i32));
+            for (endpoint_id, enabled, fifo, bypass) in &targets {
+                let fifo_seq: Option<i64> = if *fifo && *enabled {
+                    let (seq,): (i64,) = sql(r#"update endpoints set next_fifo_seq = next_fifo_seq + 1
+                        where id = $1
+                        returning next_fifo_seq"#)
+                    .bind(endpoint_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    Some(seq)
+                } else {
+                    None
+                };
+                let (status, last_error, completed_at) = if *enabled {
+                    ("pending", None, None)
+                } else {
+                    ("failed", Some("endpoint_disabled"), Some(event.created_at))
+                };
+                delivery_rows.push(NewDeliveryRow {
+                    id: crate::domain::id::new_id(crate::domain::id::IdKind::Delivery),
+                    event,
+                    endpoint_id: endpoint_id.clone(),
+                    status,
+                    fifo_seq,
+                    last_error,
+                    completed_at,
+                    bypass: *bypass,
+                });
+            }
+            outcomes.push(IngestOutcome::Created { deliveries: targets.len() as i32 });
+        }
+        let work = delivery_rows.iter().any(|row| row.status == "pending");
+        Self::flush_ingest(tx, &mut event_rows, &mut delivery_rows).await?;
+        if work {
+            tx.notify_work().await?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Writes the pending event and delivery rows with multi-row inserts, and empties them.
+    pub(super) async fn flush_ingest(
+        tx: &mut Tx,
+        events: &mut Vec<(&NewEvent, i32)>,
+        deliveries: &mut Vec<NewDeliveryRow<'_>>,
+    ) -> Result<(), StoreError> {
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let mut insert = Sql::build(
+                "insert into events (id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at) values ",
+            );
+            insert.push_tuples(chunk, |row, (event, count)| {
+                row.bind(&event.id)
+                    .bind(&event.tenant_id)
+                    .bind(&event.event_type)
+                    .bind(&event.payload)
+                    .bind(event.idempotency.as_ref().map(|(key, _)| key.as_str()))
+                    .bind(*count)
+                    .bind(event.created_at);
+            });
+            insert.execute(&mut *tx).await?;
+        }
+        for chunk in deliveries.chunks(INSERT_CHUNK) {
+            let mut insert = Sql::build(
+                r#"insert into deliveries (
+                    id, event_id, tenant_id, endpoint_id, status, next_attempt_at, fifo_seq,
+                    last_error, completed_at, max_attempts, bypass, created_at
+                ) values "#,
+            );
+            insert.push_tuples(chunk, |row, d| {
+                row.bind(&d.id)
+                    .bind(&d.event.id)
+                    .bind(&d.event.tenant_id)
+                    .bind(&d.endpoint_id)
+                    .bind(d.status)
+                    .bind(d.event.created_at)
+                    .bind(d.fifo_seq)
+                    .bind(d.last_error)
+                    .bind(d.completed_at)
+                    .bind(d.bypass.then_some(1i32))
+                    .bind(d.bypass)
+                    .bind(d.event.created_at);
+            });
+            insert.execute(&mut *tx).await?;
+        }
+        events.clear();
+        deliveries.clear();
+        Ok(())
+    }
+
+    /// Writes an operational event about `subject_tenant` for the operations tenant, in `tx`.
+    /// Nothing is reported about the operations tenant's own endpoints (no loops).
+    pub(super) async fn emit_operational(
+        tx: &mut Tx,
+        operations: Option<&str>,
+        subject_tenant: &str,
+        event_type: &str,
+        data: serde_json::Value,
+        // The reported change's own time is in `data`; the event is accepted now.
+        _changed_at: i64,
+    ) -> Result<bool, StoreError> {
+        let Some(key) = operations else { return Ok(false) };
+        let ops: Option<(String,)> =
+            sql("select id from tenants where (id = $1 or external_id = $1) and deleted_at is null")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((ops_id,)) = ops else { return Ok(false) };
+        if ops_id == subject_tenant {
+            return Ok(false);
+        }
+        // Accepted now by the database clock, whatever clock the reported change used.
+        let now = tx.now().await?;
+        let id = crate::domain::id::new_id(crate::domain::id::IdKind::Event);
+        let payload = crate::domain::event::envelope(
+            &id,
+            event_type,
+            &crate::domain::time::format_micros(now),
+            &data.to_string(),
+        );
+        let event = NewEvent {
+            id,
+            tenant_id: ops_id,
+            event_type: event_type.to_owned(),
+            payload,
+            idempotency: None,
+            created_at: now,
+            only_endpoint: None,
+        };
+        Self::ingest_tx(tx, std::slice::from_ref(&event), now).await?;
+        Ok(true)
+    }
+
+    /// Reports a delivery left `failed`, at most 10 a minute per endpoint; the first one
+    /// after a quiet spell carries how many were suppressed.
+    pub(super) async fn emit_exhausted(
+        tx: &mut Tx,
+        operations: Option<&str>,
+        delivery_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if operations.is_none() {
+            return Ok(());
+        }
+        let row: Option<ExhaustedRow> =
+            sql(r#"select d.tenant_id, d.endpoint_id, d.event_id, d.attempt_count, d.last_error,
+                    e.exhausted_window_start, e.exhausted_sent, e.exhausted_suppressed
+                from deliveries d
+                join endpoints e on e.id = d.endpoint_id
+                where d.id = $1"#)
+            .bind(delivery_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(ExhaustedRow {
+            tenant_id,
+            endpoint_id,
+            event_id,
+            attempt_count: attempts,
+            last_error,
+            exhausted_window_start: window,
+            exhausted_sent: sent,
+            exhausted_suppressed: suppressed,
+        }) = row
+        else {
+            return Ok(());
+        };
+        let (window, sent) = match window {
+            Some(start) if now - start < 60_000_000 => (start, sent),
+            _ => (now, 0),
+        };
+        if sent >= 10 {
+            sql("update endpoints set exhausted_suppressed = exhausted_suppressed + 1 where id = $1")
+                .bind(&endpoint_id)
+                .execute(&mut *tx)
+                .await?;
+            return Ok(());
+        }
+        let mut data = serde_json::json!({
+            "tenant_id": tenant_id,
+            "endpoint_id": endpoint_id,
+            "event_id": event_id,
+            "delivery_id": delivery_id,
+            "attempts": attempts,
+            "last_error": last_error,
+        });
+        if suppressed > 0 {
+            data["suppressed"] = suppressed.into();
+        }
+        if Self::emit_operational(tx, operations, &tenant_id, "delivery.exhausted", data, now).await? {
+            sql(r#"update endpoints
+                set exhausted_window_start = $2, exhausted_sent = $3, exhausted_suppressed = 0
+                where id = $1"#)
+            .bind(&endpoint_id)
+            .bind(window)
+            .bind(sent + 1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,284 @@
+//! Reads of events, deliveries and attempts; manual replays (`retry`, `recover`); and the lease
+//! reaper that closes attempts of a crashed or stopped process as `interrupted`.
+
+use super::rows::*;
+use super::sql::{Sql, sql};
+use super::*;
+use crate::domain::delivery::{Attempt, Delivery, Event};
+
+impl Store {
+    /// One event of a tenant.
+    pub async fn get_event(&self, tenant_id: &str, id: &str) -> Result<Event, StoreError> {
+        let row: EventRow =
+            sql(r#"select id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at
+            from events
+            where tenant_id = $1 and id = $2"#)
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_one(self.db.reader())
+            .await?;
+        Ok(row.into())
+    }
+
+    /// A tenant's events, newest first.
+    pub async fn list_events(
+        &self,
+        tenant_id: &str,
+        filter: &EventFilter,
+        page: &PageQuery,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows: Vec<EventRow> =
+            sql(r#"select id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at
+            from events
+            where tenant_id = $1
+              and ($2 is null or event_type = $2)
+              and ($3 is null or created_at >= $3)
+              and ($4 is null or created_at < $4)
+              and ($5 is null or id < $5)
+            order by id desc
+            limit $6"#)
+            .bind(tenant_id)
+            .bind(&filter.event_type)
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(&page.after)
+            .bind(page.limit)
+            .fetch_all(self.db.reader())
+            .await?;
+        Ok(rows.into_iter().map(Event::from).collect())
+    }
+
+    /// The deliveries of one event.
+    pub async fn list_event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
+        let rows: Vec<DeliveryRow> =
+            sql(r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
+                last_error, created_at, completed_at
+            from deliveries
+            where event_id = $1
+            order by id"#)
+            .bind(event_id)
+            .fetch_all(self.db.reader())
+            .await?;
+        let now = crate::domain::time::now_micros();
+        Ok(rows.into_iter().map(|r| r.into_delivery(now)).collect())
+    }
+
+    /// A tenant's deliveries, newest first.
+    pub async fn list_deliveries(
+        &self,
+        tenant_id: &str,
+        filter: &DeliveryFilter,
+        page: &PageQuery,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows: Vec<DeliveryRow> =
+            sql(r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
+                last_error, created_at, completed_at
+            from deliveries
+            where tenant_id = $1
+              and ($2 is null or status = $2)
+              and ($3 is null or endpoint_id = $3)
+              and ($4 is null or event_id = $4)
+              and ($5 is null or created_at >= $5)
+              and ($6 is null or created_at < $6)
+              and ($7 is null or id < $7)
+            order by id desc
+            limit $8"#)
+            .bind(tenant_id)
+            .bind(&filter.status)
+            .bind(&filter.endpoint_id)
+            .bind(&filter.event_id)
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(&page.after)
+            .bind(page.limit)
+            .fetch_all(self.db.reader())
+            .await?;
+        let now = crate::domain::time::now_micros();
+        Ok(rows.into_iter().map(|r| r.into_delivery(now)).collect())
+    }
+
+    /// One delivery of a tenant.
+    pub async fn get_delivery(&self, tenant_id: &str, id: &str) -> Result<Delivery, StoreError> {
+        let row: DeliveryRow =
+            sql(r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
+                last_error, created_at, completed_at
+            from deliveries
+            where tenant_id = $1 and id = $2"#)
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_one(self.db.reader())
+            .await?;
+        Ok(row.into_delivery(crate::domain::time::now_micros()))
+    }
+
+    /// Every attempt of a delivery, by number.
+    pub async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>, StoreError> {
+        let rows: Vec<AttemptRow> =
+            sql(r#"select id, number, started_at, duration_ms, status_code, error_kind, error, response_body
+            from attempts
+            where delivery_id = $1
+            order by number"#)
+            .bind(delivery_id)
+            .fetch_all(self.db.reader())
+            .await?;
+        Ok(rows.into_iter().map(Attempt::from).collect())
+    }
+
+    /// Queues a delivery again now (manual replay).
+    pub async fn retry_delivery(&self, tenant_id: &str, id: &str) -> Result<(), RetryError> {
+        let mut tx = self.db.begin().await?;
+        let now = tx.now().await?;
+        let row: Option<ReplayRow> = sql(
+            r#"select d.status, d.lease_until, e.enabled, e.deleted_at, ev.payload is null as payload_gone
+            from deliveries d
+            join endpoints e on e.id = d.endpoint_id
+            join events ev on ev.id = d.event_id
+            where d.tenant_id = $1 and d.id = $2"#,
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut tx)
+        .await?;
+        let row = row.ok_or(RetryError::NotFound)?;
+        if row.lease_until.is_some_and(|l| l > now) {
+            return Err(RetryError::InFlight);
+        }
+        if row.deleted_at.is_some() {
+            return Err(RetryError::EndpointDeleted);
+        }
+        if !row.enabled {
+            return Err(RetryError::EndpointDisabled);
+        }
+        if row.payload_gone {
+            return Err(RetryError::PayloadGone);
+        }
+        if row.status == "pending" {
+            sql("update deliveries set next_attempt_at = $2 where id = $1")
+                .bind(id)
+                .bind(now)
+                .execute(&mut tx)
+                .await?;
+        } else {
+            sql(r#"update deliveries
+                set status = 'pending', run_attempts = 0, next_attempt_at = $2, completed_at = null,
+                    max_attempts = null, lease_until = null, lease_token = null
+                where id = $1"#)
+            .bind(id)
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+        }
+        tx.notify_work().await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replays an endpoint's failed deliveries created in `[since, until)`; returns how many.
+    pub async fn recover_endpoint(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<u64, RetryError> {
+        let state: Option<(bool,)> =
+            sql("select enabled from endpoints where tenant_id = $1 and id = $2 and deleted_at is null")
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(self.db.reader())
+                .await?;
+        match state {
+            None => return Err(RetryError::NotFound),
+            Some((false,)) => return Err(RetryError::EndpointDisabled),
+            Some((true,)) => {}
+        }
+        let mut requeued = 0;
+        loop {
+            let mut tx = self.db.begin().await?;
+            let now = tx.now().await?;
+            let done = sql(r#"update deliveries
+                set status = 'pending', run_attempts = 0, next_attempt_at = $4, completed_at = null,
+                    max_attempts = null
+                where id in (
+                    select d.id
+                    from deliveries d
+                    join events ev on ev.id = d.event_id
+                    where d.endpoint_id = $1
+                      and d.status = 'failed'
+                      and d.created_at >= $2
+                      and d.created_at < $3
+                      and ev.payload is not null
+                      and coalesce(d.last_error, '') <> 'endpoint_deleted'
+                    limit 1000
+                )"#)
+            .bind(id)
+            .bind(since)
+            .bind(until)
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+            if done > 0 {
+                tx.notify_work().await?;
+            }
+            tx.commit().await?;
+            requeued += done;
+            if done < 1000 {
+                return Ok(requeued);
+            }
+        }
+    }
+
+    /// Closes attempts whose lease lapsed (a crashed or stopped process) as `interrupted`, and
+    /// requeues or fails their deliveries. Returns how many were closed.
+    pub async fn reap_expired_leases(&self, max_run_attempts: i32) -> Result<u64, StoreError> {
+        let operations = self.operations();
+        let mut tx = self.db.begin().await?;
+        let now = tx.now().await?;
+        let statement = format!(
+            r#"select d.id, d.status, d.run_attempts, d.max_attempts
+            from deliveries d
+            where d.lease_until is not null and d.lease_until < $1
+            limit 500{}"#,
+            tx.locking(" for update of d skip locked")
+        );
+        let expired: Vec<ExpiredRow> = Sql::build(&statement).bind(now).fetch_all(&mut tx).await?;
+        for row in &expired {
+            sql(r#"update attempts
+                set finished_at = $2, duration_ms = ($2 - started_at) / 1000, error_kind = 'interrupted',
+                    error = 'the attempt was interrupted before its outcome was recorded'
+                where delivery_id = $1 and finished_at is null"#)
+            .bind(&row.id)
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+            let allowed = row.max_attempts.unwrap_or(max_run_attempts);
+            let (status, completed_at) = match row.status.as_str() {
+                "pending" if row.run_attempts >= allowed => ("failed", Some(now)),
+                "pending" => ("pending", None),
+                _ => ("", None),
+            };
+            if status.is_empty() {
+                sql("update deliveries set lease_until = null, lease_token = null where id = $1")
+                    .bind(&row.id)
+                    .execute(&mut tx)
+                    .await?;
+            } else {
+                sql(r#"update deliveries
+                    set status = $2, completed_at = $3, next_attempt_at = $4, last_error = 'interrupted',
+                        lease_until = null, lease_token = null
+                    where id = $1"#)
+                .bind(&row.id)
+                .bind(status)
+                .bind(completed_at)
+                .bind(now)
+                .execute(&mut tx)
+                .await?;
+                if status == "failed" {
+                    Self::emit_exhausted(&mut tx, operations.as_deref(), &row.id, now).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
+    }
+}

@@ -1,0 +1,385 @@
+//! Row structs: how stored rows decode (on either backend) and become domain values. They stay
+//! private to the storage module.
+
+use std::collections::BTreeMap;
+
+use super::StoreError;
+use crate::crypto::Cipher;
+use crate::domain::delivery::{Attempt, Delivery, Event};
+use crate::domain::endpoint::{Endpoint, Secrets};
+use crate::domain::event_type::EventType;
+use crate::domain::tenant::Tenant;
+use crate::domain::token::Token;
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TokenRow {
+    id: String,
+    name: String,
+    tenant_id: Option<String>,
+    prefix: String,
+    created_at: i64,
+    last_used_at: Option<i64>,
+}
+
+impl From<TokenRow> for Token {
+    fn from(row: TokenRow) -> Self {
+        Token {
+            id: row.id,
+            name: row.name,
+            tenant_id: row.tenant_id,
+            prefix: row.prefix,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventTypeRow {
+    name: String,
+    description: String,
+    schema: Option<String>,
+    archived: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<EventTypeRow> for EventType {
+    type Error = StoreError;
+    fn try_from(row: EventTypeRow) -> Result<Self, StoreError> {
+        let schema = row.schema.as_deref().map(serde_json::from_str).transpose().map_err(corrupt)?;
+        Ok(EventType {
+            name: row.name,
+            description: row.description,
+            schema,
+            archived: row.archived,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TenantRow {
+    id: String,
+    external_id: Option<String>,
+    name: String,
+    metadata: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = StoreError;
+    fn try_from(row: TenantRow) -> Result<Self, StoreError> {
+        Ok(Tenant {
+            id: row.id,
+            external_id: row.external_id,
+            name: row.name,
+            metadata: serde_json::from_str(&row.metadata).map_err(corrupt)?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EndpointRow {
+    id: String,
+    tenant_id: String,
+    url: String,
+    description: String,
+    event_types: String,
+    headers: String,
+    enabled: bool,
+    disabled_reason: Option<String>,
+    disabled_at: Option<i64>,
+    fifo: bool,
+    max_in_flight: i32,
+    rate_limit_per_second: Option<i32>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<EndpointRow> for Endpoint {
+    type Error = StoreError;
+    fn try_from(row: EndpointRow) -> Result<Self, StoreError> {
+        let event_types: Vec<String> = serde_json::from_str(&row.event_types).map_err(corrupt)?;
+        let headers: BTreeMap<String, String> = serde_json::from_str(&row.headers).map_err(corrupt)?;
+        Ok(Endpoint {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            url: row.url,
+            description: row.description,
+            event_types,
+            headers,
+            enabled: row.enabled,
+            disabled_reason: row.disabled_reason,
+            disabled_at: row.disabled_at,
+            fifo: row.fifo,
+            max_in_flight: row.max_in_flight,
+            rate_limit_per_second: row.rate_limit_per_second,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SecretsRow {
+    pub(crate) secret: String,
+    pub(crate) previous_secret: Option<String>,
+    pub(crate) previous_secret_expires_at: Option<i64>,
+}
+
+impl From<SecretsRow> for Secrets {
+    fn from(row: SecretsRow) -> Self {
+        Secrets {
+            current: row.secret,
+            previous: row.previous_secret,
+            previous_expires_at: row.previous_secret_expires_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    id: String,
+    tenant_id: String,
+    event_type: String,
+    payload: Option<String>,
+    idempotency_key: Option<String>,
+    deliveries: i32,
+    created_at: i64,
+}
+
+impl From<EventRow> for Event {
+    fn from(row: EventRow) -> Self {
+        Event {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            event_type: row.event_type,
+            payload: row.payload,
+            idempotency_key: row.idempotency_key,
+            deliveries: row.deliveries,
+            created_at: row.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct DeliveryRow {
+    id: String,
+    event_id: String,
+    endpoint_id: String,
+    status: String,
+    attempt_count: i32,
+    next_attempt_at: i64,
+    lease_until: Option<i64>,
+    last_error: Option<String>,
+    created_at: i64,
+    completed_at: Option<i64>,
+}
+
+impl DeliveryRow {
+    pub(crate) fn into_delivery(self, now: i64) -> Delivery {
+        let pending = self.status == "pending";
+        Delivery {
+            id: self.id,
+            event_id: self.event_id,
+            endpoint_id: self.endpoint_id,
+            in_flight: pending && self.lease_until.is_some_and(|l| l > now),
+            next_attempt_at: pending.then_some(self.next_attempt_at),
+            status: self.status,
+            attempt_count: self.attempt_count,
+            last_error: self.last_error,
+            created_at: self.created_at,
+            completed_at: self.completed_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AttemptRow {
+    id: String,
+    number: i32,
+    started_at: i64,
+    duration_ms: Option<i64>,
+    status_code: Option<i32>,
+    error_kind: Option<String>,
+    error: Option<String>,
+    response_body: Option<String>,
+}
+
+impl From<AttemptRow> for Attempt {
+    fn from(row: AttemptRow) -> Self {
+        Attempt {
+            id: row.id,
+            number: row.number,
+            started_at: row.started_at,
+            duration_ms: row.duration_ms,
+            status_code: row.status_code,
+            error_kind: row.error_kind,
+            error: row.error,
+            response_body: row.response_body,
+        }
+    }
+}
+
+/// The fan-out view of an endpoint.
+#[derive(sqlx::FromRow)]
+pub(crate) struct FanoutRow {
+    pub(crate) id: String,
+    pub(crate) event_types: String,
+    pub(crate) enabled: bool,
+    pub(crate) fifo: bool,
+}
+
+/// An endpoint with deliveries that may be claimable, and what sending to it needs.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CandidateRow {
+    pub(crate) id: String,
+    pub(crate) max_in_flight: i32,
+    pub(crate) fifo: bool,
+    pub(crate) rate_limit_per_second: Option<i32>,
+    pub(crate) rate_next_at: Option<i64>,
+    pub(crate) url: String,
+    pub(crate) headers: String,
+    pub(crate) secret: String,
+    pub(crate) previous_secret: Option<String>,
+    pub(crate) previous_secret_expires_at: Option<i64>,
+    /// Attempts in flight now (leases not lapsed), across every process.
+    pub(crate) in_flight: i64,
+}
+
+impl CandidateRow {
+    pub(crate) fn headers(&self, cipher: &Cipher) -> Result<BTreeMap<String, String>, StoreError> {
+        let sealed: BTreeMap<String, String> = serde_json::from_str(&self.headers).map_err(corrupt)?;
+        sealed.into_iter().map(|(name, value)| Ok((name, cipher.open(&value).map_err(corrupt)?))).collect()
+    }
+
+    pub(crate) fn secrets(&self, cipher: &Cipher) -> Result<Secrets, StoreError> {
+        Ok(Secrets {
+            current: cipher.open(&self.secret).map_err(corrupt)?,
+            previous: self.previous_secret.as_deref().map(|p| cipher.open(p)).transpose().map_err(corrupt)?,
+            previous_expires_at: self.previous_secret_expires_at,
+        })
+    }
+
+    /// How many requests the endpoint's rate limit allows now, and the new theoretical arrival
+    /// time after `n` of them (GCRA with a burst of a tenth of a second's worth).
+    pub(crate) fn rate_room(&self, now: i64) -> Option<(i64, i64, i64)> {
+        let rate = i64::from(self.rate_limit_per_second?).max(1);
+        let interval = 1_000_000 / rate;
+        let burst = (rate / 10).max(1);
+        let tat = self.rate_next_at.unwrap_or(now).max(now);
+        let allowed = ((now + burst * interval - tat) / interval).max(0);
+        Some((allowed, tat, interval))
+    }
+}
+
+/// A claimable delivery.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClaimRow {
+    pub(crate) id: String,
+    pub(crate) event_id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) endpoint_id: String,
+    pub(crate) attempt_count: i32,
+    pub(crate) run_attempts: i32,
+    pub(crate) max_attempts: Option<i32>,
+    pub(crate) next_attempt_at: i64,
+    pub(crate) lease_until: Option<i64>,
+    pub(crate) payload: Option<String>,
+}
+
+/// A delivery row ingest writes with a multi-row insert.
+pub(crate) struct NewDeliveryRow<'a> {
+    pub(crate) id: String,
+    pub(crate) event: &'a super::NewEvent,
+    pub(crate) endpoint_id: String,
+    pub(crate) status: &'static str,
+    pub(crate) fifo_seq: Option<i64>,
+    pub(crate) last_error: Option<&'static str>,
+    pub(crate) completed_at: Option<i64>,
+    pub(crate) bypass: bool,
+}
+
+/// What one recording batch did to an endpoint's health columns.
+#[derive(Default)]
+pub(crate) struct HealthChange<'a> {
+    /// Some attempt succeeded.
+    pub(crate) any_success: bool,
+    /// The last attempt in the batch succeeded.
+    pub(crate) last_succeeded: bool,
+    /// The last failure's error, when some attempt failed.
+    pub(crate) last_error: Option<Option<&'a str>>,
+}
+
+impl<'a> HealthChange<'a> {
+    pub(crate) fn add(&mut self, record: &'a super::AttemptRecord) {
+        let success = record.next == super::NextState::Delivered;
+        self.last_succeeded = success;
+        if success {
+            self.any_success = true;
+        } else {
+            self.last_error = Some(record.error.as_deref());
+        }
+    }
+}
+
+/// An endpoint's health columns.
+#[derive(sqlx::FromRow)]
+pub(crate) struct HealthRow {
+    pub(crate) id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) url: String,
+    pub(crate) enabled: bool,
+    pub(crate) disabled_reason: Option<String>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_error_at: Option<i64>,
+    pub(crate) last_success_at: Option<i64>,
+}
+
+/// A failed delivery and its endpoint's `delivery.exhausted` report window.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ExhaustedRow {
+    pub(crate) tenant_id: String,
+    pub(crate) endpoint_id: String,
+    pub(crate) event_id: String,
+    pub(crate) attempt_count: i32,
+    pub(crate) last_error: Option<String>,
+    pub(crate) exhausted_window_start: Option<i64>,
+    pub(crate) exhausted_sent: i32,
+    pub(crate) exhausted_suppressed: i32,
+}
+
+/// A delivery whose lease lapsed.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ExpiredRow {
+    pub(crate) id: String,
+    pub(crate) status: String,
+    pub(crate) run_attempts: i32,
+    pub(crate) max_attempts: Option<i32>,
+}
+
+/// What a replay needs to know about a delivery.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ReplayRow {
+    pub(crate) status: String,
+    pub(crate) lease_until: Option<i64>,
+    pub(crate) enabled: bool,
+    pub(crate) deleted_at: Option<i64>,
+    pub(crate) payload_gone: bool,
+}
+
+/// A stored value that does not decode.
+pub(crate) fn corrupt(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(error.to_string())
+}
+
+/// A value as stored JSON text.
+pub(crate) fn to_json(value: &impl serde::Serialize) -> String {
+    // Serialising maps and vectors of strings cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}

@@ -1,0 +1,367 @@
+//! The one place SQL meets a driver. A statement is written once, with `$N` placeholders, and
+//! runs on either backend: [`Sql`] carries its text and its bound [`Value`]s, and turns them into
+//! the native SQLite or PostgreSQL arguments only when it runs, on an [`Ex`] (a connection, a
+//! pool or a transaction of either backend). Rows decode natively through `FromRow`, so a row
+//! struct works on both backends as long as its columns have portable types (TEXT, BIGINT,
+//! INTEGER, BOOLEAN).
+//!
+//! Why not `sqlx::Any`: Any decodes every column into its own value type first and refuses
+//! SQLite's BOOLEAN columns; why not code generic over `sqlx::Database`: every generic function
+//! would repeat a dozen trait bounds that Rust cannot imply. A closed enum of two backends is
+//! simpler than both.
+
+use std::borrow::Cow;
+
+use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow};
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool, SqliteRow};
+use sqlx::{Arguments, AssertSqlSafe, Executor, FromRow, Postgres, Sqlite};
+
+use super::StoreError;
+
+/// A value bound to a `$N` placeholder: the portable column types, each nullable.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Value<'a> {
+    /// TEXT.
+    Text(Option<Cow<'a, str>>),
+    /// BIGINT (ids of time: Unix microseconds; counts).
+    BigInt(Option<i64>),
+    /// INTEGER.
+    Int(Option<i32>),
+    /// BOOLEAN.
+    Bool(Option<bool>),
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(value: &'a str) -> Self {
+        Value::Text(Some(Cow::Borrowed(value)))
+    }
+}
+
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(value: &'a String) -> Self {
+        Value::Text(Some(Cow::Borrowed(value)))
+    }
+}
+
+impl From<String> for Value<'_> {
+    fn from(value: String) -> Self {
+        Value::Text(Some(Cow::Owned(value)))
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Value<'a> {
+    fn from(value: Option<&'a str>) -> Self {
+        Value::Text(value.map(Cow::Borrowed))
+    }
+}
+
+impl<'a> From<&'a Option<String>> for Value<'a> {
+    fn from(value: &'a Option<String>) -> Self {
+        Value::Text(value.as_deref().map(Cow::Borrowed))
+    }
+}
+
+impl From<Option<String>> for Value<'_> {
+    fn from(value: Option<String>) -> Self {
+        Value::Text(value.map(Cow::Owned))
+    }
+}
+
+impl From<i64> for Value<'_> {
+    fn from(value: i64) -> Self {
+        Value::BigInt(Some(value))
+    }
+}
+
+impl From<Option<i64>> for Value<'_> {
+    fn from(value: Option<i64>) -> Self {
+        Value::BigInt(value)
+    }
+}
+
+impl From<i32> for Value<'_> {
+    fn from(value: i32) -> Self {
+        Value::Int(Some(value))
+    }
+}
+
+impl From<Option<i32>> for Value<'_> {
+    fn from(value: Option<i32>) -> Self {
+        Value::Int(value)
+    }
+}
+
+impl From<bool> for Value<'_> {
+    fn from(value: bool) -> Self {
+        Value::Bool(Some(value))
+    }
+}
+
+/// A row type that decodes from either backend.
+pub(crate) trait Rows:
+    for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{
+}
+
+impl<T> Rows for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+
+/// Where a statement runs: a connection, a pool or an open transaction of either backend.
+pub(crate) enum Ex<'c> {
+    /// An SQLite connection (or the connection of a transaction).
+    Sqlite(&'c mut SqliteConnection),
+    /// An SQLite pool: a connection is taken for the statement.
+    SqlitePool(&'c SqlitePool),
+    /// A PostgreSQL connection (or the connection of a transaction).
+    Postgres(&'c mut PgConnection),
+    /// A PostgreSQL pool.
+    PgPool(&'c PgPool),
+}
+
+/// An open write transaction on either backend; dropped without `commit`, it rolls back.
+pub(crate) enum Tx {
+    /// SQLite.
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    /// PostgreSQL.
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+impl Tx {
+    /// Commits the transaction.
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+impl<'c> From<&'c mut Tx> for Ex<'c> {
+    fn from(tx: &'c mut Tx) -> Self {
+        match tx {
+            Tx::Sqlite(tx) => Ex::Sqlite(tx),
+            Tx::Postgres(tx) => Ex::Postgres(tx),
+        }
+    }
+}
+
+/// A statement and its arguments. Written with a `&'static str` for a fixed statement (cached
+/// as a prepared statement by the driver), or built with [`Sql::push`] and friends for a
+/// multi-row one.
+#[derive(Debug)]
+pub(crate) struct Sql<'a> {
+    text: Cow<'static, str>,
+    args: Vec<Value<'a>>,
+}
+
+/// A fixed statement.
+pub(crate) fn sql<'a>(text: &'static str) -> Sql<'a> {
+    Sql { text: Cow::Borrowed(text), args: Vec::new() }
+}
+
+impl<'a> Sql<'a> {
+    /// A statement built at run time, starting with `text`.
+    pub(crate) fn build(text: &str) -> Sql<'a> {
+        Sql { text: Cow::Owned(text.to_owned()), args: Vec::new() }
+    }
+
+    /// Binds the next `$N` placeholder.
+    pub(crate) fn bind(mut self, value: impl Into<Value<'a>>) -> Self {
+        self.args.push(value.into());
+        self
+    }
+
+    /// Appends text.
+    pub(crate) fn push(&mut self, text: &str) -> &mut Self {
+        self.text.to_mut().push_str(text);
+        self
+    }
+
+    /// Appends a placeholder for `value`.
+    pub(crate) fn push_bind(&mut self, value: impl Into<Value<'a>>) -> &mut Self {
+        self.args.push(value.into());
+        let placeholder = format!("${}", self.args.len());
+        self.push(&placeholder)
+    }
+
+    /// Appends `value`'s placeholder cast to `sql_type` (PostgreSQL types the columns of a
+    /// `values` list from their first row, and a NULL there has no type).
+    pub(crate) fn push_cast(&mut self, value: impl Into<Value<'a>>, sql_type: &str) -> &mut Self {
+        self.push("cast(").push_bind(value).push(" as ").push(sql_type).push(")")
+    }
+
+    /// Appends `(…), (…)`: one parenthesised tuple per item, written by `row`.
+    pub(crate) fn push_tuples<T>(
+        &mut self,
+        items: impl IntoIterator<Item = T>,
+        mut row: impl FnMut(&mut Tuple<'_, 'a>, T),
+    ) -> &mut Self {
+        for (index, item) in items.into_iter().enumerate() {
+            self.push(if index == 0 { "(" } else { ", (" });
+            row(&mut Tuple { sql: self, first: true }, item);
+            self.push(")");
+        }
+        self
+    }
+
+    /// Appends `$a, $b, …` for a list of values (an `in (…)` list).
+    pub(crate) fn push_list<V: Into<Value<'a>>>(&mut self, values: impl IntoIterator<Item = V>) -> &mut Self {
+        for (index, value) in values.into_iter().enumerate() {
+            if index > 0 {
+                self.push(", ");
+            }
+            self.push_bind(value);
+        }
+        self
+    }
+
+    /// Runs the statement; returns how many rows it changed.
+    pub(crate) async fn execute<'c>(self, on: impl Into<Ex<'c>>) -> Result<u64, StoreError> {
+        let done = match on.into() {
+            Ex::Sqlite(conn) => sqlite_execute(self, conn).await?,
+            Ex::SqlitePool(pool) => sqlite_execute(self, pool).await?,
+            Ex::Postgres(conn) => pg_execute(self, conn).await?,
+            Ex::PgPool(pool) => pg_execute(self, pool).await?,
+        };
+        Ok(done)
+    }
+
+    /// Runs the statement and decodes every row.
+    pub(crate) async fn fetch_all<'c, T: Rows>(self, on: impl Into<Ex<'c>>) -> Result<Vec<T>, StoreError> {
+        let rows = match on.into() {
+            Ex::Sqlite(conn) => sqlite_fetch(self, conn).await?,
+            Ex::SqlitePool(pool) => sqlite_fetch(self, pool).await?,
+            Ex::Postgres(conn) => pg_fetch(self, conn).await?,
+            Ex::PgPool(pool) => pg_fetch(self, pool).await?,
+        };
+        Ok(rows)
+    }
+
+    /// Runs a statement that returns at most one row.
+    pub(crate) async fn fetch_optional<'c, T: Rows>(
+        self,
+        on: impl Into<Ex<'c>>,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self.fetch_all(on).await?.into_iter().next())
+    }
+
+    /// Runs a statement that returns exactly one row; `NotFound` when it returns none.
+    pub(crate) async fn fetch_one<'c, T: Rows>(self, on: impl Into<Ex<'c>>) -> Result<T, StoreError> {
+        self.fetch_optional(on).await?.ok_or(StoreError::NotFound)
+    }
+
+    fn sqlite_args(&self) -> Result<SqliteArguments, sqlx::Error> {
+        let mut args = SqliteArguments::default();
+        for value in &self.args {
+            match value {
+                Value::Text(text) => args.add(text.as_deref()),
+                Value::BigInt(n) => args.add(*n),
+                Value::Int(n) => args.add(*n),
+                Value::Bool(b) => args.add(*b),
+            }
+            .map_err(sqlx::Error::Encode)?;
+        }
+        Ok(args)
+    }
+
+    fn pg_args(&self) -> Result<PgArguments, sqlx::Error> {
+        let mut args = PgArguments::default();
+        for value in &self.args {
+            match value {
+                Value::Text(text) => args.add(text.as_deref()),
+                Value::BigInt(n) => args.add(*n),
+                Value::Int(n) => args.add(*n),
+                Value::Bool(b) => args.add(*b),
+            }
+            .map_err(sqlx::Error::Encode)?;
+        }
+        Ok(args)
+    }
+}
+
+/// One tuple of [`Sql::push_tuples`]: its values, comma-separated.
+pub(crate) struct Tuple<'s, 'a> {
+    sql: &'s mut Sql<'a>,
+    first: bool,
+}
+
+impl<'a> Tuple<'_, 'a> {
+    fn separate(&mut self) {
+        if !std::mem::take(&mut self.first) {
+            self.sql.push(", ");
+        }
+    }
+
+    /// The next value.
+    pub(crate) fn bind(&mut self, value: impl Into<Value<'a>>) -> &mut Self {
+        self.separate();
+        self.sql.push_bind(value);
+        self
+    }
+
+    /// The next value, cast to `sql_type` (see [`Sql::push_cast`]).
+    pub(crate) fn cast(&mut self, value: impl Into<Value<'a>>, sql_type: &str) -> &mut Self {
+        self.separate();
+        self.sql.push_cast(value, sql_type);
+        self
+    }
+}
+
+async fn sqlite_execute<'c>(
+    statement: Sql<'_>,
+    on: impl Executor<'c, Database = Sqlite>,
+) -> Result<u64, sqlx::Error> {
+    let args = statement.sqlite_args()?;
+    Ok(sqlx::query_with(AssertSqlSafe(statement.text), args).execute(on).await?.rows_affected())
+}
+
+async fn sqlite_fetch<'c, T: Rows>(
+    statement: Sql<'_>,
+    on: impl Executor<'c, Database = Sqlite>,
+) -> Result<Vec<T>, sqlx::Error> {
+    let args = statement.sqlite_args()?;
+    sqlx::query_as_with(AssertSqlSafe(statement.text), args).fetch_all(on).await
+}
+
+async fn pg_execute<'c>(
+    statement: Sql<'_>,
+    on: impl Executor<'c, Database = Postgres>,
+) -> Result<u64, sqlx::Error> {
+    let args = statement.pg_args()?;
+    Ok(sqlx::query_with(AssertSqlSafe(statement.text), args).execute(on).await?.rows_affected())
+}
+
+async fn pg_fetch<'c, T: Rows>(
+    statement: Sql<'_>,
+    on: impl Executor<'c, Database = Postgres>,
+) -> Result<Vec<T>, sqlx::Error> {
+    let args = statement.pg_args()?;
+    sqlx::query_as_with(AssertSqlSafe(statement.text), args).fetch_all(on).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_in_binding_order() {
+        let mut statement = Sql::build("insert into t (a, b) values ");
+        statement.push_tuples([(1i64, "x"), (2, "y")], |tuple, (a, b)| {
+            tuple.cast(a, "bigint").bind(b);
+        });
+        statement.push(" returning a");
+        assert_eq!(
+            statement.text,
+            "insert into t (a, b) values (cast($1 as bigint), $2), (cast($3 as bigint), $4) returning a"
+        );
+        assert_eq!(statement.args.len(), 4);
+        assert_eq!(statement.args[3], Value::Text(Some(Cow::Borrowed("y"))));
+    }
+
+    #[test]
+    fn lists_are_comma_separated_tuples() {
+        let mut statement = Sql::build("delete from t where id in (");
+        statement.push_list(["a", "b", "c"]).push(")");
+        assert_eq!(statement.text, "delete from t where id in ($1, $2, $3)");
+    }
+}

@@ -1,0 +1,135 @@
+//! Stats: window totals from the rollup, the on-call overview of endpoints, and the backlog
+//! gauges.
+
+use super::rows::*;
+use super::sql::sql;
+use super::*;
+
+impl Store {
+    /// Rollup rows of one endpoint (`period` `m` or `h`, buckets from `since`), summed, with the
+    /// merged latency histogram.
+    pub async fn endpoint_window(
+        &self,
+        endpoint_id: &str,
+        period: &str,
+        since: i64,
+    ) -> Result<WindowTotals, StoreError> {
+        let rows: Vec<(i64, i64, i64, String)> = sql(r#"select attempts, successes, failures, latency_counts
+            from endpoint_stats
+            where endpoint_id = $1 and period = $2 and bucket_start >= $3"#)
+        .bind(endpoint_id)
+        .bind(period)
+        .bind(since)
+        .fetch_all(self.db.reader())
+        .await?;
+        let mut totals = WindowTotals::default();
+        for (attempts, successes, failures, latency) in rows {
+            totals.attempts += attempts;
+            totals.successes += successes;
+            totals.failures += failures;
+            crate::domain::stats::merge_histogram(&mut totals.latency, &latency);
+        }
+        Ok(totals)
+    }
+
+    /// Every live endpoint (of one tenant, or all) with its window totals and backlog; no
+    /// latency histograms.
+    pub async fn endpoints_overview(
+        &self,
+        tenant_id: Option<&str>,
+        endpoint_id: Option<&str>,
+        period: &str,
+        since: i64,
+    ) -> Result<Vec<EndpointHealth>, StoreError> {
+        let endpoints: Vec<HealthRow> = sql(
+            r#"select id, tenant_id, url, enabled, disabled_reason, last_error, last_error_at, last_success_at
+            from endpoints
+            where deleted_at is null and ($1 is null or tenant_id = $1) and ($2 is null or id = $2)"#,
+        )
+        .bind(tenant_id)
+        .bind(endpoint_id)
+        .fetch_all(self.db.reader())
+        .await?;
+        let sums: Vec<(String, i64, i64, i64)> =
+            sql(r#"select endpoint_id, cast(sum(attempts) as bigint), cast(sum(successes) as bigint),
+                cast(sum(failures) as bigint)
+            from endpoint_stats
+            where period = $1 and bucket_start >= $2 and ($3 is null or tenant_id = $3)
+              and ($4 is null or endpoint_id = $4)
+            group by endpoint_id"#)
+            .bind(period)
+            .bind(since)
+            .bind(tenant_id)
+            .bind(endpoint_id)
+            .fetch_all(self.db.reader())
+            .await?;
+        let backlog: Vec<(String, i64, Option<i64>)> = sql(r#"select endpoint_id, count(*), min(created_at)
+            from deliveries
+            where status = 'pending' and ($1 is null or tenant_id = $1) and ($2 is null or endpoint_id = $2)
+            group by endpoint_id"#)
+        .bind(tenant_id)
+        .bind(endpoint_id)
+        .fetch_all(self.db.reader())
+        .await?;
+        let sums: std::collections::HashMap<String, (i64, i64, i64)> =
+            sums.into_iter().map(|(id, a, s, f)| (id, (a, s, f))).collect();
+        let backlog: std::collections::HashMap<String, (i64, Option<i64>)> =
+            backlog.into_iter().map(|(id, n, oldest)| (id, (n, oldest))).collect();
+        Ok(endpoints
+            .into_iter()
+            .map(|row| {
+                let (attempts, successes, failures) = sums.get(&row.id).copied().unwrap_or_default();
+                let (pending, oldest_pending_at) = backlog.get(&row.id).copied().unwrap_or_default();
+                EndpointHealth {
+                    totals: WindowTotals { attempts, successes, failures, latency: Default::default() },
+                    pending,
+                    oldest_pending_at,
+                    endpoint_id: row.id,
+                    tenant_id: row.tenant_id,
+                    url: row.url,
+                    enabled: row.enabled,
+                    disabled_reason: row.disabled_reason,
+                    last_error: row.last_error,
+                    last_error_at: row.last_error_at,
+                    last_success_at: row.last_success_at,
+                }
+            })
+            .collect())
+    }
+
+    /// Backlog figures for the metrics gauges.
+    pub async fn delivery_gauges(&self) -> Result<DeliveryGauges, StoreError> {
+        let now = crate::domain::time::now_micros();
+        let (pending,): (i64,) = sql("select count(*) from deliveries where status = 'pending'")
+            .fetch_one(self.db.reader())
+            .await?;
+        let (oldest,): (Option<i64>,) = sql(r#"select min(next_attempt_at)
+            from deliveries
+            where status = 'pending'
+              and next_attempt_at <= $1
+              and (lease_until is null or lease_until < $1)"#)
+        .bind(now)
+        .fetch_one(self.db.reader())
+        .await?;
+        let (disabled,): (i64,) =
+            sql("select count(*) from endpoints where not enabled and deleted_at is null")
+                .fetch_one(self.db.reader())
+                .await?;
+        Ok(DeliveryGauges {
+            pending,
+            lag_seconds: oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1e6),
+            endpoints_disabled: disabled,
+        })
+    }
+
+    /// When the earliest pending delivery due after `now` falls due (Unix µs), if any.
+    pub async fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError> {
+        let (next,): (Option<i64>,) = sql(
+            "select min(next_attempt_at) from deliveries where status = 'pending' and next_attempt_at > $1",
+        )
+        .bind(now)
+        .fetch_one(self.db.reader())
+        .await?;
+        Ok(next)
+    }
+}
