@@ -75,7 +75,8 @@ pub struct Jobs {
     store: Arc<Store>,
     config: MaintenanceConfig,
     idempotency_window: Duration,
-    max_run_attempts: i32,
+    /// Retries a run allows (the lease job closes interrupted attempts within that budget).
+    retries: usize,
     holder: String,
 }
 
@@ -86,7 +87,7 @@ impl Jobs {
             store,
             config: config.maintenance.clone(),
             idempotency_window: config.ingest.idempotency_window,
-            max_run_attempts: config.delivery.retry_schedule.len() as i32 + 1,
+            retries: config.delivery.retry_schedule.len(),
             holder: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
@@ -124,7 +125,7 @@ impl Jobs {
             JobKind::Health => {
                 Ok(endpoint_health(self.store.as_ref(), now, self.config.disable_after).await?.len() as u64)
             }
-            JobKind::Leases => self.store.reap_expired_leases(self.max_run_attempts).await,
+            JobKind::Leases => self.store.reap_expired_leases(self.retries).await,
             JobKind::Stats => self.store.purge_stats(now - 2 * HOUR, now - 8 * 24 * HOUR).await,
         }
     }

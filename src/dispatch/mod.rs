@@ -16,9 +16,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::domain::delivery::{after_interruption, run_budget};
 use crate::domain::retry::{Outcome, RetryPolicy, jitter};
 use crate::domain::time::now_micros;
-use crate::storage::{AttemptRecord, Claimed, NextState, Store};
+use crate::storage::{AttemptRecord, Claimed, Store};
 use send::{Sender, Sent};
 
 /// Most deliveries claimed in one round trip.
@@ -99,9 +100,9 @@ impl Dispatcher {
         })
     }
 
-    /// Attempts a run allows: the first plus one per configured retry.
-    pub fn max_run_attempts(&self) -> i32 {
-        self.policy.schedule.len() as i32 + 1
+    /// Retries a run allows after its first attempt (unless a delivery sets its own budget).
+    pub fn retries(&self) -> usize {
+        self.policy.schedule.len()
     }
 
     /// Runs until `shutdown`: record and claim, send; then drains within the grace period.
@@ -123,7 +124,7 @@ impl Dispatcher {
             metrics::gauge!(crate::metrics::DISPATCHER_LAST_CLAIM).set(chrono::Utc::now().timestamp() as f64);
             if last_reap.elapsed() >= self.lease / 4 {
                 last_reap = tokio::time::Instant::now();
-                match self.store.reap_expired_leases(self.max_run_attempts()).await {
+                match self.store.reap_expired_leases(self.retries()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(count = n, "closed attempts whose lease lapsed as interrupted"),
                     Err(error) => tracing::error!(%error, "could not reap expired leases"),
@@ -285,13 +286,8 @@ impl Dispatcher {
             &self.sender
         };
         let sent = sender.send(&claim, payload).await;
-        let mut outcome = self.policy.decide(&sent.result, claim.run_attempt as u32, jitter());
-        if let Some(max) = claim.max_attempts
-            && claim.run_attempt >= max
-            && matches!(outcome, Outcome::Retry { .. })
-        {
-            outcome = Outcome::GiveUp { disable_endpoint: false };
-        }
+        let budget = run_budget(claim.max_attempts, self.retries());
+        let outcome = self.policy.decide(&sent.result, claim.run_attempt as u32, budget, jitter());
         let label = match sent.result.error {
             None => "success",
             Some(kind) => kind.outcome_label(),
@@ -342,18 +338,6 @@ impl Dispatcher {
     }
 
     fn record(&self, claim: &Claimed, sent: Sent, outcome: Outcome) -> AttemptRecord {
-        let (next, pause_for, disable_reason) = match outcome {
-            Outcome::Delivered => (NextState::Delivered, None, None),
-            Outcome::Retry { after, pause_endpoint } => {
-                let micros = after.as_micros() as i64;
-                (NextState::Retry(micros), pause_endpoint.then_some(micros), None)
-            }
-            Outcome::GiveUp { disable_endpoint } => (
-                NextState::Failed,
-                None,
-                disable_endpoint.then(|| "the endpoint answered 410 Gone".to_owned()),
-            ),
-        };
         AttemptRecord {
             delivery_id: claim.delivery_id.clone(),
             attempt_id: claim.attempt_id.clone(),
@@ -367,9 +351,7 @@ impl Dispatcher {
             last_error: sent.error.clone(),
             error: sent.error,
             response_body: sent.response_body,
-            next,
-            pause_for,
-            disable_reason,
+            outcome,
         }
     }
 
@@ -392,8 +374,8 @@ impl Dispatcher {
         let left: Vec<Claimed> =
             self.in_flight.lock().map(|mut m| m.drain().map(|(_, (c, _))| c).collect()).unwrap_or_default();
         for claim in left {
-            let max = claim.max_attempts.unwrap_or(self.max_run_attempts());
-            let next = if claim.run_attempt >= max { NextState::Failed } else { NextState::Retry(0) };
+            let outcome =
+                after_interruption(claim.run_attempt, run_budget(claim.max_attempts, self.retries()));
             let record = AttemptRecord {
                 delivery_id: claim.delivery_id.clone(),
                 attempt_id: claim.attempt_id.clone(),
@@ -407,9 +389,7 @@ impl Dispatcher {
                 error: Some("interrupted: the process stopped before the attempt finished".into()),
                 last_error: Some("interrupted".into()),
                 response_body: None,
-                next,
-                pause_for: None,
-                disable_reason: None,
+                outcome,
             };
             let _ = self.results.send(record);
         }

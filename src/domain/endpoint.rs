@@ -213,9 +213,104 @@ pub fn mask_header_value(value: &str) -> String {
     if value.is_empty() { String::new() } else { "********".to_owned() }
 }
 
+/// What a batch of finished attempts does to an endpoint's health columns (DESIGN §5.2):
+/// `last_success_at` on any 2xx, `last_error` of the last failure, and `failing_since`, set by
+/// the first failure after creation, enabling or a success and cleared by a 2xx.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HealthChange<'a> {
+    /// Some attempt succeeded.
+    pub any_success: bool,
+    /// The last attempt in the batch succeeded.
+    last_succeeded: bool,
+    /// The last failure's error, when some attempt failed.
+    pub last_failure: Option<Option<&'a str>>,
+}
+
+/// What happens to `failing_since`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailingSince {
+    /// The batch ended with a success: not failing.
+    Clear,
+    /// A success, then a failure: failing from now.
+    Restart,
+    /// Only failures: failing since when it was, or from now if it was not.
+    KeepOrStart,
+}
+
+impl FailingSince {
+    /// The name the store's update statement switches on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailingSince::Clear => "clear",
+            FailingSince::Restart => "now",
+            FailingSince::KeepOrStart => "keep",
+        }
+    }
+}
+
+impl<'a> HealthChange<'a> {
+    /// Adds one attempt, in the order they finished.
+    pub fn add(&mut self, success: bool, error: Option<&'a str>) {
+        self.last_succeeded = success;
+        if success {
+            self.any_success = true;
+        } else {
+            self.last_failure = Some(error);
+        }
+    }
+
+    /// What happens to `failing_since`.
+    pub fn failing_since(&self) -> FailingSince {
+        match (self.last_succeeded, self.any_success) {
+            (true, _) => FailingSince::Clear,
+            (false, true) => FailingSince::Restart,
+            (false, false) => FailingSince::KeepOrStart,
+        }
+    }
+}
+
+/// The health job's rule: an endpoint failing since at or before `failing_before`
+/// (`now − disable_after`) whose last failed attempt was at or after `failed_since` (the last
+/// 24 h) is disabled.
+pub fn is_dead(
+    failing_since: Option<i64>,
+    last_failure_at: Option<i64>,
+    failing_before: i64,
+    failed_since: i64,
+) -> bool {
+    failing_since.is_some_and(|since| since <= failing_before)
+        && last_failure_at.is_some_and(|at| at >= failed_since)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failing_since_follows_the_last_attempt_of_a_batch() {
+        let mut all_failed = HealthChange::default();
+        all_failed.add(false, Some("HTTP 500"));
+        all_failed.add(false, Some("timeout"));
+        assert_eq!(all_failed.failing_since(), FailingSince::KeepOrStart);
+        assert_eq!(all_failed.last_failure, Some(Some("timeout")));
+        assert!(!all_failed.any_success);
+        let mut recovered = all_failed.clone();
+        recovered.add(true, None);
+        assert_eq!(recovered.failing_since(), FailingSince::Clear);
+        let mut relapsed = recovered.clone();
+        relapsed.add(false, None);
+        assert_eq!(relapsed.failing_since(), FailingSince::Restart);
+        assert_eq!(relapsed.last_failure, Some(None));
+    }
+
+    #[test]
+    fn an_endpoint_is_dead_when_failing_long_enough_and_still_failing() {
+        assert!(is_dead(Some(10), Some(95), 10, 90));
+        assert!(!is_dead(Some(11), Some(95), 10, 90), "not failing for long enough");
+        assert!(!is_dead(Some(10), Some(89), 10, 90), "no failure in the last day");
+        assert!(!is_dead(None, Some(95), 10, 90), "not failing");
+        assert!(!is_dead(Some(10), None, 10, 90));
+    }
 
     #[test]
     fn generated_secrets_are_valid_and_unique() {

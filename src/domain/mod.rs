@@ -1,11 +1,13 @@
 //! Pure domain types and rules: no I/O, no database or HTTP types.
 
+pub mod claim;
 pub mod delivery;
 pub mod endpoint;
 pub mod event;
 pub mod event_type;
 pub mod id;
 pub mod net;
+pub mod operational;
 pub mod retry;
 pub mod signing;
 pub mod stats;

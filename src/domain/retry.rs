@@ -1,7 +1,18 @@
 //! What one attempt's result means for its delivery: delivered, retry after a backoff, or give
-//! up. DESIGN §5 rules; pure, so every branch is unit-tested.
+//! up; what counts as success; when a Retry-After pauses the endpoint. DESIGN §5 rules; pure, so
+//! every branch is unit-tested.
 
 use std::time::Duration;
+
+use crate::domain::delivery::DeliveryStatus;
+
+/// The one definition of success: the receiver answered 2xx.
+pub fn is_success(status: Option<i32>) -> bool {
+    status.is_some_and(|status| (200..300).contains(&status))
+}
+
+/// What a 410 Gone disables its endpoint with.
+pub const GONE_REASON: &str = "the endpoint answered 410 Gone";
 
 /// Why an attempt did not get a 2xx.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +91,30 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The delivery's status after this outcome.
+    pub fn status(&self) -> DeliveryStatus {
+        match self {
+            Outcome::Delivered => DeliveryStatus::Delivered,
+            Outcome::Retry { .. } => DeliveryStatus::Pending,
+            Outcome::GiveUp { .. } => DeliveryStatus::Failed,
+        }
+    }
+
+    /// How long the endpoint is paused (Retry-After), if it is.
+    pub fn pause(&self) -> Option<Duration> {
+        match self {
+            Outcome::Retry { after, pause_endpoint: true } => Some(*after),
+            _ => None,
+        }
+    }
+
+    /// Why the endpoint is disabled (410 Gone), if it is.
+    pub fn disables_endpoint(&self) -> Option<&'static str> {
+        matches!(self, Outcome::GiveUp { disable_endpoint: true }).then_some(GONE_REASON)
+    }
+}
+
 /// The retry rules.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -92,11 +127,14 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Decides the delivery's fate after attempt number `run_attempt` (1-based, within the run).
-    /// `jitter` is a factor in [0.8, 1.2].
-    pub fn decide(&self, result: &AttemptResult, run_attempt: u32, jitter: f64) -> Outcome {
+    /// Decides the delivery's fate after attempt number `run_attempt` (1-based, within the run)
+    /// of a run that allows `budget` attempts (see `delivery::run_budget`). `jitter` is a factor
+    /// in [0.8, 1.2].
+    pub fn decide(&self, result: &AttemptResult, run_attempt: u32, budget: i32, jitter: f64) -> Outcome {
+        if is_success(result.status.map(i32::from)) {
+            return Outcome::Delivered;
+        }
         let retryable = match (result.status, result.error) {
-            (Some(status), _) if (200..300).contains(&status) => return Outcome::Delivered,
             (Some(410), _) => return Outcome::GiveUp { disable_endpoint: true },
             (_, Some(ErrorKind::BlockedAddress)) => false,
             (Some(status), _) => {
@@ -108,17 +146,21 @@ impl RetryPolicy {
             (None, _) => true,
         };
         let index = run_attempt.saturating_sub(1) as usize;
-        if !retryable || index >= self.schedule.len() {
+        if !retryable || index >= self.schedule.len() || i64::from(run_attempt) >= i64::from(budget) {
             return Outcome::GiveUp { disable_endpoint: false };
         }
         let backoff = self.schedule[index].mul_f64(jitter.clamp(0.8, 1.2));
-        match result.retry_after.filter(|d| !d.is_zero()) {
-            Some(wait) if matches!(result.status, Some(429 | 503)) => {
-                let wait = wait.min(self.retry_after_max);
-                Outcome::Retry { after: backoff.max(wait), pause_endpoint: true }
-            }
-            _ => Outcome::Retry { after: backoff, pause_endpoint: false },
+        match self.retry_after_pause(result) {
+            Some(wait) => Outcome::Retry { after: backoff.max(wait), pause_endpoint: true },
+            None => Outcome::Retry { after: backoff, pause_endpoint: false },
         }
+    }
+
+    /// How long a Retry-After asks the whole endpoint to wait: only on 429 and 503, never zero,
+    /// at most `retry_after_max`.
+    pub fn retry_after_pause(&self, result: &AttemptResult) -> Option<Duration> {
+        let wait = result.retry_after.filter(|wait| !wait.is_zero())?;
+        matches!(result.status, Some(429 | 503)).then(|| wait.min(self.retry_after_max))
     }
 }
 
@@ -155,42 +197,68 @@ mod tests {
 
     #[test]
     fn success_and_permanent_failures() {
-        assert_eq!(policy().decide(&status(200), 1, 1.0), Outcome::Delivered);
-        assert_eq!(policy().decide(&status(204), 4, 1.0), Outcome::Delivered);
-        assert_eq!(policy().decide(&status(410), 1, 1.0), Outcome::GiveUp { disable_endpoint: true });
-        assert_eq!(policy().decide(&status(400), 1, 1.0), Outcome::GiveUp { disable_endpoint: false });
+        assert_eq!(policy().decide(&status(200), 1, 4, 1.0), Outcome::Delivered);
+        assert_eq!(policy().decide(&status(204), 4, 4, 1.0), Outcome::Delivered);
+        assert_eq!(policy().decide(&status(410), 1, 4, 1.0), Outcome::GiveUp { disable_endpoint: true });
+        assert_eq!(policy().decide(&status(400), 1, 4, 1.0), Outcome::GiveUp { disable_endpoint: false });
         let blocked =
             AttemptResult { status: None, error: Some(ErrorKind::BlockedAddress), retry_after: None };
-        assert_eq!(policy().decide(&blocked, 1, 1.0), Outcome::GiveUp { disable_endpoint: false });
+        assert_eq!(policy().decide(&blocked, 1, 4, 1.0), Outcome::GiveUp { disable_endpoint: false });
     }
 
     #[test]
     fn retryable_failures_follow_the_schedule_then_give_up() {
         for code in [408, 425, 429, 500, 503, 301] {
-            assert!(matches!(policy().decide(&status(code), 1, 1.0), Outcome::Retry { .. }), "{code}");
+            assert!(matches!(policy().decide(&status(code), 1, 4, 1.0), Outcome::Retry { .. }), "{code}");
         }
         let timeout = AttemptResult { status: None, error: Some(ErrorKind::Timeout), retry_after: None };
         assert_eq!(
-            policy().decide(&timeout, 1, 1.0),
+            policy().decide(&timeout, 1, 4, 1.0),
             Outcome::Retry { after: Duration::from_secs(5), pause_endpoint: false }
         );
         assert_eq!(
-            policy().decide(&timeout, 2, 1.0),
+            policy().decide(&timeout, 2, 4, 1.0),
             Outcome::Retry { after: Duration::from_secs(300), pause_endpoint: false }
         );
         assert_eq!(
-            policy().decide(&timeout, 3, 1.2),
+            policy().decide(&timeout, 3, 4, 1.2),
             Outcome::Retry { after: Duration::from_secs(2160), pause_endpoint: false }
         );
-        assert_eq!(policy().decide(&timeout, 4, 1.0), Outcome::GiveUp { disable_endpoint: false });
+        assert_eq!(policy().decide(&timeout, 4, 4, 1.0), Outcome::GiveUp { disable_endpoint: false });
+    }
+
+    #[test]
+    fn a_run_with_a_smaller_budget_gives_up_sooner() {
+        let timeout = AttemptResult { status: None, error: Some(ErrorKind::Timeout), retry_after: None };
+        assert_eq!(policy().decide(&timeout, 1, 1, 1.0), Outcome::GiveUp { disable_endpoint: false });
+        assert!(matches!(policy().decide(&timeout, 1, 2, 1.0), Outcome::Retry { .. }));
+    }
+
+    #[test]
+    fn success_is_a_2xx_and_nothing_else() {
+        assert!(is_success(Some(200)) && is_success(Some(299)));
+        assert!(!is_success(Some(199)) && !is_success(Some(300)) && !is_success(None));
+    }
+
+    #[test]
+    fn an_outcome_names_the_next_status_and_what_it_does_to_the_endpoint() {
+        assert_eq!(Outcome::Delivered.status(), DeliveryStatus::Delivered);
+        let paused = Outcome::Retry { after: Duration::from_secs(60), pause_endpoint: true };
+        assert_eq!(paused.status(), DeliveryStatus::Pending);
+        assert_eq!(paused.pause(), Some(Duration::from_secs(60)));
+        assert_eq!(Outcome::Retry { after: Duration::from_secs(5), pause_endpoint: false }.pause(), None);
+        let gone = Outcome::GiveUp { disable_endpoint: true };
+        assert_eq!(gone.status(), DeliveryStatus::Failed);
+        assert_eq!(gone.disables_endpoint(), Some(GONE_REASON));
+        assert_eq!(Outcome::GiveUp { disable_endpoint: false }.disables_endpoint(), None);
     }
 
     #[test]
     fn client_errors_retry_when_configured() {
         let mut policy = policy();
         policy.retry_client_errors = true;
-        assert!(matches!(policy.decide(&status(404), 1, 1.0), Outcome::Retry { .. }));
-        assert_eq!(policy.decide(&status(410), 1, 1.0), Outcome::GiveUp { disable_endpoint: true });
+        assert!(matches!(policy.decide(&status(404), 1, 4, 1.0), Outcome::Retry { .. }));
+        assert_eq!(policy.decide(&status(410), 1, 4, 1.0), Outcome::GiveUp { disable_endpoint: true });
     }
 
     #[test]
@@ -198,18 +266,18 @@ mod tests {
         let mut result = status(429);
         result.retry_after = Some(Duration::from_secs(60));
         assert_eq!(
-            policy().decide(&result, 1, 1.0),
+            policy().decide(&result, 1, 4, 1.0),
             Outcome::Retry { after: Duration::from_secs(60), pause_endpoint: true }
         );
         result.retry_after = Some(Duration::from_secs(86_400));
         assert_eq!(
-            policy().decide(&result, 1, 1.0),
+            policy().decide(&result, 1, 4, 1.0),
             Outcome::Retry { after: Duration::from_secs(3600), pause_endpoint: true }
         );
         let mut ignored = status(500);
         ignored.retry_after = Some(Duration::from_secs(60));
         assert_eq!(
-            policy().decide(&ignored, 1, 1.0),
+            policy().decide(&ignored, 1, 4, 1.0),
             Outcome::Retry { after: Duration::from_secs(5), pause_endpoint: false }
         );
     }

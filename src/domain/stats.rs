@@ -97,6 +97,67 @@ pub fn histogram_json(histogram: &BTreeMap<i64, i64>) -> String {
     serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_owned())
 }
 
+/// One rollup bucket: an endpoint's attempts finished in one minute (`m`) or one hour (`h`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Bucket {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// `m` or `h`.
+    pub period: &'static str,
+    /// The bucket's start (Unix µs).
+    pub start: i64,
+}
+
+/// What attempts add to one bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Attempts finished.
+    pub attempts: i64,
+    /// 2xx answers.
+    pub successes: i64,
+    /// Everything else.
+    pub failures: i64,
+    /// Whole milliseconds → attempts.
+    pub latency: BTreeMap<i64, i64>,
+}
+
+/// The stats rollup of a batch of finished attempts: each attempt counts once in its minute
+/// bucket and once in its hour bucket, so every window is a sum of stored buckets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rollup(pub BTreeMap<Bucket, Counts>);
+
+impl Rollup {
+    /// Counts one attempt of `endpoint_id` that finished at `finished_at` (Unix µs) after
+    /// `duration_ms`.
+    pub fn add(
+        &mut self,
+        endpoint_id: &str,
+        tenant_id: &str,
+        finished_at: i64,
+        success: bool,
+        duration_ms: i64,
+    ) {
+        for (period, size) in [("m", MINUTE), ("h", HOUR)] {
+            let bucket = Bucket {
+                endpoint_id: endpoint_id.to_owned(),
+                tenant_id: tenant_id.to_owned(),
+                period,
+                start: floor(finished_at, size),
+            };
+            let counts = self.0.entry(bucket).or_default();
+            counts.attempts += 1;
+            if success {
+                counts.successes += 1;
+            } else {
+                counts.failures += 1;
+            }
+            *counts.latency.entry(duration_ms.max(0)).or_default() += 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +183,26 @@ mod tests {
         let mut merged = BTreeMap::from([(3, 1)]);
         merge_histogram(&mut merged, &histogram_json(&h));
         assert_eq!(merged, BTreeMap::from([(3, 3), (10, 1)]));
+    }
+
+    #[test]
+    fn an_attempt_counts_once_in_its_minute_and_once_in_its_hour() {
+        let mut rollup = Rollup::default();
+        rollup.add("ep_1", "tnt_1", 2 * HOUR + 5 * MINUTE + 7, true, 12);
+        rollup.add("ep_1", "tnt_1", 2 * HOUR + 5 * MINUTE + 9, false, 30);
+        rollup.add("ep_1", "tnt_1", 2 * HOUR + 6 * MINUTE, false, -1);
+        assert_eq!(rollup.0.len(), 3, "two minutes and one hour");
+        let hour = &rollup.0
+            [&Bucket { endpoint_id: "ep_1".into(), tenant_id: "tnt_1".into(), period: "h", start: 2 * HOUR }];
+        assert_eq!((hour.attempts, hour.successes, hour.failures), (3, 1, 2));
+        assert_eq!(hour.latency, BTreeMap::from([(0, 1), (12, 1), (30, 1)]), "negative durations count as 0");
+        let minute = &rollup.0[&Bucket {
+            endpoint_id: "ep_1".into(),
+            tenant_id: "tnt_1".into(),
+            period: "m",
+            start: 2 * HOUR + 5 * MINUTE,
+        }];
+        assert_eq!((minute.attempts, minute.successes, minute.failures), (2, 1, 1));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::AppState;
 use super::error::{ApiError, Problem};
 use super::events::parse_time;
 use super::extract::{ApiQuery, Auth, PageParams, Pager};
+use crate::domain::delivery::DeliveryStatus;
 use crate::domain::delivery::{Attempt, Delivery};
 use crate::domain::time::format_micros;
 use crate::storage::{DeliveryFilter, RetryError, StoreError};
@@ -57,7 +58,7 @@ impl From<Delivery> for DeliveryOut {
             id: d.id,
             event_id: d.event_id,
             endpoint_id: d.endpoint_id,
-            status: d.status,
+            status: d.status.as_str().to_owned(),
             in_flight: d.in_flight,
             attempt_count: d.attempt_count,
             next_attempt_at: d.next_attempt_at.map(format_micros),
@@ -148,13 +149,15 @@ pub async fn list_deliveries(
     ApiQuery(query): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<DeliveryList>, ApiError> {
     let tenant = auth.tenant(&state, &tenant).await?;
-    if let Some(status) = &query.status
-        && !matches!(status.as_str(), "pending" | "delivered" | "failed")
-    {
-        return Err(ApiError::invalid("status", "must be `pending`, `delivered` or `failed`"));
-    }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(
+            DeliveryStatus::parse(text)
+                .ok_or_else(|| ApiError::invalid("status", "must be `pending`, `delivered` or `failed`"))?,
+        ),
+    };
     let filter = DeliveryFilter {
-        status: query.status.clone(),
+        status,
         endpoint_id: query.endpoint_id.clone(),
         event_id: query.event_id.clone(),
         since: parse_time("since", query.since.as_deref())?,

@@ -149,7 +149,7 @@ impl From<Delivery> for DeliverySummary {
         DeliverySummary {
             id: d.id,
             endpoint_id: d.endpoint_id,
-            status: d.status,
+            status: d.status.as_str().to_owned(),
             attempt_count: d.attempt_count,
             next_attempt_at: d.next_attempt_at.map(format_micros),
         }

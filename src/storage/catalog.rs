@@ -1,8 +1,10 @@
 //! Tokens, event types and tenants: the catalogue a platform manages with its admin token.
 
+use super::endpoints::Scope;
 use super::rows::*;
 use super::sql::sql;
 use super::*;
+use crate::domain::delivery::Stopped;
 use crate::domain::event_type::EventType;
 use crate::domain::tenant::Tenant;
 use crate::domain::token::Token;
@@ -227,13 +229,7 @@ impl Store {
         if done == 0 {
             return Err(StoreError::NotFound);
         }
-        sql(r#"update deliveries
-            set status = 'failed', last_error = 'endpoint_deleted', completed_at = $2
-            where tenant_id = $1 and status = 'pending'"#)
-        .bind(id)
-        .bind(at)
-        .execute(&mut tx)
-        .await?;
+        Self::stop_pending(&mut tx, Scope::Tenant(id), Stopped::Deleted, at).await?;
         sql("update endpoints set deleted_at = $2 where tenant_id = $1 and deleted_at is null")
             .bind(id)
             .bind(at)

@@ -4,6 +4,7 @@
 use super::rows::*;
 use super::sql::{Sql, Tx, sql};
 use super::*;
+use crate::domain::claim::{fifo_head_ready, next_cursor};
 
 /// Most rows one multi-row claim statement carries (well under both backends' bind limits).
 pub(super) const CLAIM_CHUNK: usize = 500;
@@ -86,12 +87,12 @@ impl Store {
         now: i64,
         n: i64,
     ) -> Result<(), StoreError> {
-        if let Some((_, tat, interval)) = endpoint.rate_room(now)
+        if let Some(rate) = endpoint.candidate().rate
             && n > 0
         {
             sql("update endpoints set rate_next_at = $2 where id = $1")
                 .bind(&endpoint.id)
-                .bind(tat + interval * n)
+                .bind(rate.charged(now, n))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -159,15 +160,7 @@ impl Store {
             if picked.len() as i64 >= limit {
                 break;
             }
-            let in_flight = endpoint.in_flight;
-            let mut room = if endpoint.fifo {
-                i64::from(in_flight == 0)
-            } else {
-                i64::from(endpoint.max_in_flight) - in_flight
-            };
-            if let Some((allowed, _, _)) = endpoint.rate_room(now) {
-                room = room.min(allowed);
-            }
+            let room = endpoint.candidate().room(now);
             if room <= 0 {
                 continue;
             }
@@ -185,8 +178,9 @@ impl Store {
                 .bind(&endpoint.id)
                 .fetch_optional(&mut *tx)
                 .await?;
-                // A lapsed lease is closed by the reaper first, so its attempt is recorded.
-                if let Some(head) = head.filter(|h| h.next_attempt_at <= now && h.lease_until.is_none()) {
+                if let Some(head) =
+                    head.filter(|h| fifo_head_ready(h.next_attempt_at, h.lease_until.is_some(), now))
+                {
                     Self::charge_rate(tx, &endpoint, now, 1).await?;
                     picked.push((head, endpoint));
                 }
@@ -218,11 +212,9 @@ impl Store {
             }
         }
 
-        // The next cycle starts after the last endpoint served (or, when none was, after
-        // the last one looked at).
         let served: std::collections::HashSet<&str> =
             picked.iter().map(|(row, _)| row.endpoint_id.as_str()).collect();
-        if let Some(last) = order.iter().rev().find(|id| served.contains(id.as_str())).or(order.last())
+        if let Some(last) = next_cursor(&order, &served)
             && let Ok(mut cursor) = self.claim_cursor.lock()
         {
             *cursor = Some(last.clone());

@@ -4,6 +4,7 @@
 use super::rows::*;
 use super::sql::{Tx, sql};
 use super::*;
+use crate::domain::delivery::Stopped;
 use crate::domain::endpoint::{Endpoint, Secrets};
 
 impl Store {
@@ -127,41 +128,31 @@ impl Store {
         if done == 0 {
             return Err(StoreError::NotFound);
         }
-        if !endpoint.enabled {
-            Self::fail_pending(&mut tx, &endpoint.id, "endpoint_disabled", endpoint.updated_at).await?;
-        }
-        if was_enabled != endpoint.enabled {
-            let (event_type, data) = if endpoint.enabled {
-                (
+        match (was_enabled, endpoint.enabled) {
+            (true, false) => {
+                let target = (endpoint.tenant_id.as_str(), endpoint.id.as_str());
+                let reason = endpoint.disabled_reason.as_deref();
+                Self::endpoint_disabled(&mut tx, operations.as_deref(), target, reason, endpoint.updated_at)
+                    .await?;
+            }
+            (false, true) => {
+                let data = serde_json::json!({"tenant_id": endpoint.tenant_id, "endpoint_id": endpoint.id});
+                Self::emit_operational(
+                    &mut tx,
+                    operations.as_deref(),
+                    &endpoint.tenant_id,
                     "endpoint.enabled",
-                    serde_json::json!({"tenant_id": endpoint.tenant_id, "endpoint_id": endpoint.id}),
+                    data,
                 )
-            } else {
-                (
-                    "endpoint.disabled",
-                    serde_json::json!({
-                        "tenant_id": endpoint.tenant_id,
-                        "endpoint_id": endpoint.id,
-                        "reason": endpoint.disabled_reason,
-                        "disabled_at": endpoint.disabled_at.map(crate::domain::time::format_micros),
-                    }),
-                )
-            };
-            Self::emit_operational(
-                &mut tx,
-                operations.as_deref(),
-                &endpoint.tenant_id,
-                event_type,
-                data,
-                endpoint.updated_at,
-            )
-            .await?;
+                .await?;
+            }
+            _ => {}
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Soft-deletes an endpoint and fails its pending deliveries with `endpoint_deleted`.
+    /// Soft-deletes an endpoint; its pending deliveries stop (`Stopped::Deleted`).
     pub async fn delete_endpoint(&self, tenant_id: &str, id: &str, at: i64) -> Result<(), StoreError> {
         let mut tx = self.db.begin().await?;
         let done = sql(
@@ -175,13 +166,7 @@ impl Store {
         if done == 0 {
             return Err(StoreError::NotFound);
         }
-        sql(r#"update deliveries
-            set status = 'failed', last_error = 'endpoint_deleted', completed_at = $2
-            where endpoint_id = $1 and status = 'pending'"#)
-        .bind(id)
-        .bind(at)
-        .execute(&mut tx)
-        .await?;
+        Self::stop_pending(&mut tx, Scope::Endpoint(id), Stopped::Deleted, at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -265,21 +250,85 @@ impl Store {
         })
     }
 
-    /// Fails an endpoint's pending deliveries that are not in flight.
-    pub(super) async fn fail_pending(
+    /// Applies the stop rule (`Stopped::fails_now`) to the pending deliveries of `scope`: those
+    /// not in flight fail with the stop's reason (test events too when it is a deletion).
+    pub(super) async fn stop_pending(
         tx: &mut Tx,
-        endpoint_id: &str,
-        reason: &str,
+        scope: Scope<'_>,
+        stopped: Stopped,
         now: i64,
     ) -> Result<u64, StoreError> {
-        let done = sql(r#"update deliveries
-            set status = 'failed', last_error = $2, completed_at = $3
-            where endpoint_id = $1 and status = 'pending' and not bypass and lease_until is null"#)
+        let (statement, id) = match scope {
+            Scope::Endpoint(id) => (
+                sql(r#"update deliveries
+                    set status = 'failed', last_error = $2, completed_at = $3
+                    where endpoint_id = $1 and status = 'pending' and lease_until is null and ($4 or not bypass)"#),
+                id,
+            ),
+            Scope::Tenant(id) => (
+                sql(r#"update deliveries
+                    set status = 'failed', last_error = $2, completed_at = $3
+                    where tenant_id = $1 and status = 'pending' and lease_until is null and ($4 or not bypass)"#),
+                id,
+            ),
+        };
+        statement
+            .bind(id)
+            .bind(stopped.reason())
+            .bind(now)
+            .bind(stopped.fails_test_events())
+            .execute(&mut *tx)
+            .await
+    }
+
+    /// Disables an enabled endpoint for `reason` (a 410 Gone, the health job) and applies
+    /// [`Store::endpoint_disabled`]; returns whether it was enabled.
+    pub(super) async fn disable_endpoint_tx(
+        tx: &mut Tx,
+        operations: Option<&str>,
+        (tenant_id, endpoint_id): (&str, &str),
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let disabled = sql(r#"update endpoints set enabled = false, disabled_reason = $2, disabled_at = $3
+            where id = $1 and enabled"#)
         .bind(endpoint_id)
         .bind(reason)
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        Ok(done)
+        if disabled > 0 {
+            Self::endpoint_disabled(tx, operations, (tenant_id, endpoint_id), Some(reason), now).await?;
+        }
+        Ok(disabled > 0)
     }
+
+    /// What follows disabling an endpoint, whichever path disabled it (PATCH, `…/disable`, a 410,
+    /// the health job): its pending deliveries stop, and the platform is told
+    /// (`endpoint.disabled`).
+    async fn endpoint_disabled(
+        tx: &mut Tx,
+        operations: Option<&str>,
+        (tenant_id, endpoint_id): (&str, &str),
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        Self::stop_pending(tx, Scope::Endpoint(endpoint_id), Stopped::Disabled, at).await?;
+        let data = serde_json::json!({
+            "tenant_id": tenant_id,
+            "endpoint_id": endpoint_id,
+            "reason": reason,
+            "disabled_at": crate::domain::time::format_micros(at),
+        });
+        Self::emit_operational(tx, operations, tenant_id, "endpoint.disabled", data).await?;
+        Ok(())
+    }
+}
+
+/// Whose pending deliveries a stop applies to.
+pub(super) enum Scope<'a> {
+    /// One endpoint's.
+    Endpoint(&'a str),
+    /// Every endpoint's of a tenant.
+    Tenant(&'a str),
 }

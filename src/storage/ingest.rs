@@ -1,10 +1,10 @@
 //! Ingest: events and their fan-out (one delivery per matching endpoint) in one transaction,
-//! idempotency keys of the ingest routes, and operational events written in the transaction of
-//! the change they report.
+//! with the idempotency keys of the ingest routes.
 
 use super::rows::*;
 use super::sql::{Sql, Tx, sql};
 use super::*;
+use crate::domain::delivery::{DeliveryStatus, Stopped};
 
 /// Most rows one multi-row insert carries at ingest (12 binds a delivery row: well under both
 /// backends' bind limits).
@@ -133,10 +133,12 @@ impl Store {
                 } else {
                     None
                 };
+                // A disabled endpoint still gets its delivery, failed as if it had been pending
+                // when the endpoint stopped, so that it can be replayed.
                 let (status, last_error, completed_at) = if *enabled {
-                    ("pending", None, None)
+                    (DeliveryStatus::Pending, None, None)
                 } else {
-                    ("failed", Some("endpoint_disabled"), Some(event.created_at))
+                    (DeliveryStatus::Failed, Some(Stopped::Disabled.reason()), Some(event.created_at))
                 };
                 delivery_rows.push(NewDeliveryRow {
                     id: crate::domain::id::new_id(crate::domain::id::IdKind::Delivery),
@@ -151,7 +153,7 @@ impl Store {
             }
             outcomes.push(IngestOutcome::Created { deliveries: targets.len() as i32 });
         }
-        let work = delivery_rows.iter().any(|row| row.status == "pending");
+        let work = delivery_rows.iter().any(|row| row.status == DeliveryStatus::Pending);
         Self::flush_ingest(tx, &mut event_rows, &mut delivery_rows).await?;
         if work {
             tx.notify_work().await?;
@@ -192,7 +194,7 @@ impl Store {
                     .bind(&d.event.id)
                     .bind(&d.event.tenant_id)
                     .bind(&d.endpoint_id)
-                    .bind(d.status)
+                    .bind(d.status.as_str())
                     .bind(d.event.created_at)
                     .bind(d.fifo_seq)
                     .bind(d.last_error)
@@ -205,117 +207,6 @@ impl Store {
         }
         events.clear();
         deliveries.clear();
-        Ok(())
-    }
-
-    /// Writes an operational event about `subject_tenant` for the operations tenant, in `tx`.
-    /// Nothing is reported about the operations tenant's own endpoints (no loops).
-    pub(super) async fn emit_operational(
-        tx: &mut Tx,
-        operations: Option<&str>,
-        subject_tenant: &str,
-        event_type: &str,
-        data: serde_json::Value,
-        // The reported change's own time is in `data`; the event is accepted now.
-        _changed_at: i64,
-    ) -> Result<bool, StoreError> {
-        let Some(key) = operations else { return Ok(false) };
-        let ops: Option<(String,)> =
-            sql("select id from tenants where (id = $1 or external_id = $1) and deleted_at is null")
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((ops_id,)) = ops else { return Ok(false) };
-        if ops_id == subject_tenant {
-            return Ok(false);
-        }
-        // Accepted now by the database clock, whatever clock the reported change used.
-        let now = tx.now().await?;
-        let id = crate::domain::id::new_id(crate::domain::id::IdKind::Event);
-        let payload = crate::domain::event::envelope(
-            &id,
-            event_type,
-            &crate::domain::time::format_micros(now),
-            &data.to_string(),
-        );
-        let event = NewEvent {
-            id,
-            tenant_id: ops_id,
-            event_type: event_type.to_owned(),
-            payload,
-            idempotency: None,
-            created_at: now,
-            only_endpoint: None,
-        };
-        Self::ingest_tx(tx, std::slice::from_ref(&event), now).await?;
-        Ok(true)
-    }
-
-    /// Reports a delivery left `failed`, at most 10 a minute per endpoint; the first one
-    /// after a quiet spell carries how many were suppressed.
-    pub(super) async fn emit_exhausted(
-        tx: &mut Tx,
-        operations: Option<&str>,
-        delivery_id: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        if operations.is_none() {
-            return Ok(());
-        }
-        let row: Option<ExhaustedRow> =
-            sql(r#"select d.tenant_id, d.endpoint_id, d.event_id, d.attempt_count, d.last_error,
-                    e.exhausted_window_start, e.exhausted_sent, e.exhausted_suppressed
-                from deliveries d
-                join endpoints e on e.id = d.endpoint_id
-                where d.id = $1"#)
-            .bind(delivery_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(ExhaustedRow {
-            tenant_id,
-            endpoint_id,
-            event_id,
-            attempt_count: attempts,
-            last_error,
-            exhausted_window_start: window,
-            exhausted_sent: sent,
-            exhausted_suppressed: suppressed,
-        }) = row
-        else {
-            return Ok(());
-        };
-        let (window, sent) = match window {
-            Some(start) if now - start < 60_000_000 => (start, sent),
-            _ => (now, 0),
-        };
-        if sent >= 10 {
-            sql("update endpoints set exhausted_suppressed = exhausted_suppressed + 1 where id = $1")
-                .bind(&endpoint_id)
-                .execute(&mut *tx)
-                .await?;
-            return Ok(());
-        }
-        let mut data = serde_json::json!({
-            "tenant_id": tenant_id,
-            "endpoint_id": endpoint_id,
-            "event_id": event_id,
-            "delivery_id": delivery_id,
-            "attempts": attempts,
-            "last_error": last_error,
-        });
-        if suppressed > 0 {
-            data["suppressed"] = suppressed.into();
-        }
-        if Self::emit_operational(tx, operations, &tenant_id, "delivery.exhausted", data, now).await? {
-            sql(r#"update endpoints
-                set exhausted_window_start = $2, exhausted_sent = $3, exhausted_suppressed = 0
-                where id = $1"#)
-            .bind(&endpoint_id)
-            .bind(window)
-            .bind(sent + 1)
-            .execute(&mut *tx)
-            .await?;
-        }
         Ok(())
     }
 }

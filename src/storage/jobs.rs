@@ -5,6 +5,7 @@
 use super::rows::*;
 use super::sql::sql;
 use super::*;
+use crate::domain::endpoint::is_dead;
 
 impl Store {
     /// Takes the lock of job `name` until `until` unless another holder has it now.
@@ -95,8 +96,9 @@ impl Store {
         Ok(done)
     }
 
-    /// Disables endpoints failing since `failing_before` with a failed attempt since
-    /// `failed_since`, fails their pending deliveries and reports each; returns their ids.
+    /// Disables the endpoints the health rule (`endpoint::is_dead`) finds dead: failing since
+    /// `failing_before` with a failed attempt since `failed_since`. Each is disabled the one way
+    /// (its pending deliveries stop, `endpoint.disabled` is reported); returns their ids.
     pub async fn disable_unhealthy_endpoints(
         &self,
         now: i64,
@@ -106,54 +108,24 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let operations = self.operations();
         let mut tx = self.db.begin().await?;
-        let unhealthy: Vec<(String, String)> = sql(r#"select e.id, e.tenant_id
-            from endpoints e
-            where e.enabled
-              and e.deleted_at is null
-              and e.failing_since is not null
-              and e.failing_since <= $1
-              and exists (
-                select 1
-                from attempts a
-                where a.endpoint_id = e.id
-                  and a.started_at >= $2
-                  and a.finished_at is not null
-                  and (a.status_code is null or a.status_code < 200 or a.status_code > 299)
-              )
+        // The longest failing first, so that a bounded pass takes those most likely dead.
+        let failing: Vec<(String, String, Option<i64>, Option<i64>)> =
+            sql(r#"select id, tenant_id, failing_since, last_error_at
+            from endpoints
+            where enabled and deleted_at is null and failing_since is not null
+            order by failing_since
             limit 500"#)
-        .bind(failing_before)
-        .bind(failed_since)
-        .fetch_all(&mut tx)
-        .await?;
-        let mut disabled = Vec::new();
-        for (id, tenant_id) in unhealthy {
-            let done = sql(r#"update endpoints set enabled = false, disabled_reason = $2, disabled_at = $3
-                where id = $1 and enabled"#)
-            .bind(&id)
-            .bind(reason)
-            .bind(now)
-            .execute(&mut tx)
+            .fetch_all(&mut tx)
             .await?;
-            if done == 0 {
+        let mut disabled = Vec::new();
+        for (id, tenant_id, failing_since, last_failure_at) in failing {
+            if !is_dead(failing_since, last_failure_at, failing_before, failed_since) {
                 continue;
             }
-            Self::fail_pending(&mut tx, &id, "endpoint_disabled", now).await?;
-            let data = serde_json::json!({
-                "tenant_id": tenant_id,
-                "endpoint_id": id,
-                "reason": reason,
-                "disabled_at": crate::domain::time::format_micros(now),
-            });
-            Self::emit_operational(
-                &mut tx,
-                operations.as_deref(),
-                &tenant_id,
-                "endpoint.disabled",
-                data,
-                now,
-            )
-            .await?;
-            disabled.push(id);
+            let target = (tenant_id.as_str(), id.as_str());
+            if Self::disable_endpoint_tx(&mut tx, operations.as_deref(), target, reason, now).await? {
+                disabled.push(id);
+            }
         }
         tx.commit().await?;
         Ok(disabled)

@@ -5,7 +5,7 @@
 //! times and TEXT JSON, and runs on either backend through `sql.rs`; the few real differences
 //! (the clock, due-row reads, row locks, `NOTIFY`) sit in `db.rs`, `sqlite.rs` and `postgres.rs`.
 //! The methods are split by concern: `catalog.rs` (tokens, event types, tenants), `endpoints.rs`,
-//! `idempotency.rs`, `ingest.rs` (fan-out and operational events), `claim.rs`, `record.rs`,
+//! `idempotency.rs`, `ingest.rs` (fan-out), `operational.rs`, `claim.rs`, `record.rs`,
 //! `replay.rs` (reads, retry, recover, lease reaping), `stats.rs` and `jobs.rs`. The rules they
 //! apply live in `crate::domain`; the storage code asks them and writes what they decide.
 
@@ -16,6 +16,7 @@ mod endpoints;
 mod idempotency;
 mod ingest;
 mod jobs;
+mod operational;
 mod postgres;
 mod record;
 mod replay;
@@ -256,8 +257,8 @@ pub struct EventFilter {
 /// Filters of the delivery list.
 #[derive(Clone, Debug, Default)]
 pub struct DeliveryFilter {
-    /// `pending`, `delivered` or `failed`.
-    pub status: Option<String>,
+    /// One status.
+    pub status: Option<crate::domain::delivery::DeliveryStatus>,
     /// One endpoint.
     pub endpoint_id: Option<String>,
     /// One event.
@@ -322,17 +323,6 @@ pub struct Claimed {
     pub payload: Option<String>,
 }
 
-/// A delivery's next state after an attempt.
-#[derive(Clone, Debug, PartialEq)]
-pub enum NextState {
-    /// Done.
-    Delivered,
-    /// Due again after this many microseconds (added to the database clock).
-    Retry(i64),
-    /// Dead letter.
-    Failed,
-}
-
 /// One finished attempt to record.
 #[derive(Clone, Debug)]
 pub struct AttemptRecord {
@@ -358,12 +348,8 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     /// Kept response body.
     pub response_body: Option<String>,
-    /// The delivery's next state.
-    pub next: NextState,
+    /// What the attempt means for its delivery (and endpoint).
+    pub outcome: crate::domain::retry::Outcome,
     /// The delivery's `last_error` (none on success).
     pub last_error: Option<String>,
-    /// Pause the endpoint for this many microseconds (Retry-After).
-    pub pause_for: Option<i64>,
-    /// Disable the endpoint with this reason (410 Gone).
-    pub disable_reason: Option<String>,
 }

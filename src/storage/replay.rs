@@ -5,6 +5,7 @@ use super::rows::*;
 use super::sql::{Sql, sql};
 use super::*;
 use crate::domain::delivery::{Attempt, Delivery, Event};
+use crate::domain::delivery::{DeliveryStatus, Stopped, after_attempt_on, after_interruption, run_budget};
 
 impl Store {
     /// One event of a tenant.
@@ -60,7 +61,7 @@ impl Store {
             .fetch_all(self.db.reader())
             .await?;
         let now = crate::domain::time::now_micros();
-        Ok(rows.into_iter().map(|r| r.into_delivery(now)).collect())
+        rows.into_iter().map(|r| r.into_delivery(now)).collect()
     }
 
     /// A tenant's deliveries, newest first.
@@ -84,7 +85,7 @@ impl Store {
             order by id desc
             limit $8"#)
             .bind(tenant_id)
-            .bind(&filter.status)
+            .bind(filter.status.map(DeliveryStatus::as_str))
             .bind(&filter.endpoint_id)
             .bind(&filter.event_id)
             .bind(filter.since)
@@ -94,7 +95,7 @@ impl Store {
             .fetch_all(self.db.reader())
             .await?;
         let now = crate::domain::time::now_micros();
-        Ok(rows.into_iter().map(|r| r.into_delivery(now)).collect())
+        rows.into_iter().map(|r| r.into_delivery(now)).collect()
     }
 
     /// One delivery of a tenant.
@@ -108,7 +109,7 @@ impl Store {
             .bind(id)
             .fetch_one(self.db.reader())
             .await?;
-        Ok(row.into_delivery(crate::domain::time::now_micros()))
+        row.into_delivery(crate::domain::time::now_micros())
     }
 
     /// Every attempt of a delivery, by number.
@@ -152,7 +153,7 @@ impl Store {
         if row.payload_gone {
             return Err(RetryError::PayloadGone);
         }
-        if row.status == "pending" {
+        if parse_status(&row.status)? == DeliveryStatus::Pending {
             sql("update deliveries set next_attempt_at = $2 where id = $1")
                 .bind(id)
                 .bind(now)
@@ -229,14 +230,18 @@ impl Store {
     }
 
     /// Closes attempts whose lease lapsed (a crashed or stopped process) as `interrupted`, and
-    /// requeues or fails their deliveries. Returns how many were closed.
-    pub async fn reap_expired_leases(&self, max_run_attempts: i32) -> Result<u64, StoreError> {
+    /// requeues or fails their deliveries (`after_interruption` within the run's budget, with
+    /// `retries` configured retries; the stop rule when the endpoint stopped meanwhile). Returns
+    /// how many were closed.
+    pub async fn reap_expired_leases(&self, retries: usize) -> Result<u64, StoreError> {
         let operations = self.operations();
         let mut tx = self.db.begin().await?;
         let now = tx.now().await?;
         let statement = format!(
-            r#"select d.id, d.status, d.run_attempts, d.max_attempts
+            r#"select d.id, d.status, d.run_attempts, d.max_attempts, d.bypass, e.enabled,
+                e.deleted_at is not null as deleted
             from deliveries d
+            join endpoints e on e.id = d.endpoint_id
             where d.lease_until is not null and d.lease_until < $1
             limit 500{}"#,
             tx.locking(" for update of d skip locked")
@@ -251,31 +256,34 @@ impl Store {
             .bind(now)
             .execute(&mut tx)
             .await?;
-            let allowed = row.max_attempts.unwrap_or(max_run_attempts);
-            let (status, completed_at) = match row.status.as_str() {
-                "pending" if row.run_attempts >= allowed => ("failed", Some(now)),
-                "pending" => ("pending", None),
-                _ => ("", None),
-            };
-            if status.is_empty() {
+            if parse_status(&row.status)? != DeliveryStatus::Pending {
+                // Recorded meanwhile (or replayed): only the lease goes.
                 sql("update deliveries set lease_until = null, lease_token = null where id = $1")
                     .bind(&row.id)
                     .execute(&mut tx)
                     .await?;
-            } else {
-                sql(r#"update deliveries
-                    set status = $2, completed_at = $3, next_attempt_at = $4, last_error = 'interrupted',
-                        lease_until = null, lease_token = null
-                    where id = $1"#)
-                .bind(&row.id)
-                .bind(status)
-                .bind(completed_at)
-                .bind(now)
-                .execute(&mut tx)
-                .await?;
-                if status == "failed" {
-                    Self::emit_exhausted(&mut tx, operations.as_deref(), &row.id, now).await?;
-                }
+                continue;
+            }
+            let outcome = after_interruption(row.run_attempts, run_budget(row.max_attempts, retries));
+            let (status, last_error) =
+                match after_attempt_on(Stopped::of(row.enabled, row.deleted), row.bypass, &outcome) {
+                    Some(reason) => (DeliveryStatus::Failed, reason),
+                    None => (outcome.status(), "interrupted"),
+                };
+            let failed = status == DeliveryStatus::Failed;
+            sql(r#"update deliveries
+                set status = $2, completed_at = $3, next_attempt_at = $4, last_error = $5,
+                    lease_until = null, lease_token = null
+                where id = $1"#)
+            .bind(&row.id)
+            .bind(status.as_str())
+            .bind(failed.then_some(now))
+            .bind(now)
+            .bind(last_error)
+            .execute(&mut tx)
+            .await?;
+            if failed {
+                Self::emit_exhausted(&mut tx, operations.as_deref(), &row.id, now).await?;
             }
         }
         tx.commit().await?;

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use super::StoreError;
 use crate::crypto::Cipher;
-use crate::domain::delivery::{Attempt, Delivery, Event};
+use crate::domain::claim::{Candidate, Rate};
+use crate::domain::delivery::{Attempt, Delivery, DeliveryStatus, Event};
 use crate::domain::endpoint::{Endpoint, Secrets};
 use crate::domain::event_type::EventType;
 use crate::domain::tenant::Tenant;
@@ -182,20 +183,21 @@ pub(crate) struct DeliveryRow {
 }
 
 impl DeliveryRow {
-    pub(crate) fn into_delivery(self, now: i64) -> Delivery {
-        let pending = self.status == "pending";
-        Delivery {
+    pub(crate) fn into_delivery(self, now: i64) -> Result<Delivery, StoreError> {
+        let status = parse_status(&self.status)?;
+        let pending = status == DeliveryStatus::Pending;
+        Ok(Delivery {
             id: self.id,
             event_id: self.event_id,
             endpoint_id: self.endpoint_id,
             in_flight: pending && self.lease_until.is_some_and(|l| l > now),
             next_attempt_at: pending.then_some(self.next_attempt_at),
-            status: self.status,
+            status,
             attempt_count: self.attempt_count,
             last_error: self.last_error,
             created_at: self.created_at,
             completed_at: self.completed_at,
-        }
+        })
     }
 }
 
@@ -266,15 +268,16 @@ impl CandidateRow {
         })
     }
 
-    /// How many requests the endpoint's rate limit allows now, and the new theoretical arrival
-    /// time after `n` of them (GCRA with a burst of a tenth of a second's worth).
-    pub(crate) fn rate_room(&self, now: i64) -> Option<(i64, i64, i64)> {
-        let rate = i64::from(self.rate_limit_per_second?).max(1);
-        let interval = 1_000_000 / rate;
-        let burst = (rate / 10).max(1);
-        let tat = self.rate_next_at.unwrap_or(now).max(now);
-        let allowed = ((now + burst * interval - tat) / interval).max(0);
-        Some((allowed, tat, interval))
+    /// The claim's view of this endpoint (`domain::claim`).
+    pub(crate) fn candidate(&self) -> Candidate {
+        Candidate {
+            fifo: self.fifo,
+            max_in_flight: self.max_in_flight,
+            in_flight: self.in_flight,
+            rate: self
+                .rate_limit_per_second
+                .map(|per_second| Rate { per_second, next_at: self.rate_next_at }),
+        }
     }
 }
 
@@ -298,34 +301,11 @@ pub(crate) struct NewDeliveryRow<'a> {
     pub(crate) id: String,
     pub(crate) event: &'a super::NewEvent,
     pub(crate) endpoint_id: String,
-    pub(crate) status: &'static str,
+    pub(crate) status: DeliveryStatus,
     pub(crate) fifo_seq: Option<i64>,
     pub(crate) last_error: Option<&'static str>,
     pub(crate) completed_at: Option<i64>,
     pub(crate) bypass: bool,
-}
-
-/// What one recording batch did to an endpoint's health columns.
-#[derive(Default)]
-pub(crate) struct HealthChange<'a> {
-    /// Some attempt succeeded.
-    pub(crate) any_success: bool,
-    /// The last attempt in the batch succeeded.
-    pub(crate) last_succeeded: bool,
-    /// The last failure's error, when some attempt failed.
-    pub(crate) last_error: Option<Option<&'a str>>,
-}
-
-impl<'a> HealthChange<'a> {
-    pub(crate) fn add(&mut self, record: &'a super::AttemptRecord) {
-        let success = record.next == super::NextState::Delivered;
-        self.last_succeeded = success;
-        if success {
-            self.any_success = true;
-        } else {
-            self.last_error = Some(record.error.as_deref());
-        }
-    }
 }
 
 /// An endpoint's health columns.
@@ -361,6 +341,9 @@ pub(crate) struct ExpiredRow {
     pub(crate) status: String,
     pub(crate) run_attempts: i32,
     pub(crate) max_attempts: Option<i32>,
+    pub(crate) bypass: bool,
+    pub(crate) enabled: bool,
+    pub(crate) deleted: bool,
 }
 
 /// What a replay needs to know about a delivery.
@@ -371,6 +354,11 @@ pub(crate) struct ReplayRow {
     pub(crate) enabled: bool,
     pub(crate) deleted_at: Option<i64>,
     pub(crate) payload_gone: bool,
+}
+
+/// A stored delivery status.
+pub(crate) fn parse_status(text: &str) -> Result<DeliveryStatus, StoreError> {
+    DeliveryStatus::parse(text).ok_or_else(|| corrupt(format!("unknown delivery status `{text}`")))
 }
 
 /// A stored value that does not decode.

@@ -28,6 +28,7 @@ use tokio::sync::RwLock;
 use super::bench::{Server, TOKEN, drop_database, fresh_database};
 use super::receive::{Behaviour, Receiver};
 use crate::config::Config;
+use crate::domain::delivery::DeliveryStatus;
 
 /// The retry schedule of the soak's server: short, so runs end in seconds.
 const RETRY_SCHEDULE: [&str; 3] = ["200ms", "400ms", "800ms"];
@@ -278,11 +279,14 @@ async fn soak(options: &Options, database_url: &str, backend: String) -> anyhow:
             if requests > attempts.len() {
                 report.unrecorded += 1;
             }
-            let all_failed = attempts.iter().all(|a| !a.status_code.is_some_and(|s| (200..300).contains(&s)));
+            let all_failed = attempts.iter().all(|a| !crate::domain::retry::is_success(a.status_code));
             if ok > 0 {
                 report.received += 1;
                 report.received_twice += usize::from(ok > 1);
-            } else if delivery.status == "failed" && attempts.len() == max_attempts && all_failed {
+            } else if delivery.status == DeliveryStatus::Failed
+                && attempts.len() == max_attempts
+                && all_failed
+            {
                 report.exhausted += 1;
             } else {
                 report.lost += 1;

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald::config::Config;
+use herald::domain::retry::Outcome;
 use herald::domain::time::now_micros;
 use herald::maintenance::{JobKind, Jobs, endpoint_health, expire_idempotency_keys, retention};
-use herald::storage::{AttemptRecord, NextState, Store};
+use herald::storage::{AttemptRecord, Store};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, eventually, fast_retries, id_of, spawn_app_with};
@@ -42,10 +43,8 @@ async fn deliver_all(store: &Store) -> usize {
             error_kind: None,
             error: None,
             response_body: None,
-            next: NextState::Delivered,
+            outcome: Outcome::Delivered,
             last_error: None,
-            pause_for: None,
-            disable_reason: None,
         })
         .collect();
     store.record_attempts(&records).await.unwrap();

@@ -126,8 +126,9 @@ async fn stats_equal_what_the_recorded_attempts_say_and_stay_within_the_tenant()
 
 #[tokio::test]
 async fn stats_windows_leave_out_attempts_older_than_the_window() {
+    use herald::domain::retry::Outcome;
     use herald::domain::time::now_micros;
-    use herald::storage::{AttemptRecord, NextState};
+    use herald::storage::AttemptRecord;
 
     // No dispatcher: the test records attempts itself, some of them two hours ago.
     let app = spawn_app_with(|c| c.dispatcher_enabled = false).await;
@@ -166,10 +167,8 @@ async fn stats_windows_leave_out_attempts_older_than_the_window() {
             error_kind: (i == 0).then_some("http_status"),
             error: (i == 0).then(|| "HTTP 500".to_owned()),
             response_body: None,
-            next: if i == 0 { NextState::Failed } else { NextState::Delivered },
+            outcome: if i == 0 { Outcome::GiveUp { disable_endpoint: false } } else { Outcome::Delivered },
             last_error: (i == 0).then(|| "HTTP 500".to_owned()),
-            pause_for: None,
-            disable_reason: None,
         })
         .collect();
     assert_eq!(store.record_attempts(&records).await.unwrap(), 0);
