@@ -68,9 +68,10 @@ impl App {
         self.bootstrap_token.as_deref()
     }
 
-    /// The store this app uses.
-    pub fn store(&self) -> Arc<Store> {
-        self.state.store.clone()
+    /// Takes the dispatcher out, so that the caller drives it (tests step it with
+    /// `Dispatcher::dispatch_once`); `run` then serves without one, as `--role api` does.
+    pub fn take_dispatcher(&mut self) -> Option<Dispatcher> {
+        self.dispatcher.take()
     }
 
     /// Serves until `shutdown` is cancelled, then finishes in-flight requests, lets the
@@ -79,7 +80,7 @@ impl App {
         let App { listener, state, dispatcher, jobs, .. } = self;
         let store = state.store.clone();
         let mut scheduler = jobs.start().await?;
-        let dispatching = dispatcher.map(|d| tokio::spawn(d.run(shutdown.clone())));
+        let dispatching = dispatcher.map(|d| supervise(d.run(shutdown.clone()), shutdown.clone()));
         let router = http::router(state);
         let signal = shutdown.clone();
         let served = axum::serve(listener, router)
@@ -90,14 +91,45 @@ impl App {
         if let Err(error) = scheduler.shutdown().await {
             tracing::warn!(%error, "the job scheduler did not stop cleanly");
         }
-        if let Some(dispatching) = dispatching {
-            let _ = dispatching.await;
-        }
+        let dispatcher_died = match dispatching {
+            Some(watch) => watch.await.unwrap_or(true),
+            None => false,
+        };
         served?;
+        if dispatcher_died {
+            store.close().await;
+            anyhow::bail!(
+                "the dispatcher stopped unexpectedly; stopping so that a supervisor restarts Herald"
+            );
+        }
         store.close().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Runs the dispatcher loop and watches it. A dispatcher that ends before `shutdown` (a panic,
+/// or a return it should never make) is never silent: the failure is logged,
+/// `herald_dispatcher_up` drops to 0 and `shutdown` is cancelled, so the process stops with an
+/// error and its supervisor restarts it. Resolves to whether it died.
+fn supervise(
+    dispatcher: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<bool> {
+    let running = tokio::spawn(dispatcher);
+    tokio::spawn(async move {
+        let ended = running.await;
+        if shutdown.is_cancelled() && ended.is_ok() {
+            return false;
+        }
+        match ended {
+            Err(error) => tracing::error!(%error, "the dispatcher panicked"),
+            Ok(()) => tracing::error!("the dispatcher stopped before shutdown"),
+        }
+        metrics::gauge!(crate::metrics::DISPATCHER_UP).set(0.0);
+        shutdown.cancel();
+        true
+    })
 }
 
 /// With no admin token configured and none stored, creates one and returns it (to print once).
@@ -168,4 +200,34 @@ async fn check_secret_keys(config: &Config, store: &Store) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dispatcher_that_panics_stops_the_process() {
+        let shutdown = CancellationToken::new();
+        let watch = supervise(async { panic!("the dispatcher failed") }, shutdown.clone());
+        assert!(watch.await.expect("the watcher ends"), "reported as died");
+        assert!(shutdown.is_cancelled(), "the server is told to stop");
+    }
+
+    #[tokio::test]
+    async fn a_dispatcher_that_returns_early_stops_the_process() {
+        let shutdown = CancellationToken::new();
+        let watch = supervise(async {}, shutdown.clone());
+        assert!(watch.await.expect("the watcher ends"));
+        assert!(shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_dispatcher_that_ends_at_shutdown_is_fine() {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let watch = supervise(async move { stop.cancelled().await }, shutdown.clone());
+        shutdown.cancel();
+        assert!(!watch.await.expect("the watcher ends"));
+    }
 }

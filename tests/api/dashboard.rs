@@ -7,13 +7,13 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, id_of, ms, spawn_app_with};
+use crate::helpers::{TestApp, eventually, id_of, ms, poll_until, spawn_app_with};
 use crate::receiver::{Receiver, Reply};
 
 /// The key under which WebDriver returns an element reference.
@@ -101,18 +101,13 @@ impl Browser {
             reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().expect("client");
         let mut browser =
             Browser { client, driver_url: format!("http://127.0.0.1:{port}"), session: None, driver };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = browser.client.get(format!("{}/status", browser.driver_url)).send().await;
-            if let Ok(response) = ready
-                && let Ok(status) = response.json::<Value>().await
-                && status["value"]["ready"] == json!(true)
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "chromedriver did not become ready within 20 s");
-            tokio::time::sleep(ms(100)).await;
-        }
+        let client = browser.client.clone();
+        let status_url = format!("{}/status", browser.driver_url);
+        eventually(Duration::from_secs(20), "chromedriver to become ready", || async {
+            let status: Value = client.get(&status_url).send().await.ok()?.json().await.ok()?;
+            (status["value"]["ready"] == json!(true)).then_some(())
+        })
+        .await;
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "pageLoadStrategy": "normal",
@@ -254,26 +249,20 @@ impl Browser {
     }
 
     /// Polls `check` until it answers `Some`; on timeout fails with what the page says.
-    async fn until<T, F, Fut>(&self, timeout: Duration, what: &str, mut check: F) -> T
+    async fn until<T, F, Fut>(&self, timeout: Duration, what: &str, check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Option<T>>,
     {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(value) = check().await {
-                return value;
-            }
-            if Instant::now() >= deadline {
-                let page = self.script("return document.body.innerText;").await;
-                let logs = self.console().await;
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}\n--- page ---\n{}\n--- console ---\n{logs:?}",
-                    page.as_str().unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(ms(100)).await;
+        if let Some(value) = poll_until(timeout, check).await {
+            return value;
         }
+        let page = self.script("return document.body.innerText;").await;
+        let logs = self.console().await;
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\n--- page ---\n{}\n--- console ---\n{logs:?}",
+            page.as_str().unwrap_or_default()
+        );
     }
 
     /// The browser console since the last call (chromedriver's log extension), as `LEVEL message`.
@@ -357,15 +346,12 @@ fn save_screenshot(png: &[u8]) {
 
 /// Every delivery of `endpoint`, once none is pending any more.
 async fn settled_deliveries(app: &TestApp, tenant: &str, endpoint: &str, expected: usize) -> Vec<Value> {
-    let deadline = Instant::now() + SETTLE;
-    loop {
+    eventually(SETTLE, &format!("{expected} deliveries to {endpoint} to settle"), || async {
         let deliveries = app.deliveries(tenant, &format!("endpoint_id={endpoint}")).await;
-        if deliveries.len() == expected && deliveries.iter().all(|d| d["status"] != json!("pending")) {
-            return deliveries;
-        }
-        assert!(Instant::now() < deadline, "deliveries to {endpoint} did not settle: {deliveries:?}");
-        tokio::time::sleep(ms(50)).await;
-    }
+        (deliveries.len() == expected && deliveries.iter().all(|d| d["status"] != json!("pending")))
+            .then_some(deliveries)
+    })
+    .await
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! retries and their outcomes, timeouts, Retry-After, FIFO, isolation, caps and rotation.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::Method;
@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use standardwebhooks::Webhook;
 
-use crate::helpers::{TestApp, assert_id, assert_time, fast_retries, id_of, ms, spawn_app, spawn_app_with};
+use crate::helpers::{
+    TestApp, assert_id, assert_time, fast_retries, id_of, ms, spawn_app, spawn_app_with,
+    spawn_stepped_app_with,
+};
 use crate::receiver::{Receiver, Recorded, Reply};
 use herald::config::Config;
 
@@ -29,13 +32,19 @@ fn ids(requests: &[Recorded]) -> Vec<String> {
     requests.iter().map(|r| r.header("webhook-id").expect("webhook-id").to_owned()).collect()
 }
 
+/// A time the API shows, in Unix microseconds.
+fn micros(time: &Value) -> i64 {
+    let text = time.as_str().unwrap_or_else(|| panic!("not a time: {time}"));
+    chrono::DateTime::parse_from_rfc3339(text).expect("RFC 3339").timestamp_micros()
+}
+
 fn attempts(delivery: &Value) -> &Vec<Value> {
     delivery["attempts"].as_array().unwrap_or_else(|| panic!("no attempts in {delivery}"))
 }
 
 #[tokio::test]
 async fn every_event_reaches_every_matching_endpoint_and_no_other() {
-    let app = spawn_app().await;
+    let app = spawn_stepped_app_with(|_| {}).await;
     let receiver = Receiver::start().await;
     for name in ["order.created", "order.paid", "order.refund.issued", "user.created", "old.thing"] {
         app.create_event_type(name).await;
@@ -77,7 +86,7 @@ async fn every_event_reaches_every_matching_endpoint_and_no_other() {
     archived.expect_invalid("event");
 
     let total: usize = 4 + 3 + 3 + 3;
-    crate::helpers::eventually(SOON, "every delivery to be delivered", || async {
+    app.until(SOON, "every delivery to be delivered", || async {
         let delivered = app.deliveries(&tenant, "status=delivered").await;
         (delivered.len() == total).then_some(())
     })
@@ -108,7 +117,7 @@ async fn every_event_reaches_every_matching_endpoint_and_no_other() {
 
 #[tokio::test]
 async fn the_body_and_headers_are_exactly_as_specified_and_the_signature_verifies() {
-    let app = spawn_app().await;
+    let app = spawn_stepped_app_with(|_| {}).await;
     let receiver = Receiver::start().await;
     app.create_event_type("order.created").await;
     let options = json!({"headers": {"X-Api-Key": "k-123", "Authorization": "Bearer abc"}});
@@ -125,7 +134,7 @@ async fn the_body_and_headers_are_exactly_as_specified_and_the_signature_verifie
     assert_time(&answer.body["timestamp"]);
     let timestamp = answer.body["timestamp"].as_str().unwrap();
 
-    let request = receiver.wait_for("/hook", 1, SOON).await.remove(0);
+    let request = app.received(&receiver, "/hook", 1, SOON).await.remove(0);
     let expected = format!(
         r#"{{"id":"{id}","event":"order.created","timestamp":"{timestamp}","data":{{"b":1,"a":[1,2],"big":123456789012345678901234567890,"s":"x  y"}}}}"#
     );
@@ -162,7 +171,7 @@ async fn the_body_and_headers_are_exactly_as_specified_and_the_signature_verifie
 
 #[tokio::test]
 async fn the_classic_hex_header_is_sent_when_configured() {
-    let app = spawn_app_with(|config| {
+    let app = spawn_stepped_app_with(|config| {
         config.signing.hex_header = Some("X-AetherFlow-Signature".to_owned());
         config.signing.hex_prefix = "sha256=".to_owned();
     })
@@ -173,7 +182,7 @@ async fn the_classic_hex_header_is_sent_when_configured() {
     let secret = secret_of(&endpoint);
     app.emit(&tenant, "order.created", &json!({"order_id": "o-1"})).await;
 
-    let request = receiver.wait_for("/hook", 1, SOON).await.remove(0);
+    let request = app.received(&receiver, "/hook", 1, SOON).await.remove(0);
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(&request.body);
     let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
@@ -184,7 +193,7 @@ async fn the_classic_hex_header_is_sent_when_configured() {
 #[tokio::test]
 async fn a_receiver_that_always_fails_gets_four_attempts_then_the_delivery_fails() {
     let schedule = [ms(100), ms(200), ms(300)];
-    let app = spawn_app_with(|config| config.delivery.retry_schedule = schedule.to_vec()).await;
+    let app = spawn_stepped_app_with(|config| config.delivery.retry_schedule = schedule.to_vec()).await;
     let receiver = Receiver::start().await;
     receiver.respond("/hook", Reply::status(500).body("oops"));
     app.create_event_type("order.created").await;
@@ -224,7 +233,7 @@ async fn a_receiver_that_always_fails_gets_four_attempts_then_the_delivery_fails
 
 #[tokio::test]
 async fn a_retried_delivery_succeeds_when_the_receiver_recovers() {
-    let app = spawn_app_with(fast_retries).await;
+    let app = spawn_stepped_app_with(fast_retries).await;
     let receiver = Receiver::start().await;
     receiver.respond_statuses("/hook", &[500, 503, 200]);
     app.create_event_type("order.created").await;
@@ -246,7 +255,7 @@ async fn a_retried_delivery_succeeds_when_the_receiver_recovers() {
 
 #[tokio::test]
 async fn gone_fails_the_delivery_and_disables_the_endpoint() {
-    let app = spawn_app_with(fast_retries).await;
+    let app = spawn_stepped_app_with(fast_retries).await;
     let receiver = Receiver::start().await;
     receiver.respond("/hook", Reply::status(410));
     app.create_event_type("order.created").await;
@@ -275,7 +284,7 @@ async fn gone_fails_the_delivery_and_disables_the_endpoint() {
 
 #[tokio::test]
 async fn a_client_error_fails_at_once() {
-    let app = spawn_app_with(fast_retries).await;
+    let app = spawn_stepped_app_with(fast_retries).await;
     let receiver = Receiver::start().await;
     receiver.respond("/hook", Reply::status(400));
     app.create_event_type("order.created").await;
@@ -293,7 +302,7 @@ async fn a_client_error_fails_at_once() {
 
 #[tokio::test]
 async fn client_errors_are_retried_when_configured() {
-    let app = spawn_app_with(|config| {
+    let app = spawn_stepped_app_with(|config| {
         fast_retries(config);
         config.delivery.retry_client_errors = true;
     })
@@ -311,7 +320,7 @@ async fn client_errors_are_retried_when_configured() {
 
 #[tokio::test]
 async fn a_hanging_receiver_is_cut_off_at_the_timeout() {
-    let app = spawn_app_with(|config| {
+    let app = spawn_stepped_app_with(|config| {
         config.delivery.timeout = ms(300);
         config.delivery.lease = ms(300) + Duration::from_secs(5);
         config.delivery.retry_schedule = vec![ms(50)];
@@ -322,20 +331,14 @@ async fn a_hanging_receiver_is_cut_off_at_the_timeout() {
     app.create_event_type("order.created").await;
     let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
     let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
-    let started = Instant::now();
     let delivery =
         app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &event).await), "failed", SOON).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "two attempts of 300 ms took {:?}",
-        started.elapsed()
-    );
     assert_eq!(delivery["attempt_count"], json!(2), "a timeout is retried: {delivery}");
     for attempt in attempts(&delivery) {
         assert_eq!(attempt["error_kind"], json!("timeout"), "{attempt}");
         assert!(attempt["status_code"].is_null(), "{attempt}");
         let took = attempt["duration_ms"].as_i64().expect("duration_ms");
-        assert!((250..2000).contains(&took), "an attempt cut off at 300 ms took {took} ms");
+        assert!(took >= 250, "an attempt cut off at the 300 ms timeout took only {took} ms");
     }
     assert!(delivery["last_error"].as_str().is_some_and(|e| e.contains("timeout")), "{delivery}");
     assert_eq!(receiver.requests("/hook").len(), 2);
@@ -358,28 +361,35 @@ fn the_default_delivery_settings_are_the_documented_ones() {
 
 #[tokio::test]
 async fn retry_after_on_429_delays_the_next_attempt_and_pauses_the_endpoint() {
-    let app = spawn_app_with(fast_retries).await;
+    let app = spawn_stepped_app_with(fast_retries).await;
     let receiver = Receiver::start().await;
     receiver.respond_sequence("/hook", vec![Reply::status(429).retry_after("1"), Reply::ok()]);
     app.create_event_type("order.created").await;
     let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
     let first = id_of(&app.emit(&tenant, "order.created", &json!({"n": 1})).await);
     let delivery_id = id_of(&app.only_delivery(&tenant, &first).await);
-    crate::helpers::eventually(SOON, "the 429 to be recorded", || async {
+    app.until(SOON, "the 429 to be recorded", || async {
         let delivery = app.delivery(&tenant, &delivery_id).await;
         (delivery["attempt_count"] == json!(1) && delivery["in_flight"] == json!(false)).then_some(())
     })
     .await;
+    let throttled = app.delivery(&tenant, &delivery_id).await;
+    let throttled_at = micros(&attempts(&throttled)[0]["started_at"]);
+    assert!(
+        micros(&throttled["next_attempt_at"]) >= throttled_at + 1_000_000,
+        "the retry is due no sooner than Retry-After: 1 says: {throttled}"
+    );
     let second = id_of(&app.emit(&tenant, "order.created", &json!({"n": 2})).await);
 
-    let requests = receiver.wait_for("/hook", 3, SOON).await;
-    let throttled = requests[0].at;
-    for request in &requests[1..] {
-        let waited = request.at - throttled;
-        assert!(waited >= ms(950), "a request came {waited:?} after a 429 with Retry-After: 1");
-    }
+    let requests = app.received(&receiver, "/hook", 3, SOON).await;
     assert_eq!(requests[0].header("webhook-id"), Some(first.as_str()));
     assert!(ids(&requests[1..]).contains(&second));
+    let paused =
+        app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &second).await), "delivered", SOON).await;
+    assert!(
+        micros(&attempts(&paused)[0]["started_at"]) >= throttled_at + 1_000_000,
+        "another event went to the paused endpoint before Retry-After ended: {paused}"
+    );
     app.settled(&tenant, &delivery_id, "delivered", SOON).await;
     let delivery = app.delivery(&tenant, &delivery_id).await;
     assert_eq!(delivery["attempt_count"], json!(2), "Retry-After still uses one attempt");
@@ -387,7 +397,7 @@ async fn retry_after_on_429_delays_the_next_attempt_and_pauses_the_endpoint() {
 
 #[tokio::test]
 async fn a_fifo_endpoint_delivers_in_acceptance_order_under_retries() {
-    let app = spawn_app_with(fast_retries).await;
+    let app = spawn_stepped_app_with(fast_retries).await;
     let receiver = Receiver::start().await;
     receiver.respond_statuses("/fifo", &[500, 500, 200]);
     app.create_event_type("order.created").await;
@@ -401,12 +411,12 @@ async fn a_fifo_endpoint_delivers_in_acceptance_order_under_retries() {
     answer.expect(202);
     events.extend(answer.data().iter().map(id_of));
 
-    let requests = receiver.wait_for("/fifo", events.len() + 2, SOON).await;
+    let requests = app.received(&receiver, "/fifo", events.len() + 2, SOON).await;
     let mut expected = vec![events[0].clone(), events[0].clone()];
     expected.extend(events.iter().cloned());
     assert_eq!(ids(&requests), expected, "the head is retried before anything behind it");
     assert_eq!(receiver.max_in_flight("/fifo"), 1, "one request at a time");
-    crate::helpers::eventually(SOON, "every delivery to be delivered", || async {
+    app.until(SOON, "every delivery to be delivered", || async {
         (app.deliveries(&tenant, "status=delivered").await.len() == events.len()).then_some(())
     })
     .await;
@@ -415,9 +425,11 @@ async fn a_fifo_endpoint_delivers_in_acceptance_order_under_retries() {
 
 #[tokio::test]
 async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
+    // The hanging requests outlast the test: a healthy endpoint served while they hang was not
+    // held up by them, however busy the machine is.
     let app = spawn_app_with(|config| {
-        config.delivery.timeout = Duration::from_secs(5);
-        config.delivery.lease = Duration::from_secs(10);
+        config.delivery.timeout = Duration::from_secs(60);
+        config.delivery.lease = Duration::from_secs(65);
         config.delivery.max_in_flight = 12;
     })
     .await;
@@ -427,13 +439,10 @@ async fn a_hanging_endpoint_does_not_delay_a_healthy_one() {
     let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hang"), json!({})).await;
     app.add_endpoint(&tenant, &receiver.url("/healthy"), json!({})).await;
 
-    let started = Instant::now();
     for n in 0..30 {
         app.emit(&tenant, "order.created", &json!({"n": n})).await;
     }
-    receiver.wait_for("/healthy", 30, Duration::from_secs(4)).await;
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(4), "the healthy endpoint waited {took:?} behind a hanging one");
+    receiver.wait_for("/healthy", 30, Duration::from_secs(30)).await;
     assert!(receiver.in_flight("/hang") > 0, "the other endpoint is still hanging");
     assert!(receiver.max_in_flight("/hang") <= 10, "the per-endpoint cap of 10 holds");
 }
@@ -477,7 +486,7 @@ async fn the_global_cap_bounds_requests_in_flight_across_endpoints() {
 
 #[tokio::test]
 async fn during_a_rotation_both_secrets_sign_until_the_previous_one_is_dropped() {
-    let app = spawn_app().await;
+    let app = spawn_stepped_app_with(|_| {}).await;
     let receiver = Receiver::start().await;
     app.create_event_type("order.created").await;
     let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
@@ -492,7 +501,7 @@ async fn during_a_rotation_both_secrets_sign_until_the_previous_one_is_dropped()
     assert_time(&rotated.body["previous_secret_expires_at"]);
 
     app.emit(&tenant, "order.created", &json!({"n": 1})).await;
-    let request = receiver.wait_for("/hook", 1, SOON).await.remove(0);
+    let request = app.received(&receiver, "/hook", 1, SOON).await.remove(0);
     let signature = request.header("webhook-signature").unwrap();
     let entries: Vec<&str> = signature.split(' ').collect();
     assert_eq!(entries.len(), 2, "two entries one space apart: {signature:?}");
@@ -505,7 +514,7 @@ async fn during_a_rotation_both_secrets_sign_until_the_previous_one_is_dropped()
 
     app.delete(&format!("{secret_path}/previous"), &app.admin_token).await.expect(204);
     app.emit(&tenant, "order.created", &json!({"n": 2})).await;
-    let request = receiver.wait_for("/hook", 2, SOON).await.remove(1);
+    let request = app.received(&receiver, "/hook", 2, SOON).await.remove(1);
     let signature = request.header("webhook-signature").unwrap();
     assert!(!signature.contains(' '), "one entry after the grace ends: {signature:?}");
     verify(&new, &request).expect("verifies with the new secret");
@@ -515,7 +524,7 @@ async fn during_a_rotation_both_secrets_sign_until_the_previous_one_is_dropped()
 /// Waits until the only delivery of `event` has made its first attempt and is waiting for the next.
 async fn first_attempt_recorded(app: &TestApp, tenant: &str, event: &str) -> String {
     let id = id_of(&app.only_delivery(tenant, event).await);
-    crate::helpers::eventually(SOON, "the first attempt to be recorded", || async {
+    app.until(SOON, "the first attempt to be recorded", || async {
         let delivery = app.delivery(tenant, &id).await;
         (delivery["status"] == json!("pending")
             && delivery["attempt_count"] == json!(1)
@@ -528,7 +537,8 @@ async fn first_attempt_recorded(app: &TestApp, tenant: &str, event: &str) -> Str
 
 #[tokio::test]
 async fn deleting_an_endpoint_fails_its_pending_deliveries() {
-    let app = spawn_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
+    let app =
+        spawn_stepped_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
     let receiver = Receiver::start().await;
     receiver.respond("/hook", Reply::status(500));
     app.create_event_type("order.created").await;
@@ -550,7 +560,8 @@ async fn deleting_an_endpoint_fails_its_pending_deliveries() {
 
 #[tokio::test]
 async fn disabling_an_endpoint_fails_its_pending_deliveries() {
-    let app = spawn_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
+    let app =
+        spawn_stepped_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
     let receiver = Receiver::start().await;
     receiver.respond("/hook", Reply::status(500));
     app.create_event_type("order.created").await;
@@ -570,7 +581,7 @@ async fn disabling_an_endpoint_fails_its_pending_deliveries() {
 
 #[tokio::test]
 async fn retry_after_is_capped_by_retry_after_max() {
-    let app = spawn_app_with(|config| {
+    let app = spawn_stepped_app_with(|config| {
         fast_retries(config);
         config.delivery.retry_after_max = Duration::from_secs(1);
     })
@@ -580,16 +591,26 @@ async fn retry_after_is_capped_by_retry_after_max() {
     app.create_event_type("order.created").await;
     let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
     let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
-    let requests = receiver.wait_for("/hook", 2, SOON).await;
-    let waited = requests[1].at - requests[0].at;
-    assert!(waited >= ms(950), "Retry-After capped at 1 s, yet the retry came after {waited:?}");
-    assert!(waited < Duration::from_secs(5), "Retry-After: 3600 was not capped: {waited:?}");
-    app.settled(&tenant, &id_of(&app.only_delivery(&tenant, &event).await), "delivered", SOON).await;
+    let delivery_id = id_of(&app.only_delivery(&tenant, &event).await);
+    let throttled = app
+        .until(SOON, "the 503 to be recorded", || async {
+            let delivery = app.delivery(&tenant, &delivery_id).await;
+            (delivery["attempt_count"] == json!(1) && delivery["in_flight"] == json!(false))
+                .then_some(delivery)
+        })
+        .await;
+    let wait = micros(&throttled["next_attempt_at"]) - micros(&attempts(&throttled)[0]["started_at"]);
+    assert!(
+        (1_000_000..60_000_000).contains(&wait),
+        "Retry-After: 3600 capped at 1 s makes the retry due about 1 s later, not {wait} µs: {throttled}"
+    );
+    app.settled(&tenant, &delivery_id, "delivered", SOON).await;
+    assert_eq!(receiver.requests("/hook").len(), 2);
 }
 
 #[tokio::test]
 async fn a_refused_connection_is_retried_and_recorded_as_connect() {
-    let app = spawn_app_with(fast_retries).await;
+    let app = spawn_stepped_app_with(fast_retries).await;
     app.create_event_type("order.created").await;
     // A port that was just free: nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -607,7 +628,7 @@ async fn a_refused_connection_is_retried_and_recorded_as_connect() {
 
 #[tokio::test]
 async fn at_most_8_kib_of_the_response_body_is_kept() {
-    let app = spawn_app_with(|config| config.delivery.retry_schedule = vec![]).await;
+    let app = spawn_stepped_app_with(|config| config.delivery.retry_schedule = vec![]).await;
     let receiver = Receiver::start().await;
     receiver.respond("/hook", Reply::status(500).body(&"x".repeat(20 * 1024)));
     app.create_event_type("order.created").await;
@@ -622,7 +643,8 @@ async fn at_most_8_kib_of_the_response_body_is_kept() {
 
 #[tokio::test]
 async fn an_edit_to_the_endpoint_applies_to_the_next_retry() {
-    let app = spawn_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(1)]).await;
+    let app =
+        spawn_stepped_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(1)]).await;
     let receiver = Receiver::start().await;
     receiver.respond("/old", Reply::status(500));
     app.create_event_type("order.created").await;
@@ -633,7 +655,7 @@ async fn an_edit_to_the_endpoint_applies_to_the_next_retry() {
     app.patch(&format!("/v1/tenants/{tenant}/endpoints/{}", id_of(&endpoint)), &app.admin_token, &patch)
         .await
         .expect(200);
-    let retried = receiver.wait_for("/new", 1, SOON).await.remove(0);
+    let retried = app.received(&receiver, "/new", 1, SOON).await.remove(0);
     assert_eq!(retried.header("webhook-id"), Some(event.as_str()));
     assert_eq!(retried.header("x-version"), Some("2"));
     app.settled(&tenant, &delivery, "delivered", SOON).await;

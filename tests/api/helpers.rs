@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use herald::app::App;
+use herald::dispatch::Dispatcher;
+
+use crate::receiver::{Receiver, Recorded};
 use herald::config::{Config, Redacted};
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, StatusCode};
@@ -141,6 +144,9 @@ pub struct TestApp {
     pub backend: BackendKind,
     pub db: Arc<TestDatabase>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The dispatcher, when the test drives it (`spawn_stepped_app_with`); otherwise the app
+    /// runs its own loop.
+    stepper: Option<tokio::sync::Mutex<Dispatcher>>,
 }
 
 impl Drop for TestApp {
@@ -175,11 +181,23 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 
 /// A Herald on an existing test database (to restart over the same data).
 pub async fn spawn_app_on(db: Arc<TestDatabase>, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    launch(db, tweak, false).await
+}
+
+/// A Herald on a fresh database whose dispatcher the test drives: nothing is delivered until the
+/// test waits (`TestApp::until`, `settled`, `received`), and then deterministically, step by
+/// step (claim, send, record), with no loop running behind the test's back.
+pub async fn spawn_stepped_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    launch(Arc::new(TestDatabase::for_suite().await), tweak, true).await
+}
+
+async fn launch(db: Arc<TestDatabase>, tweak: impl FnOnce(&mut Config), stepped: bool) -> TestApp {
     announce_backend(db.backend);
     let mut config = test_config(&db);
     tweak(&mut config);
     let configured = config.admin_token.as_ref().map(|t| t.0.clone());
-    let app = App::build(config).await.expect("the app builds");
+    let mut app = App::build(config).await.expect("the app builds");
+    let stepper = if stepped { app.take_dispatcher().map(tokio::sync::Mutex::new) } else { None };
     let addr = app.local_addr();
     let bootstrap_token = app.bootstrap_token().map(str::to_owned);
     let admin_token = configured.or_else(|| bootstrap_token.clone()).unwrap_or_default();
@@ -197,6 +215,7 @@ pub async fn spawn_app_on(db: Arc<TestDatabase>, tweak: impl FnOnce(&mut Config)
         backend: db.backend,
         db,
         task: Some(task),
+        stepper,
     }
 }
 
@@ -484,8 +503,22 @@ pub fn assert_id(prefix: &str, value: &Value) {
     assert!(is_id(prefix, text), "`{text}` is not a `{prefix}_` id");
 }
 
-/// Polls `check` until it returns `Some`, failing after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+/// Polls `check` until it returns `Some`, failing after `timeout`: the one way tests wait for an
+/// effect they do not drive themselves.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match poll_until(timeout, check).await {
+        Some(value) => value,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`; `None` after `timeout` (for callers that
+/// say more than `eventually` when it times out).
+pub async fn poll_until<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -493,9 +526,11 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Some(value);
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -560,13 +595,53 @@ impl TestApp {
         deliveries.into_iter().next().unwrap()
     }
 
-    /// Polls delivery `id` until it is `status` and not in flight; returns it with its attempts.
+    /// Waits until delivery `id` is `status` and not in flight; returns it with its attempts.
     pub async fn settled(&self, tenant: &str, id: &str, status: &str, timeout: Duration) -> Value {
-        eventually(timeout, &format!("delivery {id} to be {status}"), || async {
+        self.until(timeout, &format!("delivery {id} to be {status}"), || async {
             let delivery = self.delivery(tenant, id).await;
             (delivery["status"] == json!(status) && delivery["in_flight"] != json!(true)).then_some(delivery)
         })
         .await
+    }
+
+    /// Waits until `receiver` has seen at least `count` requests on `path`; returns them all.
+    pub async fn received(
+        &self,
+        receiver: &Receiver,
+        path: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<Recorded> {
+        self.until(timeout, &format!("{count} requests on {path}"), || async {
+            let requests = receiver.requests(path);
+            (requests.len() >= count).then_some(requests)
+        })
+        .await
+    }
+
+    /// Waits until `check` returns `Some`, failing after `timeout`. With a stepped dispatcher
+    /// (`spawn_stepped_app_with`), each turn delivers what is due now, one step at a time, and
+    /// sleeps only until the next delivery falls due; otherwise it polls (`eventually`).
+    pub async fn until<T, F, Fut>(&self, timeout: Duration, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let Some(stepper) = &self.stepper else {
+            return eventually(timeout, what, check).await;
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+            let mut dispatcher = stepper.lock().await;
+            let step = dispatcher.step().await.expect("a dispatcher step");
+            if step.started == 0 && step.recorded == 0 {
+                dispatcher.until_due(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 

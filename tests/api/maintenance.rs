@@ -72,7 +72,11 @@ async fn retention_deletes_exactly_what_is_old_and_keeps_what_is_pending() {
     .expect(200);
     let old_unrouted = id_of(&app.emit(&tenant, "order.other", &json!({"n": 3})).await);
     let boundary = now_micros();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The next event is accepted strictly after the boundary.
+    eventually(Duration::from_secs(1), "the clock to pass the boundary", || async {
+        (now_micros() > boundary).then_some(())
+    })
+    .await;
     let recent = id_of(&app.emit(&tenant, "order.paid", &json!({"n": 4})).await);
 
     // 30 days after `boundary`: the first three are old, the last is not. Batches of one.
@@ -149,6 +153,14 @@ async fn failing_customer(receiver: &Receiver) -> (TestApp, String, String) {
     app.add_endpoint(&ops, &receiver.url("/ops"), json!({"event_types": ["endpoint.*", "delivery.*"]})).await;
     let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/dead"), json!({})).await;
     (app, tenant, id_of(&endpoint))
+}
+
+/// Waits until no delivery of `tenant` is pending: nothing more can reach its endpoints.
+async fn nothing_pending(app: &TestApp, tenant: &str) {
+    eventually(Duration::from_secs(10), "every delivery to settle", || async {
+        app.deliveries(tenant, "status=pending").await.is_empty().then_some(())
+    })
+    .await;
 }
 
 fn ops_events(receiver: &Receiver, event: &str) -> Vec<Value> {
@@ -244,7 +256,7 @@ async fn the_operations_tenant_hears_nothing_about_its_own_endpoints() {
         (!failed.is_empty()).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    nothing_pending(&app, &ops).await;
     let reports = ops_events(&receiver, "delivery.exhausted");
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0]["data"]["tenant_id"], tenant.as_str());
@@ -279,7 +291,7 @@ async fn two_schedulers_running_the_same_job_at_once_act_once() {
         (!reports.is_empty()).then_some(reports)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    nothing_pending(&app, "ops").await;
     assert_eq!(ops_events(&receiver, "endpoint.disabled").len(), 1, "{reports:?}");
     assert_eq!(reports[0]["data"]["endpoint_id"], endpoint.as_str());
 }

@@ -1,5 +1,6 @@
-//! A recording webhook receiver: a real axum server on `127.0.0.1:0` that keeps every request
-//! (path, headers, body, arrival time) and answers per path as programmed.
+//! The one recording webhook receiver of the tests: a real axum server on `127.0.0.1:0` that
+//! keeps every request (path, headers, body, arrival time) and answers per path as programmed —
+//! a status, a delay, a hang, Retry-After, a redirect — in a sequence per path or per event.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,12 +21,21 @@ pub struct Reply {
     /// Never answer (until the receiver stops).
     pub hang: bool,
     pub retry_after: Option<String>,
+    /// A `location` header (with a 3xx status: a redirect).
+    pub location: Option<String>,
     pub body: String,
 }
 
 impl Reply {
     pub fn status(status: u16) -> Reply {
-        Reply { status, delay: Duration::ZERO, hang: false, retry_after: None, body: String::new() }
+        Reply {
+            status,
+            delay: Duration::ZERO,
+            hang: false,
+            retry_after: None,
+            location: None,
+            body: String::new(),
+        }
     }
 
     pub fn ok() -> Reply {
@@ -34,6 +44,11 @@ impl Reply {
 
     pub fn hang() -> Reply {
         Reply { hang: true, ..Reply::ok() }
+    }
+
+    /// A 302 to `location`.
+    pub fn redirect(location: &str) -> Reply {
+        Reply { location: Some(location.to_owned()), ..Reply::status(302) }
     }
 
     pub fn delayed(self, delay: Duration) -> Reply {
@@ -78,6 +93,8 @@ struct PathState {
     /// Answers in order; the last one repeats.
     replies: Vec<Reply>,
     answered: usize,
+    /// The sequence restarts for each event (`webhook-id`): answers given per event.
+    per_event: Option<HashMap<String, usize>>,
     requests: Vec<Recorded>,
     in_flight: usize,
     max_in_flight: usize,
@@ -141,6 +158,15 @@ impl Receiver {
         let state = paths.entry(path.to_owned()).or_default();
         state.replies = replies;
         state.answered = 0;
+        state.per_event = None;
+    }
+
+    /// Answers each event's requests to `path` (by `webhook-id`) with `replies` in order, the last
+    /// one repeating: the sequence starts again for every event.
+    pub fn respond_per_event(&self, path: &str, replies: Vec<Reply>) {
+        self.respond_sequence(path, replies);
+        self.shared.paths.lock().unwrap().entry(path.to_owned()).or_default().per_event =
+            Some(HashMap::new());
     }
 
     /// Answers with these statuses in order, the last one repeating.
@@ -173,19 +199,11 @@ impl Receiver {
 
     /// Waits until `path` has received at least `n` requests; fails after `timeout`.
     pub async fn wait_for(&self, path: &str, n: usize, timeout: Duration) -> Vec<Recorded> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        crate::helpers::eventually(timeout, &format!("{n} requests to {path}"), || async {
             let requests = self.requests(path);
-            if requests.len() >= n {
-                return requests;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {n} requests to {path}; got {}",
-                requests.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (requests.len() >= n).then_some(requests)
+        })
+        .await
     }
 }
 
@@ -200,14 +218,25 @@ async fn handle(
     let reply = {
         let mut paths = shared.paths.lock().unwrap();
         let state = paths.entry(path.clone()).or_default();
-        state.requests.push(Recorded { path: path.clone(), headers, body, at: Instant::now() });
+        state.requests.push(Recorded {
+            path: path.clone(),
+            headers: headers.clone(),
+            body,
+            at: Instant::now(),
+        });
         state.in_flight += 1;
         state.max_in_flight = state.max_in_flight.max(state.in_flight);
+        let event = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let answered = match &mut state.per_event {
+            Some(per_event) => per_event.entry(event).or_default(),
+            None => &mut state.answered,
+        };
+        let turn = *answered;
+        *answered += 1;
         let reply = match state.replies.len() {
             0 => Reply::ok(),
-            n => state.replies[state.answered.min(n - 1)].clone(),
+            n => state.replies[turn.min(n - 1)].clone(),
         };
-        state.answered += 1;
         let mut total = shared.total.lock().unwrap();
         total.0 += 1;
         total.1 = total.1.max(total.0);
@@ -227,6 +256,9 @@ async fn handle(
     let mut response = (status, reply.body).into_response();
     if let Some(value) = &reply.retry_after {
         response.headers_mut().insert("retry-after", HeaderValue::from_str(value).expect("header value"));
+    }
+    if let Some(value) = &reply.location {
+        response.headers_mut().insert("location", HeaderValue::from_str(value).expect("header value"));
     }
     response
 }

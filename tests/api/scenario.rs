@@ -4,15 +4,12 @@
 //! attempt on record and every signature valid.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, eventually, id_of, spawn_app_with};
+use crate::receiver::{Receiver, Reply};
 
 /// Events emitted: 10,000 on SQLite (about a minute on a 2-core machine with a debug build);
 /// 2,500 on PostgreSQL, where recording attempt by attempt takes about four times as long per
@@ -25,48 +22,6 @@ fn events() -> usize {
     }
 }
 
-#[derive(Default)]
-struct Seen {
-    /// (path, webhook-id) → requests received.
-    requests: HashMap<(String, String), u32>,
-    bad_signatures: u32,
-}
-
-struct Receiver {
-    seen: Mutex<Seen>,
-    secrets: Mutex<HashMap<String, String>>,
-}
-
-async fn receive(
-    State(receiver): State<Arc<Receiver>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let path = uri.path().to_owned();
-    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let secret = receiver.secrets.lock().unwrap().get(&path).cloned();
-    let valid =
-        secret.is_some_and(|s| standardwebhooks::Webhook::new(&s).unwrap().verify(&body, &headers).is_ok());
-    let count = {
-        let mut seen = receiver.seen.lock().unwrap();
-        if !valid {
-            seen.bad_signatures += 1;
-        }
-        let count = seen.requests.entry((path.clone(), id)).or_default();
-        *count += 1;
-        *count
-    };
-    match path.as_str() {
-        "/flaky" if count <= 2 => StatusCode::INTERNAL_SERVER_ERROR,
-        "/hang" => {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            StatusCode::OK
-        }
-        _ => StatusCode::OK,
-    }
-}
-
 async fn all_deliveries(app: &TestApp, tenant: &str, endpoint: &str) -> Vec<Value> {
     let (items, _) = app
         .walk_pages(&format!("/v1/tenants/{tenant}/deliveries?endpoint_id={endpoint}"), &app.admin_token, 250)
@@ -76,11 +31,9 @@ async fn all_deliveries(app: &TestApp, tenant: &str, endpoint: &str) -> Vec<Valu
 
 #[tokio::test]
 async fn every_delivery_ends_as_the_rules_say_with_every_attempt_on_record_and_every_signature_valid() {
-    let receiver = Arc::new(Receiver { seen: Mutex::default(), secrets: Mutex::default() });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = axum::Router::new().fallback(receive).with_state(receiver.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let receiver = Receiver::start().await;
+    receiver.respond_per_event("/flaky", vec![Reply::status(500), Reply::status(500), Reply::ok()]);
+    receiver.respond("/hang", Reply::hang());
 
     let app = spawn_app_with(|c| {
         c.delivery.retry_schedule = vec![Duration::from_millis(20); 3];
@@ -95,14 +48,10 @@ async fn every_delivery_ends_as_the_rules_say_with_every_attempt_on_record_and_e
     app.create_event_type("order.paid").await;
     let tenant = id_of(&app.create_tenant().await);
     let mut endpoints = HashMap::new();
+    let mut secrets = HashMap::new();
     for (path, cap) in [("/healthy", 100), ("/flaky", 100), ("/hang", 1000)] {
-        let endpoint =
-            app.add_endpoint(&tenant, &format!("{base}{path}"), json!({"max_in_flight": cap})).await;
-        receiver
-            .secrets
-            .lock()
-            .unwrap()
-            .insert(path.to_owned(), endpoint["secret"].as_str().unwrap().to_owned());
+        let endpoint = app.add_endpoint(&tenant, &receiver.url(path), json!({"max_in_flight": cap})).await;
+        secrets.insert(path, endpoint["secret"].as_str().unwrap().to_owned());
         endpoints.insert(path, id_of(&endpoint));
     }
 
@@ -139,15 +88,21 @@ async fn every_delivery_ends_as_the_rules_say_with_every_attempt_on_record_and_e
 
     // Every request the receiver saw has an attempt on record, and nothing was sent twice by
     // mistake: per event, exactly the attempts the rules allow.
-    let (bad_signatures, per_path) = {
-        let seen = receiver.seen.lock().unwrap();
-        let per_path = |path: &str| {
-            seen.requests.iter().filter(|((p, _), _)| p == path).map(|(_, n)| *n).collect::<Vec<_>>()
-        };
-        (seen.bad_signatures, [per_path("/healthy"), per_path("/flaky"), per_path("/hang")])
-    };
+    // Requests per event on each path, and how many of them carried a signature that does not
+    // verify with the endpoint's secret.
+    let mut bad_signatures = 0;
+    let mut per_path = Vec::new();
+    for path in ["/healthy", "/flaky", "/hang"] {
+        let verifier = standardwebhooks::Webhook::new(&secrets[path]).unwrap();
+        let mut per_event: HashMap<String, u32> = HashMap::new();
+        for request in receiver.requests(path) {
+            bad_signatures += usize::from(verifier.verify(&request.body, &request.headers).is_err());
+            *per_event.entry(request.header("webhook-id").unwrap_or_default().to_owned()).or_default() += 1;
+        }
+        per_path.push(per_event.into_values().collect::<Vec<_>>());
+    }
     assert_eq!(bad_signatures, 0, "every signature verifies");
-    let [h, f, t] = per_path;
+    let [h, f, t] = <[Vec<u32>; 3]>::try_from(per_path).unwrap();
     assert_eq!((h.len(), f.len(), t.len()), (events_total, events_total, events_total));
     assert!(h.iter().all(|n| *n == 1));
     assert!(f.iter().all(|n| *n == 3));

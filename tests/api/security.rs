@@ -101,29 +101,17 @@ async fn literal_internal_addresses_are_refused_at_registration_outside_dev_mode
 #[tokio::test]
 async fn a_redirect_to_an_internal_address_is_not_followed() {
     // A receiver whose /hook answers 302 to /internal; /internal must never be requested.
-    let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = hits.clone();
-    let router = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().unwrap().push(uri.path().to_owned());
-            (
-                axum::http::StatusCode::FOUND,
-                [(axum::http::header::LOCATION, format!("http://127.0.0.1:{}/internal", addr.port()))],
-            )
-        }
-    });
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let receiver = Receiver::start().await;
+    receiver.respond("/hook", Reply::redirect(&receiver.url("/internal")));
     let app = spawn_app_with(|c| c.delivery.retry_schedule = vec![]).await;
     app.create_event_type("order.paid").await;
-    let (tenant, _) = app.tenant_with_endpoint(&format!("http://{addr}/hook"), json!({})).await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
     let event = id_of(&app.emit(&tenant, "order.paid", &json!({})).await);
     let delivery = first_attempt(&app, &tenant, &event).await;
     assert_eq!(delivery["attempts"][0]["status_code"], 302, "{delivery}");
     app.settled(&tenant, delivery["id"].as_str().unwrap(), "failed", Duration::from_secs(10)).await;
-    assert_eq!(*hits.lock().unwrap(), vec!["/hook".to_owned()]);
+    assert_eq!(receiver.requests("/hook").len(), 1);
+    assert!(receiver.requests("/internal").is_empty(), "the redirect was followed");
 }
 
 /// The stored secret and header column of one endpoint, as bytes on disk.
@@ -217,8 +205,11 @@ async fn per_token_rate_limits_answer_429_with_retry_after_and_recover() {
     for _ in 0..10 {
         app.get(&path, &app.admin_token).await.expect(200);
     }
-    tokio::time::sleep(Duration::from_secs(wait)).await;
-    app.get(&path, &token).await.expect(200);
+    // It recovers once the budget refills, about `Retry-After` later.
+    eventually(Duration::from_secs(wait + 10), "the tenant's budget to refill", || async {
+        (app.get(&path, &token).await.status == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
