@@ -152,17 +152,22 @@ impl<'c> From<&'c mut Tx> for Ex<'c> {
 pub(crate) struct Sql<'a> {
     text: Cow<'static, str>,
     args: Vec<Value<'a>>,
+    /// Placeholders added by [`Sql::push_bind`]: (byte offset in `text`, argument number). They
+    /// are written when the statement runs, as each backend binds fastest: `$N` on PostgreSQL,
+    /// `?` on SQLite, which looks a named parameter up by a linear scan (so 12,000 `$N` in one
+    /// multi-row insert cost O(n²)) but binds `?` by position.
+    pushed: Vec<(usize, usize)>,
 }
 
 /// A fixed statement.
 pub(crate) fn sql<'a>(text: &'static str) -> Sql<'a> {
-    Sql { text: Cow::Borrowed(text), args: Vec::new() }
+    Sql { text: Cow::Borrowed(text), args: Vec::new(), pushed: Vec::new() }
 }
 
 impl<'a> Sql<'a> {
     /// A statement built at run time, starting with `text`.
     pub(crate) fn build(text: &str) -> Sql<'a> {
-        Sql { text: Cow::Owned(text.to_owned()), args: Vec::new() }
+        Sql { text: Cow::Owned(text.to_owned()), args: Vec::new(), pushed: Vec::new() }
     }
 
     /// Binds the next `$N` placeholder.
@@ -180,8 +185,31 @@ impl<'a> Sql<'a> {
     /// Appends a placeholder for `value`.
     pub(crate) fn push_bind(&mut self, value: impl Into<Value<'a>>) -> &mut Self {
         self.args.push(value.into());
-        let placeholder = format!("${}", self.args.len());
-        self.push(&placeholder)
+        self.pushed.push((self.text.len(), self.args.len()));
+        self
+    }
+
+    /// The statement's text with its pushed placeholders written: `?` (by position) when every
+    /// argument was pushed in order and `positional` holds, else `$N`.
+    fn render(&self, positional: bool) -> Cow<'static, str> {
+        if self.pushed.is_empty() {
+            return self.text.clone();
+        }
+        let positional = positional && self.pushed.len() == self.args.len();
+        let mut text = String::with_capacity(self.text.len() + self.pushed.len() * 6);
+        let mut from = 0;
+        for (offset, number) in &self.pushed {
+            text.push_str(&self.text[from..*offset]);
+            if positional {
+                text.push('?');
+            } else {
+                text.push('$');
+                text.push_str(&number.to_string());
+            }
+            from = *offset;
+        }
+        text.push_str(&self.text[from..]);
+        Cow::Owned(text)
     }
 
     /// Appends `value`'s placeholder cast to `sql_type` (PostgreSQL types the columns of a
@@ -312,7 +340,7 @@ async fn sqlite_execute<'c>(
     on: impl Executor<'c, Database = Sqlite>,
 ) -> Result<u64, sqlx::Error> {
     let args = statement.sqlite_args()?;
-    Ok(sqlx::query_with(AssertSqlSafe(statement.text), args).execute(on).await?.rows_affected())
+    Ok(sqlx::query_with(AssertSqlSafe(statement.render(true)), args).execute(on).await?.rows_affected())
 }
 
 async fn sqlite_fetch<'c, T: Rows>(
@@ -320,7 +348,7 @@ async fn sqlite_fetch<'c, T: Rows>(
     on: impl Executor<'c, Database = Sqlite>,
 ) -> Result<Vec<T>, sqlx::Error> {
     let args = statement.sqlite_args()?;
-    sqlx::query_as_with(AssertSqlSafe(statement.text), args).fetch_all(on).await
+    sqlx::query_as_with(AssertSqlSafe(statement.render(true)), args).fetch_all(on).await
 }
 
 async fn pg_execute<'c>(
@@ -328,7 +356,7 @@ async fn pg_execute<'c>(
     on: impl Executor<'c, Database = Postgres>,
 ) -> Result<u64, sqlx::Error> {
     let args = statement.pg_args()?;
-    Ok(sqlx::query_with(AssertSqlSafe(statement.text), args).execute(on).await?.rows_affected())
+    Ok(sqlx::query_with(AssertSqlSafe(statement.render(false)), args).execute(on).await?.rows_affected())
 }
 
 async fn pg_fetch<'c, T: Rows>(
@@ -336,7 +364,7 @@ async fn pg_fetch<'c, T: Rows>(
     on: impl Executor<'c, Database = Postgres>,
 ) -> Result<Vec<T>, sqlx::Error> {
     let args = statement.pg_args()?;
-    sqlx::query_as_with(AssertSqlSafe(statement.text), args).fetch_all(on).await
+    sqlx::query_as_with(AssertSqlSafe(statement.render(false)), args).fetch_all(on).await
 }
 
 #[cfg(test)]
@@ -351,8 +379,12 @@ mod tests {
         });
         statement.push(" returning a");
         assert_eq!(
-            statement.text,
+            statement.render(false),
             "insert into t (a, b) values (cast($1 as bigint), $2), (cast($3 as bigint), $4) returning a"
+        );
+        assert_eq!(
+            statement.render(true),
+            "insert into t (a, b) values (cast(? as bigint), ?), (cast(? as bigint), ?) returning a"
         );
         assert_eq!(statement.args.len(), 4);
         assert_eq!(statement.args[3], Value::Text(Some(Cow::Borrowed("y"))));
@@ -362,6 +394,39 @@ mod tests {
     fn lists_are_comma_separated_tuples() {
         let mut statement = Sql::build("delete from t where id in (");
         statement.push_list(["a", "b", "c"]).push(")");
-        assert_eq!(statement.text, "delete from t where id in ($1, $2, $3)");
+        assert_eq!(statement.render(false), "delete from t where id in ($1, $2, $3)");
+    }
+
+    #[test]
+    fn placeholders_stay_numbered_when_fixed_ones_come_first() {
+        let mut statement = Sql::build("update t set a = $1 where b in (").bind(7i64);
+        statement.push_list(["x", "y"]).push(")");
+        assert_eq!(statement.render(true), "update t set a = $1 where b in ($2, $3)");
+    }
+}
+
+#[cfg(test)]
+mod sqlite_tests {
+    use super::*;
+
+    /// On SQLite, pushed placeholders are written as `?` (bound by position); fixed ones stay `$N`.
+    #[tokio::test]
+    async fn a_built_multi_row_statement_runs_on_sqlite() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("an in-memory database");
+        let on = || Ex::SqlitePool(&pool);
+        sql("create table t (a bigint, b text)").execute(on()).await.expect("created");
+        let mut insert = Sql::build("insert into t (a, b) values ");
+        insert.push_tuples([(1i64, "x"), (2, "y")], |tuple, (a, b)| {
+            tuple.cast(a, "bigint").bind(b);
+        });
+        assert_eq!(insert.execute(on()).await.expect("inserted"), 2);
+        let mut select = Sql::build("select a, b from t where a >= $1 and b in (").bind(0i64);
+        select.push_list(["y", "z"]).push(")");
+        let rows: Vec<(i64, String)> = select.fetch_all(on()).await.expect("selected");
+        assert_eq!(rows, vec![(2, "y".to_owned())]);
     }
 }
