@@ -4,14 +4,23 @@
 //!
 //! # Layout
 //!
-//! - [`config`] — layered configuration (defaults < file < `HERALD_…` env < flags).
-//! - [`app`] — wiring; `App::build` and `App::run`.
-//! - [`domain`] — pure types and rules (ids, names, URLs, secrets, tokens).
-//! - [`http`] — the REST API, one router per resource, problem+json errors, OpenAPI.
-//! - [`metrics`] — Prometheus metric names and the recorder.
-//! - [`dispatch`] — the dispatcher: claim, send, record.
-//! - [`storage`] — the `Store` trait with SQLite and PostgreSQL backends.
+//! - [`config`] — layered configuration (defaults < file < `HERALD_…` env < flags), validated.
+//! - [`app`] — wiring; `App::build` and `App::run`, which supervises the dispatcher.
+//! - [`domain`] — pure types and rules, no I/O: ids, names, URLs, secrets, tokens, signatures,
+//!   and every delivery rule (states, success, the attempt budget, Retry-After, stopping an
+//!   endpoint, claim planning, the stats rollup, health). `docs/architecture.md` maps each rule
+//!   to its function.
+//! - [`crypto`] — secrets at rest: sealing and opening with the master keys.
+//! - [`http`] — the REST API, one router per resource, problem+json errors, OpenAPI, the
+//!   dashboard.
+//! - [`ingest`] — the group commit: ingest requests sharing one transaction.
+//! - [`dispatch`] — the dispatcher: claim, send, record; `dispatch_once` is one cycle.
+//! - [`storage`] — the `Store` over SQLite or PostgreSQL: statements written once, the real
+//!   differences behind a small interface.
+//! - [`maintenance`] — the scheduled jobs and their cron wiring.
+//! - [`metrics`] — Prometheus metric names, the recorder, store-derived gauges.
 //! - [`telemetry`] — logging.
+//! - [`tools`] — `herald receive`, `herald bench`, `herald soak`.
 
 pub mod app;
 pub mod config;

@@ -9,13 +9,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiError, Problem};
+use super::error::ApiError;
 use super::events::parse_time;
 use super::extract::{ApiQuery, Auth, PageParams, Pager};
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::delivery::{Attempt, Delivery};
 use crate::domain::time::format_micros;
-use crate::storage::{DeliveryFilter, RetryError, StoreError};
+use crate::http::error::ErrorResponses;
+use crate::http::error::OrNotFound;
+use crate::storage::{DeliveryFilter, RetryError};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -141,7 +143,7 @@ pub struct DeliveryQuery {
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/deliveries", tag = "deliveries",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), DeliveryQuery, PageParams),
     security(("bearer" = [])),
-    responses((status = 200, description = "A page of deliveries, newest first", body = DeliveryList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of deliveries, newest first", body = DeliveryList), ErrorResponses))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
     auth: Auth,
@@ -170,10 +172,7 @@ pub async fn list_deliveries(
 }
 
 async fn load(state: &AppState, tenant_id: &str, id: &str) -> Result<DeliveryOut, ApiError> {
-    let delivery = match state.store.get_delivery(tenant_id, id).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found("delivery", id)),
-        other => other.map_err(ApiError::from),
-    }?;
+    let delivery = state.store.get_delivery(tenant_id, id).await.or_not_found("delivery", id)?;
     let attempts = state.store.list_attempts(&delivery.id).await?;
     let mut out = DeliveryOut::from(delivery);
     out.attempts = Some(attempts.into_iter().map(Into::into).collect());
@@ -184,7 +183,7 @@ async fn load(state: &AppState, tenant_id: &str, id: &str) -> Result<DeliveryOut
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/deliveries/{id}", tag = "deliveries",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`dlv_…`")),
     security(("bearer" = [])),
-    responses((status = 200, description = "The delivery with every attempt", body = DeliveryOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The delivery with every attempt", body = DeliveryOut), ErrorResponses))]
 pub async fn get_delivery(
     State(state): State<AppState>,
     auth: Auth,
@@ -214,7 +213,7 @@ pub(crate) fn retry_error(error: RetryError, what: &str, id: &str) -> ApiError {
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/deliveries/{id}/retry", tag = "deliveries",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`dlv_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 202, description = "Queued again: the delivery as it now is", body = DeliveryOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Queued again: the delivery as it now is", body = DeliveryOut), ErrorResponses))]
 pub async fn retry_delivery(
     State(state): State<AppState>,
     auth: Auth,

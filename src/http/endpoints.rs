@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, Problem};
+use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager, RawBody};
 use crate::domain::endpoint::{
     Endpoint, MAX_IN_FLIGHT_RANGE, RATE_LIMIT_RANGE, generate_secret, mask_header_value, parse_event_types,
@@ -22,6 +22,8 @@ use crate::domain::event_type::Pattern;
 use crate::domain::id::{IdKind, new_id};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::{Invalid, check_text};
+use crate::http::error::ErrorResponses;
+use crate::http::error::OrNotFound;
 use crate::storage::StoreError;
 
 pub(crate) fn router() -> Router<AppState> {
@@ -246,16 +248,13 @@ async fn validate(
 }
 
 async fn load(state: &AppState, tenant_id: &str, id: &str) -> Result<Endpoint, ApiError> {
-    match state.store.get_endpoint(tenant_id, id).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", id)),
-        other => other.map_err(ApiError::from),
-    }
+    state.store.get_endpoint(tenant_id, id).await.or_not_found("endpoint", id)
 }
 
 /// Register an endpoint for a tenant.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints", request_body = EndpointIn,
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), super::idempotency::IdempotencyKeyHeader), security(("bearer" = [])),
-    responses((status = 201, description = "Created, with its signing secret", body = EndpointCreatedOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, description = "Created, with its signing secret", body = EndpointCreatedOut), ErrorResponses))]
 pub async fn create_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -300,7 +299,7 @@ pub async fn create_endpoint(
 /// List a tenant's endpoints, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), PageParams), security(("bearer" = [])),
-    responses((status = 200, description = "A page of endpoints, newest first", body = EndpointList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of endpoints, newest first", body = EndpointList), ErrorResponses))]
 pub async fn list_endpoints(
     State(state): State<AppState>,
     auth: Auth,
@@ -318,7 +317,7 @@ pub async fn list_endpoints(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
     security(("bearer" = [])),
-    responses((status = 200, description = "The endpoint", body = EndpointOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
 pub async fn get_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -332,7 +331,7 @@ pub async fn get_endpoint(
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/endpoints/{ep}", tag = "endpoints", request_body = EndpointPatch,
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
     security(("bearer" = [])),
-    responses((status = 200, description = "The endpoint", body = EndpointOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
 pub async fn update_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -389,10 +388,7 @@ pub async fn update_endpoint(
     validate(&state, &mut invalid, &mut endpoint, check_catalogue).await?;
     invalid.into_result().map_err(ApiError::Invalid)?;
     endpoint.updated_at = now;
-    match state.store.update_endpoint(&endpoint).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", &ep)),
-        other => other.map_err(ApiError::from),
-    }?;
+    state.store.update_endpoint(&endpoint).await.or_not_found("endpoint", &ep)?;
     state.wakeup.notify_one();
     Ok(Json(endpoint.into()))
 }
@@ -401,17 +397,14 @@ pub async fn update_endpoint(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/endpoints/{ep}", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
     security(("bearer" = [])),
-    responses((status = 204, description = "deleted"), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "deleted"), ErrorResponses))]
 pub async fn delete_endpoint(
     State(state): State<AppState>,
     auth: Auth,
     Path((tenant, ep)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = auth.tenant(&state, &tenant).await?;
-    match state.store.delete_endpoint(&tenant.id, &ep, now_micros()).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", &ep)),
-        other => other.map_err(ApiError::from),
-    }?;
+    state.store.delete_endpoint(&tenant.id, &ep, now_micros()).await.or_not_found("endpoint", &ep)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -419,17 +412,14 @@ pub async fn delete_endpoint(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
     security(("bearer" = [])),
-    responses((status = 200, description = "The current secret", body = SecretOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The current secret", body = SecretOut), ErrorResponses))]
 pub async fn get_endpoint_secret(
     State(state): State<AppState>,
     auth: Auth,
     Path((tenant, ep)): Path<(String, String)>,
 ) -> Result<Json<SecretOut>, ApiError> {
     let tenant = auth.tenant(&state, &tenant).await?;
-    let secrets = match state.store.get_secrets(&tenant.id, &ep).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", &ep)),
-        other => other.map_err(ApiError::from),
-    }?;
+    let secrets = state.store.get_secrets(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
     let now = now_micros();
     Ok(Json(SecretOut {
         secret: secrets.current,
@@ -471,7 +461,7 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret/rotate", tag = "endpoints", request_body(content = Option<RotateIn>, description = "Optional: an empty body means the defaults"),
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 200, description = "Rotated: the new secret", body = RotatedOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Rotated: the new secret", body = RotatedOut), ErrorResponses))]
 pub async fn rotate_endpoint_secret(
     State(state): State<AppState>,
     auth: Auth,
@@ -494,10 +484,7 @@ pub async fn rotate_endpoint_secret(
     load(&state, &tenant.id, &ep).await?;
     let secret = input.secret.unwrap_or_else(generate_secret);
     let expires = now_micros() + grace * 1_000_000;
-    match state.store.rotate_secret(&tenant.id, &ep, &secret, expires).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", &ep)),
-        other => other.map_err(ApiError::from),
-    }?;
+    state.store.rotate_secret(&tenant.id, &ep, &secret, expires).await.or_not_found("endpoint", &ep)?;
     Ok(Json(RotatedOut { secret, previous_secret_expires_at: (grace > 0).then(|| format_micros(expires)) }))
 }
 
@@ -505,17 +492,14 @@ pub async fn rotate_endpoint_secret(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret/previous", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
     security(("bearer" = [])),
-    responses((status = 204, description = "the previous secret no longer signs"), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "the previous secret no longer signs"), ErrorResponses))]
 pub async fn delete_previous_secret(
     State(state): State<AppState>,
     auth: Auth,
     Path((tenant, ep)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = auth.tenant(&state, &tenant).await?;
-    match state.store.delete_previous_secret(&tenant.id, &ep).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", &ep)),
-        other => other.map_err(ApiError::from),
-    }?;
+    state.store.delete_previous_secret(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -557,10 +541,7 @@ async fn set_enabled(
         endpoint.disabled_reason = Some(reason.unwrap_or_else(|| "disabled by request".to_owned()));
     }
     endpoint.updated_at = now;
-    match state.store.update_endpoint(&endpoint).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found("endpoint", ep)),
-        other => other.map_err(ApiError::from),
-    }?;
+    state.store.update_endpoint(&endpoint).await.or_not_found("endpoint", ep)?;
     // An operational event may have been written with the change.
     state.wakeup.notify_one();
     Ok(Json(endpoint.into()))
@@ -570,7 +551,7 @@ async fn set_enabled(
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/enable", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 200, description = "The endpoint", body = EndpointOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
 pub async fn enable_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -584,7 +565,7 @@ pub async fn enable_endpoint(
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/disable", tag = "endpoints", request_body(content = Option<DisableIn>, description = "Optional: an empty body means no reason"),
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 200, description = "The endpoint", body = EndpointOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
 pub async fn disable_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -600,7 +581,7 @@ pub async fn disable_endpoint(
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/test", tag = "endpoints",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 202, description = "Accepted: the test event and its one delivery are committed", body = super::events::EventAccepted), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Accepted: the test event and its one delivery are committed", body = super::events::EventAccepted), ErrorResponses))]
 pub async fn test_endpoint(
     State(state): State<AppState>,
     auth: Auth,
@@ -654,7 +635,7 @@ pub struct RecoverOut {
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/recover", tag = "endpoints", request_body = RecoverIn,
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 202, description = "The failed deliveries made pending again", body = RecoverOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "The failed deliveries made pending again", body = RecoverOut), ErrorResponses))]
 pub async fn recover_endpoint(
     State(state): State<AppState>,
     auth: Auth,

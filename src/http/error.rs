@@ -54,6 +54,41 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+/// `404` naming what was not found, for a store lookup.
+pub trait OrNotFound<T> {
+    /// `StoreError::NotFound` becomes `404 {what} `{key}` not found`; other errors as usual.
+    fn or_not_found(self, what: &str, key: &str) -> Result<T, ApiError>;
+}
+
+impl<T> OrNotFound<T> for Result<T, StoreError> {
+    fn or_not_found(self, what: &str, key: &str) -> Result<T, ApiError> {
+        match self {
+            Err(StoreError::NotFound) => Err(ApiError::not_found(what, key)),
+            other => other.map_err(ApiError::from),
+        }
+    }
+}
+
+/// The error answers every API route can give, as the OpenAPI document lists them (one
+/// definition for every route).
+#[derive(utoipa::IntoResponses)]
+pub enum ErrorResponses {
+    /// A client error.
+    #[response(
+        status = "4XX",
+        content_type = "application/problem+json",
+        description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large"
+    )]
+    Client(Problem),
+    /// A server error.
+    #[response(
+        status = "5XX",
+        content_type = "application/problem+json",
+        description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text"
+    )]
+    Server(Problem),
+}
+
 /// The problem+json body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {

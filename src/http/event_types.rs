@@ -10,11 +10,13 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiError, Problem};
+use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager};
 use crate::domain::event_type::{EventType, validate_name, validate_schema};
 use crate::domain::time::now_micros;
 use crate::domain::{Invalid, check_text};
+use crate::http::error::ErrorResponses;
+use crate::http::error::OrNotFound;
 use crate::storage::StoreError;
 
 /// Longest accepted description.
@@ -123,7 +125,7 @@ fn check_schema(invalid: &mut Invalid, schema: Option<&Value>) {
 /// Create an event type.
 #[utoipa::path(post, path = "/v1/event-types", tag = "event types", request_body = EventTypeIn,
     params(super::idempotency::IdempotencyKeyHeader), security(("bearer" = [])),
-    responses((status = 201, description = "Created", body = EventTypeOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, description = "Created", body = EventTypeOut), ErrorResponses))]
 pub async fn create_event_type(
     State(state): State<AppState>,
     auth: Auth,
@@ -160,7 +162,7 @@ pub async fn create_event_type(
 /// List event types by name.
 #[utoipa::path(get, path = "/v1/event-types", tag = "event types", params(EventTypeFilter, PageParams),
     security(("bearer" = [])),
-    responses((status = 200, description = "A page of event types, by name", body = EventTypeList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of event types, by name", body = EventTypeList), ErrorResponses))]
 pub async fn list_event_types(
     State(state): State<AppState>,
     _auth: Auth,
@@ -174,16 +176,13 @@ pub async fn list_event_types(
 }
 
 async fn load(state: &AppState, name: &str) -> Result<EventType, ApiError> {
-    match state.store.get_event_type(name).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found("event type", name)),
-        other => other.map_err(ApiError::from),
-    }
+    state.store.get_event_type(name).await.or_not_found("event type", name)
 }
 
 /// Get one event type.
 #[utoipa::path(get, path = "/v1/event-types/{name}", tag = "event types",
     params(("name" = String, Path, description = "Event type name")), security(("bearer" = [])),
-    responses((status = 200, description = "The event type", body = EventTypeOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The event type", body = EventTypeOut), ErrorResponses))]
 pub async fn get_event_type(
     State(state): State<AppState>,
     _auth: Auth,
@@ -195,7 +194,7 @@ pub async fn get_event_type(
 /// Update an event type's description, schema or archived flag.
 #[utoipa::path(patch, path = "/v1/event-types/{name}", tag = "event types", request_body = EventTypePatch,
     params(("name" = String, Path, description = "Event type name")), security(("bearer" = [])),
-    responses((status = 200, description = "The event type", body = EventTypeOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The event type", body = EventTypeOut), ErrorResponses))]
 pub async fn update_event_type(
     State(state): State<AppState>,
     auth: Auth,
@@ -225,7 +224,7 @@ pub async fn update_event_type(
 /// Archive an event type: it stays readable but accepts no new events or subscriptions.
 #[utoipa::path(delete, path = "/v1/event-types/{name}", tag = "event types",
     params(("name" = String, Path, description = "Event type name")), security(("bearer" = [])),
-    responses((status = 204, description = "archived"), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "archived"), ErrorResponses))]
 pub async fn archive_event_type(
     State(state): State<AppState>,
     auth: Auth,

@@ -13,13 +13,15 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiError, Problem};
+use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager};
 use crate::domain::Invalid;
 use crate::domain::delivery::{Delivery, Event};
 use crate::domain::event::{data_of_envelope, envelope, minify, parse_data, validate_idempotency_key};
 use crate::domain::id::{IdKind, new_id};
 use crate::domain::time::{format_micros, now_micros, parse_rfc3339};
+use crate::http::error::ErrorResponses;
+use crate::http::error::OrNotFound;
 use crate::storage::{EventFilter, IngestOutcome, NewEvent, StoreError};
 
 /// Most events in one batch request.
@@ -328,7 +330,7 @@ fn idempotency_since(state: &AppState) -> i64 {
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events", request_body = EventIn,
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), super::idempotency::IdempotencyKeyHeader),
     security(("bearer" = [])),
-    responses((status = 202, description = "Accepted: the event and its deliveries are committed", body = EventAccepted), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Accepted: the event and its deliveries are committed", body = EventAccepted), ErrorResponses))]
 pub async fn create_event(
     State(state): State<AppState>,
     auth: Auth,
@@ -366,7 +368,7 @@ pub async fn create_event(
 /// each item has its own status.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events/batch", tag = "events", request_body = BatchIn,
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
-    responses((status = 202, description = "Processed: one result per event, in input order", body = BatchOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Processed: one result per event, in input order", body = BatchOut), ErrorResponses))]
 pub async fn create_events_batch(
     State(state): State<AppState>,
     auth: Auth,
@@ -462,7 +464,7 @@ pub(crate) fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), EventQuery, PageParams),
     security(("bearer" = [])),
-    responses((status = 200, description = "A page of events, newest first", body = EventList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of events, newest first", body = EventList), ErrorResponses))]
 pub async fn list_events(
     State(state): State<AppState>,
     auth: Auth,
@@ -485,17 +487,14 @@ pub async fn list_events(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/events/{id}", tag = "events",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`evt_…`")),
     security(("bearer" = [])),
-    responses((status = 200, description = "The event with the state of each delivery", body = EventOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The event with the state of each delivery", body = EventOut), ErrorResponses))]
 pub async fn get_event(
     State(state): State<AppState>,
     auth: Auth,
     Path((tenant, id)): Path<(String, String)>,
 ) -> Result<Json<EventOut>, ApiError> {
     let tenant = auth.tenant(&state, &tenant).await?;
-    let event = match state.store.get_event(&tenant.id, &id).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found("event", &id)),
-        other => other.map_err(ApiError::from),
-    }?;
+    let event = state.store.get_event(&tenant.id, &id).await.or_not_found("event", &id)?;
     let deliveries = state.store.list_event_deliveries(&event.id).await?;
     let mut out = EventOut::from(event);
     out.delivery_summaries = Some(deliveries.into_iter().map(Into::into).collect());

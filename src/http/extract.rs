@@ -19,7 +19,8 @@ use super::error::ApiError;
 use crate::domain::tenant::Tenant;
 use crate::domain::time::now_micros;
 use crate::domain::token::{Scope, hash_token, shown_prefix};
-use crate::storage::{PageQuery, StoreError};
+use crate::http::error::OrNotFound;
+use crate::storage::PageQuery;
 
 /// A JSON object body whose rejections are problem+json: 415 not JSON, 413 too large, 400
 /// malformed (checked over the whole body first), 422 not an object or the wrong shape (naming the
@@ -172,11 +173,7 @@ impl Auth {
     /// Resolves `{tenant}` (id or external id) to a live tenant this caller may see; another
     /// tenant's key answers 404 exactly like an unknown one.
     pub async fn tenant(&self, state: &AppState, key: &str) -> Result<Tenant, ApiError> {
-        let tenant = match state.store.get_tenant(key).await {
-            Ok(tenant) => tenant,
-            Err(StoreError::NotFound) => return Err(ApiError::not_found("tenant", key)),
-            Err(other) => return Err(other.into()),
-        };
+        let tenant = state.store.get_tenant(key).await.or_not_found("tenant", key)?;
         match &self.scope {
             Scope::Tenant(own) if *own != tenant.id => Err(ApiError::not_found("tenant", key)),
             _ => Ok(tenant),

@@ -9,12 +9,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiError, Problem};
+use super::error::ApiError;
 use super::extract::{ApiQuery, Auth};
 use crate::domain::stats::{Window, percentile};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::token::Scope;
-use crate::storage::{EndpointHealth, StoreError};
+use crate::http::error::ErrorResponses;
+use crate::http::error::OrNotFound;
+use crate::storage::EndpointHealth;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -167,7 +169,7 @@ fn stats_out(health: EndpointHealth, window: Window, now: i64) -> StatsOut {
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}/stats", tag = "stats",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), WindowQuery),
     security(("bearer" = [])),
-    responses((status = 200, description = "The endpoint's delivery health", body = StatsOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The endpoint's delivery health", body = StatsOut), ErrorResponses))]
 pub async fn get_endpoint_stats(
     State(state): State<AppState>,
     auth: Auth,
@@ -176,10 +178,7 @@ pub async fn get_endpoint_stats(
 ) -> Result<Json<StatsOut>, ApiError> {
     let tenant = auth.tenant(&state, &tenant).await?;
     let window = parse_window(query.window.as_deref())?;
-    match state.store.get_endpoint(&tenant.id, &ep).await {
-        Err(StoreError::NotFound) => return Err(ApiError::not_found("endpoint", &ep)),
-        other => other.map(|_| ()).map_err(ApiError::from)?,
-    }
+    state.store.get_endpoint(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
     let now = now_micros();
     let since = window.since(now);
     let mut health = state
@@ -239,7 +238,7 @@ async fn ranked(state: &AppState, tenant_id: Option<&str>, query: &RankQuery) ->
 /// A tenant's endpoints, the worst first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/stats/endpoints", tag = "stats",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), RankQuery), security(("bearer" = [])),
-    responses((status = 200, description = "Endpoints, the worst first", body = StatsList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Endpoints, the worst first", body = StatsList), ErrorResponses))]
 pub async fn list_tenant_endpoint_stats(
     State(state): State<AppState>,
     auth: Auth,
@@ -252,7 +251,7 @@ pub async fn list_tenant_endpoint_stats(
 
 /// Every tenant's endpoints, the worst first (admin).
 #[utoipa::path(get, path = "/v1/stats/endpoints", tag = "stats", params(RankQuery), security(("bearer" = [])),
-    responses((status = 200, description = "Endpoints, the worst first", body = StatsList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Endpoints, the worst first", body = StatsList), ErrorResponses))]
 pub async fn list_endpoint_stats(
     State(state): State<AppState>,
     auth: Auth,
@@ -275,7 +274,7 @@ pub struct MeOut {
 
 /// Describe the calling token (the dashboard uses it to choose its view).
 #[utoipa::path(get, path = "/v1/me", tag = "tokens", security(("bearer" = [])),
-    responses((status = 200, description = "Who the token speaks for", body = MeOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Who the token speaks for", body = MeOut), ErrorResponses))]
 pub async fn whoami(State(state): State<AppState>, auth: Auth) -> Result<Json<MeOut>, ApiError> {
     match &auth.scope {
         Scope::Admin => Ok(Json(MeOut { scope: "admin".into(), tenant_id: None, tenant_name: None })),

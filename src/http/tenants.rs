@@ -10,13 +10,15 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiError, Problem};
+use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager};
 use crate::domain::id::{IdKind, new_id};
 use crate::domain::tenant::{MAX_METADATA_BYTES, Tenant, validate_external_id};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::token::{Token, generate_token, hash_token, shown_prefix};
 use crate::domain::{Invalid, check_text};
+use crate::http::error::ErrorResponses;
+use crate::http::error::OrNotFound;
 use crate::storage::StoreError;
 
 pub(crate) fn router() -> Router<AppState> {
@@ -124,7 +126,7 @@ fn external_id_conflict(result: Result<(), StoreError>, external_id: Option<&str
 
 /// Create a tenant.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantIn, params(super::idempotency::IdempotencyKeyHeader), security(("bearer" = [])),
-    responses((status = 201, description = "Created", body = TenantOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, description = "Created", body = TenantOut), ErrorResponses))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     auth: Auth,
@@ -156,7 +158,7 @@ pub async fn create_tenant(
 
 /// List tenants, newest first.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(PageParams), security(("bearer" = [])),
-    responses((status = 200, description = "A page of tenants, newest first", body = TenantList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of tenants, newest first", body = TenantList), ErrorResponses))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     auth: Auth,
@@ -172,7 +174,7 @@ pub async fn list_tenants(
 /// Get a tenant by id or external id (a tenant token may read its own).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
-    responses((status = 200, description = "The tenant", body = TenantOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The tenant", body = TenantOut), ErrorResponses))]
 pub async fn get_tenant(
     State(state): State<AppState>,
     auth: Auth,
@@ -184,7 +186,7 @@ pub async fn get_tenant(
 /// Update a tenant's name, external id or metadata.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", request_body = TenantPatch,
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
-    responses((status = 200, description = "The tenant", body = TenantOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The tenant", body = TenantOut), ErrorResponses))]
 pub async fn update_tenant(
     State(state): State<AppState>,
     auth: Auth,
@@ -220,7 +222,7 @@ pub async fn update_tenant(
 /// and its tokens revoked; history stays until retention removes it.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
-    responses((status = 204, description = "deleted"), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "deleted"), ErrorResponses))]
 pub async fn delete_tenant(
     State(state): State<AppState>,
     auth: Auth,
@@ -313,7 +315,7 @@ pub async fn issue_token(
 /// Create a token confined to one tenant.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/tokens", tag = "tokens", request_body = TokenIn,
     params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), super::idempotency::IdempotencyKeyHeader), security(("bearer" = [])),
-    responses((status = 201, description = "Created; `token` is shown only in this answer", body = TokenCreatedOut), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, description = "Created; `token` is shown only in this answer", body = TokenCreatedOut), ErrorResponses))]
 pub async fn create_tenant_token(
     State(state): State<AppState>,
     auth: Auth,
@@ -342,7 +344,7 @@ pub struct TokenFilter {
 
 /// List live tokens, newest first.
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(TokenFilter, PageParams), security(("bearer" = [])),
-    responses((status = 200, description = "A page of tokens, newest first", body = TokenList), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of tokens, newest first", body = TokenList), ErrorResponses))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     auth: Auth,
@@ -362,16 +364,13 @@ pub async fn list_tokens(
 /// Revoke a token; it stops working at once.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path, description = "`tok_…`")), security(("bearer" = [])),
-    responses((status = 204, description = "revoked"), (status = "4XX", description = "Client error: 400 malformed, 401 no or bad token, 403 not allowed for this token, 404 unknown or not yours, 409 conflict, 413 too large, 415 not JSON, 422 invalid (with `errors`), 429 throttled (with `Retry-After`), 431 headers too large", body = Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server error: 500 internal, 503 store unavailable; the detail never carries internal text", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "revoked"), ErrorResponses))]
 pub async fn revoke_token(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     auth.require_admin()?;
-    match state.store.revoke_token(&id, now_micros()).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found("token", &id)),
-        other => other.map_err(ApiError::from),
-    }?;
+    state.store.revoke_token(&id, now_micros()).await.or_not_found("token", &id)?;
     Ok(StatusCode::NO_CONTENT)
 }

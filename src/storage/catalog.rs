@@ -73,14 +73,11 @@ impl Store {
 
     /// Revokes a live token.
     pub async fn revoke_token(&self, id: &str, at: i64) -> Result<(), StoreError> {
-        let done = sql("update tokens set revoked_at = $2 where id = $1 and revoked_at is null")
+        sql("update tokens set revoked_at = $2 where id = $1 and revoked_at is null")
             .bind(id)
             .bind(at)
-            .execute(self.db.writer())
+            .execute_found(self.db.writer())
             .await?;
-        if done == 0 {
-            return Err(StoreError::NotFound);
-        }
         Ok(())
     }
 
@@ -142,7 +139,7 @@ impl Store {
 
     /// Replaces description, schema and archived flag.
     pub async fn update_event_type(&self, event_type: &EventType) -> Result<(), StoreError> {
-        let done = sql(r#"update event_types
+        sql(r#"update event_types
             set description = $2, schema = $3, archived = $4, updated_at = $5
             where name = $1"#)
         .bind(&event_type.name)
@@ -150,11 +147,8 @@ impl Store {
         .bind(event_type.schema.as_ref().map(to_json))
         .bind(event_type.archived)
         .bind(event_type.updated_at)
-        .execute(self.db.writer())
+        .execute_found(self.db.writer())
         .await?;
-        if done == 0 {
-            return Err(StoreError::NotFound);
-        }
         Ok(())
     }
 
@@ -202,7 +196,7 @@ impl Store {
 
     /// Replaces name, external id and metadata.
     pub async fn update_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        let done = sql(r#"update tenants
+        sql(r#"update tenants
             set external_id = $2, name = $3, metadata = $4, updated_at = $5
             where id = $1 and deleted_at is null"#)
         .bind(&tenant.id)
@@ -210,25 +204,19 @@ impl Store {
         .bind(&tenant.name)
         .bind(to_json(&tenant.metadata))
         .bind(tenant.updated_at)
-        .execute(self.db.writer())
+        .execute_found(self.db.writer())
         .await?;
-        if done == 0 {
-            return Err(StoreError::NotFound);
-        }
         Ok(())
     }
 
     /// Soft-deletes a tenant, its endpoints (failing their pending deliveries) and its tokens.
     pub async fn delete_tenant(&self, id: &str, at: i64) -> Result<(), StoreError> {
         let mut tx = self.db.begin().await?;
-        let done = sql("update tenants set deleted_at = $2 where id = $1 and deleted_at is null")
+        sql("update tenants set deleted_at = $2 where id = $1 and deleted_at is null")
             .bind(id)
             .bind(at)
-            .execute(&mut tx)
+            .execute_found(&mut tx)
             .await?;
-        if done == 0 {
-            return Err(StoreError::NotFound);
-        }
         Self::stop_pending(&mut tx, Scope::Tenant(id), Stopped::Deleted, at).await?;
         sql("update endpoints set deleted_at = $2 where tenant_id = $1 and deleted_at is null")
             .bind(id)

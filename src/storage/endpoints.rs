@@ -104,7 +104,7 @@ impl Store {
         let Some((was_enabled,)) = before else {
             return Err(StoreError::NotFound);
         };
-        let done = sql(r#"update endpoints
+        sql(r#"update endpoints
             set url = $3, description = $4, event_types = $5, headers = $6, enabled = $7,
                 disabled_reason = $8, disabled_at = $9, fifo = $10, max_in_flight = $11,
                 rate_limit_per_second = $12, updated_at = $13,
@@ -123,11 +123,8 @@ impl Store {
         .bind(endpoint.max_in_flight)
         .bind(endpoint.rate_limit_per_second)
         .bind(endpoint.updated_at)
-        .execute(&mut tx)
+        .execute_found(&mut tx)
         .await?;
-        if done == 0 {
-            return Err(StoreError::NotFound);
-        }
         match (was_enabled, endpoint.enabled) {
             (true, false) => {
                 let target = (endpoint.tenant_id.as_str(), endpoint.id.as_str());
@@ -155,17 +152,12 @@ impl Store {
     /// Soft-deletes an endpoint; its pending deliveries stop (`Stopped::Deleted`).
     pub async fn delete_endpoint(&self, tenant_id: &str, id: &str, at: i64) -> Result<(), StoreError> {
         let mut tx = self.db.begin().await?;
-        let done = sql(
-            "update endpoints set deleted_at = $3 where tenant_id = $1 and id = $2 and deleted_at is null",
-        )
-        .bind(tenant_id)
-        .bind(id)
-        .bind(at)
-        .execute(&mut tx)
-        .await?;
-        if done == 0 {
-            return Err(StoreError::NotFound);
-        }
+        sql("update endpoints set deleted_at = $3 where tenant_id = $1 and id = $2 and deleted_at is null")
+            .bind(tenant_id)
+            .bind(id)
+            .bind(at)
+            .execute_found(&mut tx)
+            .await?;
         Self::stop_pending(&mut tx, Scope::Endpoint(id), Stopped::Deleted, at).await?;
         tx.commit().await?;
         Ok(())
@@ -191,33 +183,27 @@ impl Store {
         secret: &str,
         previous_expires_at: i64,
     ) -> Result<(), StoreError> {
-        let done = sql(r#"update endpoints
+        sql(r#"update endpoints
             set previous_secret = secret, previous_secret_expires_at = $4, secret = $3
             where tenant_id = $1 and id = $2 and deleted_at is null"#)
         .bind(tenant_id)
         .bind(id)
         .bind(self.cipher.seal(secret))
         .bind(previous_expires_at)
-        .execute(self.db.writer())
+        .execute_found(self.db.writer())
         .await?;
-        if done == 0 {
-            return Err(StoreError::NotFound);
-        }
         Ok(())
     }
 
     /// Ends a rotation's grace period now.
     pub async fn delete_previous_secret(&self, tenant_id: &str, id: &str) -> Result<(), StoreError> {
-        let done = sql(r#"update endpoints
+        sql(r#"update endpoints
             set previous_secret = null, previous_secret_expires_at = null
             where tenant_id = $1 and id = $2 and deleted_at is null"#)
         .bind(tenant_id)
         .bind(id)
-        .execute(self.db.writer())
+        .execute_found(self.db.writer())
         .await?;
-        if done == 0 {
-            return Err(StoreError::NotFound);
-        }
         Ok(())
     }
 

@@ -254,6 +254,14 @@ impl<'a> Sql<'a> {
         Ok(done)
     }
 
+    /// Runs a statement that must change a row; `NotFound` when it changed none.
+    pub(crate) async fn execute_found<'c>(self, on: impl Into<Ex<'c>>) -> Result<(), StoreError> {
+        match self.execute(on).await? {
+            0 => Err(StoreError::NotFound),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs the statement and decodes every row.
     pub(crate) async fn fetch_all<'c, T: Rows>(self, on: impl Into<Ex<'c>>) -> Result<Vec<T>, StoreError> {
         let rows = match on.into() {
