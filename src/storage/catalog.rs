@@ -20,9 +20,8 @@ impl Store {
         .bind(hash)
         .bind(&token.prefix)
         .bind(token.created_at)
-        .execute(self.db.writer())
-        .await?;
-        Ok(())
+        .run(self.db.writer())
+        .await
     }
 
     /// The live token with this hash (not revoked, tenant not deleted).
@@ -42,12 +41,7 @@ impl Store {
 
     /// Records that a token was used.
     pub async fn touch_token(&self, id: &str, at: i64) -> Result<(), StoreError> {
-        sql("update tokens set last_used_at = $2 where id = $1")
-            .bind(id)
-            .bind(at)
-            .execute(self.db.writer())
-            .await?;
-        Ok(())
+        sql("update tokens set last_used_at = $2 where id = $1").bind(id).bind(at).run(self.db.writer()).await
     }
 
     /// Live tokens, newest first, optionally of one tenant.
@@ -100,9 +94,8 @@ impl Store {
         .bind(event_type.archived)
         .bind(event_type.created_at)
         .bind(event_type.updated_at)
-        .execute(self.db.writer())
-        .await?;
-        Ok(())
+        .run(self.db.writer())
+        .await
     }
 
     /// One event type, archived or not.
@@ -162,9 +155,8 @@ impl Store {
         .bind(to_json(&tenant.metadata))
         .bind(tenant.created_at)
         .bind(tenant.updated_at)
-        .execute(self.db.writer())
-        .await?;
-        Ok(())
+        .run(self.db.writer())
+        .await
     }
 
     /// A live tenant by id or external id.

@@ -2,7 +2,7 @@
 //! to the endpoint's pending deliveries.
 
 use super::rows::*;
-use super::sql::{Tx, sql};
+use super::sql::{Sql, Tx, sql};
 use super::*;
 use crate::domain::delivery::Stopped;
 use crate::domain::endpoint::{Endpoint, Secrets};
@@ -32,23 +32,15 @@ impl Store {
             select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
             where (select count(*) from endpoints where tenant_id = $2 and deleted_at is null) < $16"#)
         .bind(&endpoint.id)
-        .bind(&endpoint.tenant_id)
-        .bind(&endpoint.url)
-        .bind(&endpoint.description)
-        .bind(to_json(&endpoint.event_types))
-        .bind(self.seal_headers(&endpoint.headers))
-        .bind(endpoint.enabled)
-        .bind(&endpoint.disabled_reason)
-        .bind(endpoint.disabled_at)
-        .bind(endpoint.fifo)
-        .bind(endpoint.max_in_flight)
-        .bind(endpoint.rate_limit_per_second)
-        .bind(self.cipher.seal(secret))
-        .bind(endpoint.created_at)
-        .bind(endpoint.updated_at)
-        .bind(max_per_tenant)
-        .execute(&mut tx)
-        .await?;
+        .bind(&endpoint.tenant_id);
+        let inserted = self
+            .bind_editable(inserted, endpoint)
+            .bind(self.cipher.seal(secret))
+            .bind(endpoint.created_at)
+            .bind(endpoint.updated_at)
+            .bind(max_per_tenant)
+            .execute(&mut tx)
+            .await?;
         tx.commit().await?;
         Ok(inserted == 1)
     }
@@ -104,27 +96,15 @@ impl Store {
         let Some((was_enabled,)) = before else {
             return Err(StoreError::NotFound);
         };
-        sql(r#"update endpoints
+        let update = sql(r#"update endpoints
             set url = $3, description = $4, event_types = $5, headers = $6, enabled = $7,
                 disabled_reason = $8, disabled_at = $9, fifo = $10, max_in_flight = $11,
                 rate_limit_per_second = $12, updated_at = $13,
                 failing_since = case when $7 and not enabled then null else failing_since end
             where tenant_id = $1 and id = $2 and deleted_at is null"#)
         .bind(&endpoint.tenant_id)
-        .bind(&endpoint.id)
-        .bind(&endpoint.url)
-        .bind(&endpoint.description)
-        .bind(to_json(&endpoint.event_types))
-        .bind(self.seal_headers(&endpoint.headers))
-        .bind(endpoint.enabled)
-        .bind(&endpoint.disabled_reason)
-        .bind(endpoint.disabled_at)
-        .bind(endpoint.fifo)
-        .bind(endpoint.max_in_flight)
-        .bind(endpoint.rate_limit_per_second)
-        .bind(endpoint.updated_at)
-        .execute_found(&mut tx)
-        .await?;
+        .bind(&endpoint.id);
+        self.bind_editable(update, endpoint).bind(endpoint.updated_at).execute_found(&mut tx).await?;
         match (was_enabled, endpoint.enabled) {
             (true, false) => {
                 let target = (endpoint.tenant_id.as_str(), endpoint.id.as_str());
@@ -223,6 +203,22 @@ impl Store {
     }
 
     /// Secrets read from the store, decrypted.
+    /// Binds `$3`…`$12`, the fields a create and an edit both write: url, description, event
+    /// types, headers (sealed), enabled, disabled reason and time, FIFO, in-flight cap, rate limit.
+    fn bind_editable<'a>(&self, statement: Sql<'a>, endpoint: &'a Endpoint) -> Sql<'a> {
+        statement
+            .bind(&endpoint.url)
+            .bind(&endpoint.description)
+            .bind(to_json(&endpoint.event_types))
+            .bind(self.seal_headers(&endpoint.headers))
+            .bind(endpoint.enabled)
+            .bind(&endpoint.disabled_reason)
+            .bind(endpoint.disabled_at)
+            .bind(endpoint.fifo)
+            .bind(endpoint.max_in_flight)
+            .bind(endpoint.rate_limit_per_second)
+    }
+
     pub(super) fn open_secrets(&self, secrets: Secrets) -> Result<Secrets, StoreError> {
         Ok(Secrets {
             current: self.cipher.open(&secrets.current).map_err(corrupt)?,

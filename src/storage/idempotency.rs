@@ -69,9 +69,8 @@ impl Store {
         .bind(key)
         .bind(i32::from(status))
         .bind(self.cipher.seal(body))
-        .execute(self.db.writer())
-        .await?;
-        Ok(())
+        .run(self.db.writer())
+        .await
     }
 
     /// Forgets a key whose request failed, so it can be tried again.
@@ -79,8 +78,7 @@ impl Store {
         sql("delete from idempotency_keys where scope = $1 and key = $2 and response_status is null")
             .bind(scope)
             .bind(key)
-            .execute(self.db.writer())
-            .await?;
-        Ok(())
+            .run(self.db.writer())
+            .await
     }
 }

@@ -34,9 +34,8 @@ impl Store {
         sql("delete from job_locks where name = $1 and holder = $2")
             .bind(name)
             .bind(holder)
-            .execute(self.db.writer())
-            .await?;
-        Ok(())
+            .run(self.db.writer())
+            .await
     }
 
     /// Deletes up to `batch` events created before `cutoff` (with their deliveries and attempts),
@@ -44,7 +43,7 @@ impl Store {
     pub async fn purge_old_events(&self, cutoff: i64, batch: i64) -> Result<u64, StoreError> {
         // Deliveries and attempts go with their event (on delete cascade). An event with a
         // pending delivery is kept whatever its age.
-        let done = sql(r#"delete from events
+        sql(r#"delete from events
             where id in (
                 select e.id
                 from events e
@@ -57,43 +56,39 @@ impl Store {
         .bind(cutoff)
         .bind(batch)
         .execute(self.db.writer())
-        .await?;
-        Ok(done)
+        .await
     }
 
     /// Deletes up to `batch` idempotency keys created before `cutoff`.
     pub async fn expire_idempotency_keys(&self, cutoff: i64, batch: i64) -> Result<u64, StoreError> {
-        let done = sql(r#"delete from idempotency_keys
+        sql(r#"delete from idempotency_keys
             where (scope, key) in (
                 select scope, key from idempotency_keys where created_at < $1 limit $2
             )"#)
         .bind(cutoff)
         .bind(batch)
         .execute(self.db.writer())
-        .await?;
-        Ok(done)
+        .await
     }
 
     /// Forgets rotated secrets whose grace period ended by `now`.
     pub async fn expire_previous_secrets(&self, now: i64) -> Result<u64, StoreError> {
-        let done = sql(r#"update endpoints
+        sql(r#"update endpoints
             set previous_secret = null, previous_secret_expires_at = null
             where previous_secret_expires_at is not null and previous_secret_expires_at <= $1"#)
         .bind(now)
         .execute(self.db.writer())
-        .await?;
-        Ok(done)
+        .await
     }
 
     /// Deletes rollup buckets older than the windows need.
     pub async fn purge_stats(&self, minute_cutoff: i64, hour_cutoff: i64) -> Result<u64, StoreError> {
-        let done = sql(r#"delete from endpoint_stats
+        sql(r#"delete from endpoint_stats
             where (period = 'm' and bucket_start < $1) or (period = 'h' and bucket_start < $2)"#)
         .bind(minute_cutoff)
         .bind(hour_cutoff)
         .execute(self.db.writer())
-        .await?;
-        Ok(done)
+        .await
     }
 
     /// Disables the endpoints the health rule (`endpoint::is_dead`) finds dead: failing since

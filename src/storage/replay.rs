@@ -51,17 +51,15 @@ impl Store {
 
     /// The deliveries of one event.
     pub async fn list_event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
-        let rows: Vec<DeliveryRow> =
+        self.read_deliveries(
             sql(r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
                 last_error, created_at, completed_at
             from deliveries
             where event_id = $1
             order by id"#)
-            .bind(event_id)
-            .fetch_all(self.db.reader())
-            .await?;
-        let now = crate::domain::time::now_micros();
-        rows.into_iter().map(|r| r.into_delivery(now)).collect()
+            .bind(event_id),
+        )
+        .await
     }
 
     /// A tenant's deliveries, newest first.
@@ -71,7 +69,7 @@ impl Store {
         filter: &DeliveryFilter,
         page: &PageQuery,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let rows: Vec<DeliveryRow> =
+        let statement =
             sql(r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
                 last_error, created_at, completed_at
             from deliveries
@@ -91,25 +89,27 @@ impl Store {
             .bind(filter.since)
             .bind(filter.until)
             .bind(&page.after)
-            .bind(page.limit)
-            .fetch_all(self.db.reader())
-            .await?;
-        let now = crate::domain::time::now_micros();
-        rows.into_iter().map(|r| r.into_delivery(now)).collect()
+            .bind(page.limit);
+        self.read_deliveries(statement).await
     }
 
     /// One delivery of a tenant.
     pub async fn get_delivery(&self, tenant_id: &str, id: &str) -> Result<Delivery, StoreError> {
-        let row: DeliveryRow =
+        let statement =
             sql(r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
                 last_error, created_at, completed_at
             from deliveries
             where tenant_id = $1 and id = $2"#)
             .bind(tenant_id)
-            .bind(id)
-            .fetch_one(self.db.reader())
-            .await?;
-        row.into_delivery(crate::domain::time::now_micros())
+            .bind(id);
+        self.read_deliveries(statement).await?.pop().ok_or(StoreError::NotFound)
+    }
+
+    /// Runs a select of delivery rows; shows them as of now (in flight or not).
+    async fn read_deliveries(&self, statement: Sql<'_>) -> Result<Vec<Delivery>, StoreError> {
+        let rows: Vec<DeliveryRow> = statement.fetch_all(self.db.reader()).await?;
+        let now = crate::domain::time::now_micros();
+        rows.into_iter().map(|r| r.into_delivery(now)).collect()
     }
 
     /// Every attempt of a delivery, by number.

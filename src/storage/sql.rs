@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool, SqliteRow};
-use sqlx::{Arguments, AssertSqlSafe, Executor, FromRow, Postgres, Sqlite};
+use sqlx::{Arguments, AssertSqlSafe, Encode, Executor, FromRow, Postgres, Sqlite, Type};
 
 use super::StoreError;
 
@@ -254,6 +254,11 @@ impl<'a> Sql<'a> {
         Ok(done)
     }
 
+    /// Runs the statement, whatever it changed.
+    pub(crate) async fn run<'c>(self, on: impl Into<Ex<'c>>) -> Result<(), StoreError> {
+        self.execute(on).await.map(drop)
+    }
+
     /// Runs a statement that must change a row; `NotFound` when it changed none.
     pub(crate) async fn execute_found<'c>(self, on: impl Into<Ex<'c>>) -> Result<(), StoreError> {
         match self.execute(on).await? {
@@ -286,22 +291,16 @@ impl<'a> Sql<'a> {
         self.fetch_optional(on).await?.ok_or(StoreError::NotFound)
     }
 
-    fn sqlite_args(&self) -> Result<SqliteArguments, sqlx::Error> {
-        let mut args = SqliteArguments::default();
-        for value in &self.args {
-            match value {
-                Value::Text(text) => args.add(text.as_deref()),
-                Value::BigInt(n) => args.add(*n),
-                Value::Int(n) => args.add(*n),
-                Value::Bool(b) => args.add(*b),
-            }
-            .map_err(sqlx::Error::Encode)?;
-        }
-        Ok(args)
-    }
-
-    fn pg_args(&self) -> Result<PgArguments, sqlx::Error> {
-        let mut args = PgArguments::default();
+    /// The arguments in the driver's own form.
+    fn arguments<A>(&self) -> Result<A, sqlx::Error>
+    where
+        A: Arguments,
+        for<'q> Option<&'q str>: Encode<'q, A::Database> + Type<A::Database>,
+        for<'q> Option<i64>: Encode<'q, A::Database> + Type<A::Database>,
+        for<'q> Option<i32>: Encode<'q, A::Database> + Type<A::Database>,
+        for<'q> Option<bool>: Encode<'q, A::Database> + Type<A::Database>,
+    {
+        let mut args = A::default();
         for value in &self.args {
             match value {
                 Value::Text(text) => args.add(text.as_deref()),
@@ -347,7 +346,7 @@ async fn sqlite_execute<'c>(
     statement: Sql<'_>,
     on: impl Executor<'c, Database = Sqlite>,
 ) -> Result<u64, sqlx::Error> {
-    let args = statement.sqlite_args()?;
+    let args = statement.arguments::<SqliteArguments>()?;
     Ok(sqlx::query_with(AssertSqlSafe(statement.render(true)), args).execute(on).await?.rows_affected())
 }
 
@@ -355,7 +354,7 @@ async fn sqlite_fetch<'c, T: Rows>(
     statement: Sql<'_>,
     on: impl Executor<'c, Database = Sqlite>,
 ) -> Result<Vec<T>, sqlx::Error> {
-    let args = statement.sqlite_args()?;
+    let args = statement.arguments::<SqliteArguments>()?;
     sqlx::query_as_with(AssertSqlSafe(statement.render(true)), args).fetch_all(on).await
 }
 
@@ -363,7 +362,7 @@ async fn pg_execute<'c>(
     statement: Sql<'_>,
     on: impl Executor<'c, Database = Postgres>,
 ) -> Result<u64, sqlx::Error> {
-    let args = statement.pg_args()?;
+    let args = statement.arguments::<PgArguments>()?;
     Ok(sqlx::query_with(AssertSqlSafe(statement.render(false)), args).execute(on).await?.rows_affected())
 }
 
@@ -371,7 +370,7 @@ async fn pg_fetch<'c, T: Rows>(
     statement: Sql<'_>,
     on: impl Executor<'c, Database = Postgres>,
 ) -> Result<Vec<T>, sqlx::Error> {
-    let args = statement.pg_args()?;
+    let args = statement.arguments::<PgArguments>()?;
     sqlx::query_as_with(AssertSqlSafe(statement.render(false)), args).fetch_all(on).await
 }
 
