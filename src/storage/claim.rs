@@ -1,6 +1,7 @@
 //! Claims: the dispatcher's one transaction per cycle records finished attempts and claims due
 //! deliveries for the freed slots, each claim opening its attempt row and taking a lease.
 
+use super::db::Commit;
 use super::rows::*;
 use super::sql::{Sql, Tx, sql};
 use super::*;
@@ -20,7 +21,7 @@ impl Store {
         limit: i64,
         lease: std::time::Duration,
     ) -> Result<(u64, Vec<Claimed>), StoreError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_for(Commit::Bookkeeping).await?;
         let now = tx.now().await?;
         let stale = if records.is_empty() { 0 } else { self.record_tx(&mut tx, now, records).await? };
         let claimed = if limit > 0 { self.claim_tx(&mut tx, now, limit, lease).await? } else { Vec::new() };

@@ -4,6 +4,7 @@
 //! shared SQL (see `sql.rs`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
@@ -15,8 +16,32 @@ use super::rows::ClaimRow;
 use super::sql::{Ex, Tx};
 use super::{postgres, sqlite};
 
-/// The pools of one backend.
-pub(crate) enum Db {
+/// How long a write transaction's commit must last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Commit {
+    /// What an answer to a client promises: with `[store] durability = "durable"` (the default),
+    /// durable against power loss (SQLite `synchronous=FULL`, PostgreSQL
+    /// `synchronous_commit=on`).
+    Durable,
+    /// The dispatcher's bookkeeping (claims, outcomes, lease reaping): it survives a crash of the
+    /// Herald process, always, but does not wait for the disk (SQLite `synchronous=NORMAL`,
+    /// PostgreSQL `synchronous_commit=off`). A power loss or an OS crash may lose its last
+    /// moments; then the attempts of those moments are made again and their rows are missing.
+    /// The next durable commit makes everything before it durable too.
+    Bookkeeping,
+}
+
+/// The pools of one backend, and how commits are made durable.
+pub(crate) struct Db {
+    pub(crate) pools: Pools,
+    /// `[store] durability = "durable"`.
+    pub(crate) durable: bool,
+    /// SQLite: whether the writer connection is set to `synchronous=NORMAL` now.
+    pub(crate) sqlite_relaxed: AtomicBool,
+}
+
+/// The pools.
+pub(crate) enum Pools {
     /// One writer connection (SQLite has one writer) and a pool of readers.
     Sqlite {
         /// The single write connection.
@@ -29,54 +54,84 @@ pub(crate) enum Db {
 }
 
 impl Db {
-    /// Opens a write transaction.
+    /// The pools, with commits as durable as `durable` says.
+    pub(crate) fn new(pools: Pools, durable: bool) -> Db {
+        Db { pools, durable, sqlite_relaxed: AtomicBool::new(false) }
+    }
+
+    /// Opens a write transaction whose commit is [`Commit::Durable`].
     pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(match self {
-            Db::Sqlite { writer, .. } => Tx::Sqlite(writer.begin().await?),
-            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
-        })
+        self.begin_for(Commit::Durable).await
+    }
+
+    /// Opens a write transaction whose commit lasts as `commit` says.
+    pub(crate) async fn begin_for(&self, commit: Commit) -> Result<Tx, StoreError> {
+        let relaxed = self.durable && commit == Commit::Bookkeeping;
+        match &self.pools {
+            Pools::Sqlite { writer, .. } => {
+                let mut conn = writer.acquire().await?;
+                // The setting may not change inside a transaction, so it is set before one, on the
+                // one writer connection, when it differs; the flag changes only once it did (a
+                // connection the pool opens again starts at FULL: at worst a bookkeeping commit
+                // waits for the disk).
+                if self.durable && self.sqlite_relaxed.load(Ordering::Acquire) != relaxed {
+                    let pragma =
+                        if relaxed { "pragma synchronous = normal" } else { "pragma synchronous = full" };
+                    sqlx::query(pragma).execute(&mut *conn).await?;
+                    self.sqlite_relaxed.store(relaxed, Ordering::Release);
+                }
+                Ok(Tx::Sqlite(sqlx::Transaction::begin(conn, None).await?))
+            }
+            Pools::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                if relaxed {
+                    sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
+                }
+                Ok(Tx::Postgres(tx))
+            }
+        }
     }
 
     /// Where single-statement writes run.
     pub(crate) fn writer(&self) -> Ex<'_> {
-        match self {
-            Db::Sqlite { writer, .. } => Ex::SqlitePool(writer),
-            Db::Postgres(pool) => Ex::PgPool(pool),
+        match &self.pools {
+            Pools::Sqlite { writer, .. } => Ex::SqlitePool(writer),
+            Pools::Postgres(pool) => Ex::PgPool(pool),
         }
     }
 
     /// Where reads run.
     pub(crate) fn reader(&self) -> Ex<'_> {
-        match self {
-            Db::Sqlite { reader, .. } => Ex::SqlitePool(reader),
-            Db::Postgres(pool) => Ex::PgPool(pool),
+        match &self.pools {
+            Pools::Sqlite { reader, .. } => Ex::SqlitePool(reader),
+            Pools::Postgres(pool) => Ex::PgPool(pool),
         }
     }
 
     /// Applies pending migrations.
     pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
-        let done = match self {
-            Db::Sqlite { writer, .. } => sqlite::MIGRATOR.run(writer).await,
-            Db::Postgres(pool) => postgres::MIGRATOR.run(pool).await,
+        let done = match &self.pools {
+            Pools::Sqlite { writer, .. } => sqlite::MIGRATOR.run(writer).await,
+            Pools::Postgres(pool) => postgres::MIGRATOR.run(pool).await,
         };
         done.map_err(|error| StoreError::Database(error.into()))
     }
 
     /// Closes every connection.
     pub(crate) async fn close(&self) {
-        match self {
-            Db::Sqlite { writer, reader } => {
+        match &self.pools {
+            Pools::Sqlite { writer, reader } => {
                 reader.close().await;
                 writer.close().await;
             }
-            Db::Postgres(pool) => pool.close().await,
+            Pools::Postgres(pool) => pool.close().await,
         }
     }
 
     /// Wakes `wakeup` whenever another process commits work, until `shutdown` (PostgreSQL
     /// `LISTEN`; on SQLite there is one process, which wakes its dispatcher directly).
     pub(crate) async fn listen_for_work(&self, wakeup: Arc<Notify>, shutdown: CancellationToken) {
-        if let Db::Postgres(pool) = self {
+        if let Pools::Postgres(pool) = &self.pools {
             postgres::listen_for_work(pool, wakeup, shutdown).await;
         }
     }
@@ -123,5 +178,36 @@ impl Tx {
             Tx::Sqlite(tx) => sqlite::due_rows(tx, plan, now, limit).await,
             Tx::Postgres(tx) => postgres::due_rows(tx, plan, now, limit).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Durability, StoreConfig};
+
+    async fn synchronous(tx: &mut Tx) -> i64 {
+        let Tx::Sqlite(tx) = tx else { unreachable!("an SQLite transaction") };
+        let (level,): (i64,) = sqlx::query_as("pragma synchronous").fetch_one(&mut **tx).await.expect("read");
+        level
+    }
+
+    /// Under `durable`, answers wait for the disk (FULL = 2) and bookkeeping does not
+    /// (NORMAL = 1), switching back and forth on the one writer connection.
+    #[tokio::test]
+    async fn bookkeeping_commits_skip_the_disk_wait_and_answers_do_not() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+        let config = StoreConfig { durability: Durability::Durable, ..StoreConfig::default() };
+        let db = sqlite::connect(&url, &config).await.expect("opened");
+        for (commit, level) in [(Commit::Bookkeeping, 1), (Commit::Durable, 2), (Commit::Bookkeeping, 1)] {
+            let mut tx = db.begin_for(commit).await.expect("begun");
+            assert_eq!(synchronous(&mut tx).await, level, "{commit:?}");
+            tx.commit().await.expect("committed");
+        }
+        let relaxed = StoreConfig { durability: Durability::Relaxed, ..StoreConfig::default() };
+        let db = sqlite::connect(&url, &relaxed).await.expect("opened");
+        let mut tx = db.begin_for(Commit::Durable).await.expect("begun");
+        assert_eq!(synchronous(&mut tx).await, 1, "relaxed: everything is NORMAL");
     }
 }

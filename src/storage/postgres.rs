@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::StoreError;
-use super::db::Db;
+use super::db::{Db, Pools};
 use super::rows::ClaimRow;
 use crate::config::{Durability, StoreConfig};
 
@@ -35,7 +35,7 @@ pub(crate) async fn connect(url: &str, config: &StoreConfig) -> anyhow::Result<D
         .with_context(|| {
             format!("could not connect to PostgreSQL at `{}`", crate::config::redact_url(url))
         })?;
-    Ok(Db::Postgres(pool))
+    Ok(Db::new(Pools::Postgres(pool), config.durability == Durability::Durable))
 }
 
 /// The database clock, in Unix microseconds: every replica compares due and lease times

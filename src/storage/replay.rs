@@ -1,6 +1,7 @@
 //! Reads of events, deliveries and attempts; manual replays (`retry`, `recover`); and the lease
 //! reaper that closes attempts of a crashed or stopped process as `interrupted`.
 
+use super::db::Commit;
 use super::rows::*;
 use super::sql::{Sql, sql};
 use super::*;
@@ -235,7 +236,7 @@ impl Store {
     /// how many were closed.
     pub async fn reap_expired_leases(&self, retries: usize) -> Result<u64, StoreError> {
         let operations = self.operations();
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_for(Commit::Bookkeeping).await?;
         let now = tx.now().await?;
         let statement = format!(
             r#"select d.id, d.status, d.run_attempts, d.max_attempts, d.bypass, e.enabled,

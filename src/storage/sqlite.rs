@@ -8,7 +8,7 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::StoreError;
-use super::db::Db;
+use super::db::{Db, Pools};
 use super::rows::ClaimRow;
 use super::sql::{Ex, sql};
 use crate::config::{Durability, StoreConfig};
@@ -39,7 +39,7 @@ pub(crate) async fn connect(url: &str, config: &StoreConfig) -> anyhow::Result<D
         .connect_with(options.read_only(false))
         .await
         .with_context(|| format!("could not open the SQLite database `{url}`"))?;
-    Ok(Db::Sqlite { writer, reader })
+    Ok(Db::new(Pools::Sqlite { writer, reader }, config.durability == Durability::Durable))
 }
 
 /// Due rows of the planned endpoints (see `Tx::due_rows`): one indexed read per endpoint. On

@@ -35,7 +35,7 @@ pub enum Scenario {
     Fanout1000,
     /// Ten endpoints, one of which hangs until the timeout.
     Isolation,
-    /// 1,000 events a second for a few seconds: latency under a steady load.
+    /// `--rate` events a second (1,000 by default), one request each: latency under a steady load.
     Latency,
     /// A backlog ingested with the dispatcher off, then drained; RSS sampled throughout.
     Backlog,
@@ -58,6 +58,9 @@ pub struct Options {
     /// Concurrent producer requests in the single-request scenario.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Events a second the latency scenario sends, one request each, at a steady pace.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
     /// Run against this PostgreSQL server (a fresh database per scenario) instead of SQLite.
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
@@ -88,6 +91,9 @@ impl Options {
         if self.events == 0 || self.concurrency == 0 {
             bail!("`--events` and `--concurrency` must be at least 1");
         }
+        if !(1..=1_000_000).contains(&self.rate) {
+            bail!("`--rate` must be between 1 and 1000000 events a second");
+        }
         Ok(())
     }
 }
@@ -114,12 +120,20 @@ pub struct Report {
     pub ingest_per_second: f64,
     /// Deliveries received per second, from the first accept to the last arrival.
     pub deliveries_per_second: f64,
-    /// Accepted → received, milliseconds.
+    /// Accepted (the producer has its 202) → received, milliseconds.
     pub latency_ms: Latencies,
+    /// Sent (the producer starts its request) → received, milliseconds: the 202's own wait
+    /// included.
+    pub send_latency_ms: Latencies,
     /// Highest resident memory of the server process, MiB.
     pub server_peak_rss_mib: f64,
     /// Where the machine's CPU went between the first request and the last arrival.
     pub cpu_seconds: CpuSeconds,
+    /// That CPU per delivery received, milliseconds: Herald's processes, and the PostgreSQL
+    /// server's.
+    pub cpu_ms_per_delivery: CpuPerDelivery,
+    /// Cores Herald's processes kept busy on average (their CPU seconds ÷ wall seconds).
+    pub herald_cores_busy: f64,
     /// Deliveries received more than once (0 without crashes).
     pub duplicates: usize,
     /// Deliveries never received within the limit.
@@ -139,6 +153,26 @@ pub struct CpuSeconds {
     pub bench: f64,
     /// Wall-clock seconds of the span; (herald + postgres + bench) ÷ wall is the cores in use.
     pub wall: f64,
+}
+
+/// CPU milliseconds per delivery.
+#[derive(Debug, Default, Serialize)]
+pub struct CpuPerDelivery {
+    /// Every `herald serve` replica together.
+    pub herald: f64,
+    /// The PostgreSQL server (0 on SQLite).
+    pub postgres: f64,
+}
+
+impl Report {
+    /// Fills the figures derived from the CPU seconds: per delivery received, and cores busy.
+    fn derive_cpu(&mut self, received: usize) {
+        let per = |seconds: f64| if received == 0 { 0.0 } else { seconds * 1000.0 / received as f64 };
+        self.cpu_ms_per_delivery =
+            CpuPerDelivery { herald: per(self.cpu_seconds.herald), postgres: per(self.cpu_seconds.postgres) };
+        self.herald_cores_busy =
+            if self.cpu_seconds.wall > 0.0 { self.cpu_seconds.herald / self.cpu_seconds.wall } else { 0.0 };
+    }
 }
 
 /// CPU counters at the start of a span: per process id, seconds used so far.
@@ -205,6 +239,25 @@ pub struct Latencies {
     pub p95: f64,
     /// 99th percentile.
     pub p99: f64,
+}
+
+impl Latencies {
+    /// The percentiles of `samples` (milliseconds).
+    fn of(mut samples: Vec<f64>) -> Latencies {
+        samples.sort_by(f64::total_cmp);
+        Latencies {
+            p50: percentile(&samples, 50.0),
+            p95: percentile(&samples, 95.0),
+            p99: percentile(&samples, 99.0),
+        }
+    }
+}
+
+/// When an event's request left the producer and when its 202 came back (Unix µs).
+#[derive(Clone, Copy, Debug)]
+struct Accepted {
+    sent: i64,
+    at: i64,
 }
 
 /// A `herald serve` child process.
@@ -360,7 +413,7 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Report>> {
 
 fn print_report(r: &Report) {
     println!(
-        "{:<11} {:<8} x{}{} events={:<8} deliveries={:<8} ingest={:>9.0}/s delivery={:>9.0}/s p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms rss={:>6.1}MiB cpu=herald {:.1}s+pg {:.1}s+bench {:.1}s/{:.1}s missing={} duplicates={}{}",
+        "{:<11} {:<8} x{}{} events={:<8} deliveries={:<8} ingest={:>9.0}/s delivery={:>9.0}/s p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms send→arrival p50={:.1}ms p99={:.1}ms rss={:>6.1}MiB cpu=herald {:.1}s+pg {:.1}s+bench {:.1}s/{:.1}s cpu/delivery=herald {:.3}ms+pg {:.3}ms herald-cores={:.2} missing={} duplicates={}{}",
         r.scenario,
         r.backend,
         r.replicas,
@@ -372,11 +425,16 @@ fn print_report(r: &Report) {
         r.latency_ms.p50,
         r.latency_ms.p95,
         r.latency_ms.p99,
+        r.send_latency_ms.p50,
+        r.send_latency_ms.p99,
         r.server_peak_rss_mib,
         r.cpu_seconds.herald,
         r.cpu_seconds.postgres,
         r.cpu_seconds.bench,
         r.cpu_seconds.wall,
+        r.cpu_ms_per_delivery.herald,
+        r.cpu_ms_per_delivery.postgres,
+        r.herald_cores_busy,
         r.missing,
         r.duplicates,
         if r.notes.is_empty() { String::new() } else { format!(" ({})", r.notes.join("; ")) }
@@ -441,7 +499,7 @@ async fn run_scenario(
         }
         let secs = begin.elapsed().as_secs_f64();
         let received = healthy.counters.accepted.load(Ordering::Relaxed) as usize;
-        let report = Report {
+        let mut report = Report {
             scenario: "backlog".into(),
             backend,
             replicas: 1,
@@ -456,6 +514,7 @@ async fn run_scenario(
             notes,
             ..Report::default()
         };
+        report.derive_cpu(received);
         drain.stop().await;
         return Ok(report);
     } else {
@@ -476,10 +535,10 @@ async fn run_scenario(
     let replicas_now: Vec<&Server> = std::iter::once(&server).chain(&others).collect();
     let mark = CpuMark::take(&replicas_now, options.postgres.is_some());
     let begin = Instant::now();
-    let accepted: HashMap<String, i64> = if batch {
+    let accepted: HashMap<String, Accepted> = if batch {
         ingest_batches(&server, tenant, events).await?
     } else if scenario == Scenario::Latency {
-        ingest_paced(&server, tenant, events, 1000).await?
+        ingest_paced(&server, tenant, events, options.rate).await?
     } else {
         ingest_single(&server, tenant, events, options.concurrency).await?
     };
@@ -492,17 +551,18 @@ async fn run_scenario(
     let cpu_seconds = mark.since();
     let arrivals = healthy.counters.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
     let last_arrival = arrivals.iter().map(|a| a.at).max().unwrap_or(0);
-    let first_accept = accepted.values().copied().min().unwrap_or(0);
+    let first_accept = accepted.values().map(|a| a.at).min().unwrap_or(0);
     let delivery_secs = ((last_arrival - first_accept) as f64 / 1e6).max(1e-6);
     let mut per_id: HashMap<&str, usize> = HashMap::new();
     let mut latencies: Vec<f64> = Vec::with_capacity(arrivals.len());
+    let mut send_latencies: Vec<f64> = Vec::with_capacity(arrivals.len());
     for arrival in arrivals.iter().filter(|a| a.ok) {
         *per_id.entry(arrival.id.as_str()).or_default() += 1;
-        if let Some(accepted_at) = accepted.get(&arrival.id) {
-            latencies.push((arrival.at - accepted_at) as f64 / 1000.0);
+        if let Some(accepted) = accepted.get(&arrival.id) {
+            latencies.push((arrival.at - accepted.at) as f64 / 1000.0);
+            send_latencies.push((arrival.at - accepted.sent) as f64 / 1000.0);
         }
     }
-    latencies.sort_by(f64::total_cmp);
     let received: usize = per_id.values().sum();
     let duplicates = per_id.values().map(|n| n.saturating_sub(healthy_endpoints)).sum();
     if scenario == Scenario::Isolation {
@@ -514,18 +574,15 @@ async fn run_scenario(
     if scenario == Scenario::Fanout1000 {
         notes.push(format!("events scaled to {events}"));
     }
-    let report = Report {
+    let mut report = Report {
         scenario: format!("{scenario:?}").to_lowercase(),
         backend,
         events,
         deliveries: expected,
         ingest_per_second: events as f64 / ingest_secs,
         deliveries_per_second: received as f64 / delivery_secs,
-        latency_ms: Latencies {
-            p50: percentile(&latencies, 50.0),
-            p95: percentile(&latencies, 95.0),
-            p99: percentile(&latencies, 99.0),
-        },
+        latency_ms: Latencies::of(latencies),
+        send_latency_ms: Latencies::of(send_latencies),
         server_peak_rss_mib: others.iter().map(Server::peak_rss_mib).fold(server.peak_rss_mib(), f64::max),
         cpu_seconds,
         replicas,
@@ -533,7 +590,9 @@ async fn run_scenario(
         duplicates,
         missing: expected.saturating_sub(received),
         notes,
+        ..Report::default()
     };
+    report.derive_cpu(received);
     server.stop().await;
     for other in others {
         other.stop().await;
@@ -571,7 +630,7 @@ async fn ingest_single(
     tenant: &str,
     events: usize,
     concurrency: usize,
-) -> anyhow::Result<HashMap<String, i64>> {
+) -> anyhow::Result<HashMap<String, Accepted>> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
@@ -585,6 +644,7 @@ async fn ingest_single(
                 if n >= events {
                     return Ok::<_, anyhow::Error>(accepted);
                 }
+                let sent = now_micros();
                 let response = client
                     .post(&url)
                     .bearer_auth(TOKEN)
@@ -596,7 +656,7 @@ async fn ingest_single(
                     bail!("ingest answered {}", response.status());
                 }
                 let body: Value = response.json().await?;
-                accepted.push((body["id"].as_str().unwrap_or_default().to_owned(), at));
+                accepted.push((body["id"].as_str().unwrap_or_default().to_owned(), Accepted { sent, at }));
             }
         }));
     }
@@ -612,7 +672,7 @@ async fn ingest_paced(
     tenant: &str,
     events: usize,
     per_second: u64,
-) -> anyhow::Result<HashMap<String, i64>> {
+) -> anyhow::Result<HashMap<String, Accepted>> {
     let mut interval = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
     let mut tasks = Vec::with_capacity(events);
     for n in 0..events {
@@ -620,6 +680,7 @@ async fn ingest_paced(
         let client = server.client.clone();
         let url = format!("{}/v1/tenants/{tenant}/events", server.base);
         tasks.push(tokio::spawn(async move {
+            let sent = now_micros();
             let response = client
                 .post(&url)
                 .bearer_auth(TOKEN)
@@ -628,13 +689,16 @@ async fn ingest_paced(
                 .await?;
             let at = now_micros();
             let body: Value = response.json().await?;
-            Ok::<_, anyhow::Error>((body["id"].as_str().unwrap_or_default().to_owned(), at))
+            Ok::<_, anyhow::Error>((
+                body["id"].as_str().unwrap_or_default().to_owned(),
+                Accepted { sent, at },
+            ))
         }));
     }
     let mut accepted = HashMap::with_capacity(events);
     for task in tasks {
-        let (id, at) = task.await??;
-        accepted.insert(id, at);
+        let (id, times) = task.await??;
+        accepted.insert(id, times);
     }
     Ok(accepted)
 }
@@ -643,19 +707,20 @@ async fn ingest_batches(
     server: &Server,
     tenant: &str,
     events: usize,
-) -> anyhow::Result<HashMap<String, i64>> {
+) -> anyhow::Result<HashMap<String, Accepted>> {
     let mut accepted = HashMap::with_capacity(events);
     let mut n = 0;
     while n < events {
         let size = (events - n).min(1000);
         let batch: Vec<Value> =
             (n..n + size).map(|i| json!({"event": "bench.event", "data": data(i)})).collect();
+        let sent = now_micros();
         let body =
             server.post(&format!("/v1/tenants/{tenant}/events/batch"), &json!({"events": batch})).await?;
         let at = now_micros();
         for item in body["data"].as_array().into_iter().flatten() {
             if let Some(id) = item["id"].as_str() {
-                accepted.insert(id.to_owned(), at);
+                accepted.insert(id.to_owned(), Accepted { sent, at });
             }
         }
         n += size;
