@@ -53,8 +53,17 @@ impl App {
         let metrics = crate::metrics::install()?;
         let limits = Arc::new(crate::http::extract::RateLimits::new(&config.security));
         let committer = crate::ingest::Committer::start(store.clone());
-        let state =
-            AppState { store, config: Arc::new(config), admin_hash, wakeup, metrics, limits, committer };
+        let validators = Arc::default();
+        let state = AppState {
+            store,
+            config: Arc::new(config),
+            admin_hash,
+            wakeup,
+            metrics,
+            limits,
+            committer,
+            validators,
+        };
         Ok(App { listener, state, bootstrap_token, dispatcher, jobs })
     }
 

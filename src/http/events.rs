@@ -225,7 +225,13 @@ async fn prepare(
             invalid.push("event", format!("event type `{}` is archived", input.event));
             None
         }
-        Ok(t) => t.schema,
+        Ok(t) => match state.validators.of(&t) {
+            Ok(validator) => validator,
+            Err(error) => {
+                invalid.push("event", format!("the event type's schema cannot be used: {error}"));
+                None
+            }
+        },
         Err(StoreError::NotFound) => {
             invalid.push("event", format!("event type `{}` does not exist", input.event));
             None
@@ -234,17 +240,10 @@ async fn prepare(
     };
     match parse_data(raw) {
         Ok(value) => {
-            if let Some(schema) = &schema {
-                match jsonschema::validator_for(schema) {
-                    Ok(validator) => {
-                        for error in validator.iter_errors(&value).take(20) {
-                            let path = error.instance_path().to_string();
-                            invalid.push(format!("data{path}"), error.to_string());
-                        }
-                    }
-                    Err(error) => {
-                        invalid.push("event", format!("the event type's schema cannot be used: {error}"))
-                    }
+            if let Some(validator) = &schema {
+                for error in validator.iter_errors(&value).take(20) {
+                    let path = error.instance_path().to_string();
+                    invalid.push(format!("data{path}"), error.to_string());
                 }
             }
         }

@@ -10,6 +10,7 @@ pub mod events;
 pub mod extract;
 pub mod idempotency;
 pub mod ops;
+pub mod schemas;
 pub mod stats;
 pub mod tenants;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub limits: Arc<extract::RateLimits>,
     /// Group commit for ingest.
     pub committer: crate::ingest::Committer,
+    /// The event types' compiled JSON Schemas.
+    pub validators: Arc<schemas::Validators>,
 }
 
 /// Builds the whole router.

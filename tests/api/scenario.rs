@@ -37,8 +37,10 @@ async fn every_delivery_ends_as_the_rules_say_with_every_attempt_on_record_and_e
 
     let app = spawn_app_with(|c| {
         c.delivery.retry_schedule = vec![Duration::from_millis(20); 3];
-        // Long enough that healthy answers on a loaded 2-core machine are never cut off.
-        c.delivery.timeout = Duration::from_secs(2);
+        // Long enough that healthy answers on a loaded 2-core machine are never cut off (they take
+        // milliseconds), short enough that the 40,000 timeouts of the hanging endpoint, 1,000 at a
+        // time, take a minute.
+        c.delivery.timeout = Duration::from_millis(1500);
         c.delivery.lease = Duration::from_secs(8);
         c.delivery.max_in_flight = 1200;
         c.delivery.poll_interval = Duration::from_millis(200);
