@@ -63,6 +63,7 @@ impl App {
             limits,
             committer,
             validators,
+            lookups: Arc::default(),
         };
         Ok(App { listener, state, bootstrap_token, dispatcher, jobs })
     }

@@ -218,6 +218,7 @@ pub async fn update_event_type(
     invalid.into_result().map_err(ApiError::Invalid)?;
     event_type.updated_at = now_micros();
     state.store.update_event_type(&event_type).await?;
+    state.lookups.forget_event_types();
     Ok(Json(event_type.into()))
 }
 
@@ -236,6 +237,7 @@ pub async fn archive_event_type(
         event_type.archived = true;
         event_type.updated_at = now_micros();
         state.store.update_event_type(&event_type).await?;
+        state.lookups.forget_event_types();
     }
     Ok(StatusCode::NO_CONTENT)
 }

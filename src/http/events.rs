@@ -220,7 +220,7 @@ async fn prepare(
             state.config.ingest.payload_limit
         )));
     }
-    let schema = match state.store.get_event_type(&input.event).await {
+    let schema = match state.lookups.event_type(&state.store, &input.event).await {
         Ok(t) if t.archived => {
             invalid.push("event", format!("event type `{}` is archived", input.event));
             None

@@ -173,7 +173,7 @@ impl Auth {
     /// Resolves `{tenant}` (id or external id) to a live tenant this caller may see; another
     /// tenant's key answers 404 exactly like an unknown one.
     pub async fn tenant(&self, state: &AppState, key: &str) -> Result<Tenant, ApiError> {
-        let tenant = state.store.get_tenant(key).await.or_not_found("tenant", key)?;
+        let tenant = state.lookups.tenant(&state.store, key).await.or_not_found("tenant", key)?;
         match &self.scope {
             Scope::Tenant(own) if *own != tenant.id => Err(ApiError::not_found("tenant", key)),
             _ => Ok(tenant),

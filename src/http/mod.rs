@@ -9,6 +9,7 @@ pub mod event_types;
 pub mod events;
 pub mod extract;
 pub mod idempotency;
+pub mod lookups;
 pub mod ops;
 pub mod schemas;
 pub mod stats;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub committer: crate::ingest::Committer,
     /// The event types' compiled JSON Schemas.
     pub validators: Arc<schemas::Validators>,
+    /// Short-lived copies of tenants and event types.
+    pub lookups: Arc<lookups::Lookups>,
 }
 
 /// Builds the whole router.

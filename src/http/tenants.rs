@@ -214,7 +214,9 @@ pub async fn update_tenant(
     }
     invalid.into_result().map_err(ApiError::Invalid)?;
     tenant.updated_at = now_micros();
-    external_id_conflict(state.store.update_tenant(&tenant).await, tenant.external_id.as_deref())?;
+    let updated = state.store.update_tenant(&tenant).await;
+    state.lookups.forget_tenants();
+    external_id_conflict(updated, tenant.external_id.as_deref())?;
     Ok(Json(tenant.into()))
 }
 
@@ -230,7 +232,9 @@ pub async fn delete_tenant(
 ) -> Result<StatusCode, ApiError> {
     auth.require_admin()?;
     let tenant = auth.tenant(&state, &key).await?;
-    state.store.delete_tenant(&tenant.id, now_micros()).await?;
+    let deleted = state.store.delete_tenant(&tenant.id, now_micros()).await;
+    state.lookups.forget_tenants();
+    deleted?;
     Ok(StatusCode::NO_CONTENT)
 }
 
