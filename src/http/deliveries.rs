@@ -9,14 +9,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponses, OrNotFound};
 use super::events::parse_time;
 use super::extract::{ApiQuery, Auth, PageParams, Pager};
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::delivery::{Attempt, Delivery};
 use crate::domain::time::format_micros;
-use crate::http::error::ErrorResponses;
-use crate::http::error::OrNotFound;
 use crate::storage::{DeliveryFilter, RetryError};
 
 pub(crate) fn router() -> Router<AppState> {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponses, OrNotFound};
 use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager, RawBody};
 use crate::domain::endpoint::{
     Endpoint, MAX_IN_FLIGHT_RANGE, RATE_LIMIT_RANGE, generate_secret, mask_header_value, parse_event_types,
@@ -22,8 +22,6 @@ use crate::domain::event_type::Pattern;
 use crate::domain::id::{IdKind, new_id};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::{Invalid, check_text};
-use crate::http::error::ErrorResponses;
-use crate::http::error::OrNotFound;
 use crate::storage::StoreError;
 
 pub(crate) fn router() -> Router<AppState> {

@@ -10,13 +10,11 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponses, OrNotFound};
 use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager};
 use crate::domain::event_type::{EventType, validate_name, validate_schema};
 use crate::domain::time::now_micros;
 use crate::domain::{Invalid, check_text};
-use crate::http::error::ErrorResponses;
-use crate::http::error::OrNotFound;
 use crate::storage::StoreError;
 
 /// Longest accepted description.

@@ -13,15 +13,13 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponses, OrNotFound};
 use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager};
 use crate::domain::Invalid;
 use crate::domain::delivery::{Delivery, Event};
 use crate::domain::event::{data_of_envelope, envelope, minify, parse_data, validate_idempotency_key};
 use crate::domain::id::{IdKind, new_id};
 use crate::domain::time::{format_micros, now_micros, parse_rfc3339};
-use crate::http::error::ErrorResponses;
-use crate::http::error::OrNotFound;
 use crate::storage::{EventFilter, IngestOutcome, NewEvent, StoreError};
 
 /// Most events in one batch request.

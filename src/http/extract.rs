@@ -15,11 +15,10 @@ use subtle::ConstantTimeEq;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, OrNotFound};
 use crate::domain::tenant::Tenant;
 use crate::domain::time::now_micros;
 use crate::domain::token::{Scope, hash_token, shown_prefix};
-use crate::http::error::OrNotFound;
 use crate::storage::PageQuery;
 
 /// A JSON object body whose rejections are problem+json: 415 not JSON, 413 too large, 400

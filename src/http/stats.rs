@@ -9,13 +9,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponses, OrNotFound};
 use super::extract::{ApiQuery, Auth};
 use crate::domain::stats::{Window, percentile};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::token::Scope;
-use crate::http::error::ErrorResponses;
-use crate::http::error::OrNotFound;
 use crate::storage::EndpointHealth;
 
 pub(crate) fn router() -> Router<AppState> {

@@ -10,15 +10,13 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponses, OrNotFound};
 use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager};
 use crate::domain::id::{IdKind, new_id};
 use crate::domain::tenant::{MAX_METADATA_BYTES, Tenant, validate_external_id};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::token::{Token, generate_token, hash_token, shown_prefix};
 use crate::domain::{Invalid, check_text};
-use crate::http::error::ErrorResponses;
-use crate::http::error::OrNotFound;
 use crate::storage::StoreError;
 
 pub(crate) fn router() -> Router<AppState> {
