@@ -73,8 +73,14 @@ pub fn fifo_head_ready(next_attempt_at: i64, leased: bool, now: i64) -> bool {
 
 /// Where the next claim starts looking (endpoints are visited in id order after the cursor,
 /// wrapping around): after the last endpoint served, or, when none was, after the last one
-/// looked at. `order` is the order the endpoints were looked at.
-pub fn next_cursor<'a>(order: &'a [String], served: &HashSet<&str>) -> Option<&'a String> {
+/// looked at. `order` is the order the endpoints were looked at. When the claim had room left
+/// (`room_left`), every endpoint with work it could start was served: the next one starts from
+/// the first endpoint again (`None`), which needs one read instead of two (one after the cursor,
+/// one wrapping around).
+pub fn next_cursor<'a>(order: &'a [String], served: &HashSet<&str>, room_left: bool) -> Option<&'a String> {
+    if room_left {
+        return None;
+    }
     order.iter().rev().find(|id| served.contains(id.as_str())).or(order.last())
 }
 
@@ -128,8 +134,13 @@ mod tests {
     #[test]
     fn the_next_claim_starts_after_the_last_endpoint_served() {
         let order: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
-        assert_eq!(next_cursor(&order, &HashSet::from(["a", "b"])).map(String::as_str), Some("b"));
-        assert_eq!(next_cursor(&order, &HashSet::new()).map(String::as_str), Some("c"));
-        assert_eq!(next_cursor(&[], &HashSet::new()), None);
+        assert_eq!(next_cursor(&order, &HashSet::from(["a", "b"]), false).map(String::as_str), Some("b"));
+        assert_eq!(next_cursor(&order, &HashSet::new(), false).map(String::as_str), Some("c"));
+        assert_eq!(
+            next_cursor(&order, &HashSet::from(["a", "b", "c"]), true),
+            None,
+            "all served: start over"
+        );
+        assert_eq!(next_cursor(&[], &HashSet::new(), true), None);
     }
 }

@@ -215,10 +215,8 @@ impl Store {
 
         let served: std::collections::HashSet<&str> =
             picked.iter().map(|(row, _)| row.endpoint_id.as_str()).collect();
-        if let Some(last) = next_cursor(&order, &served)
-            && let Ok(mut cursor) = self.claim_cursor.lock()
-        {
-            *cursor = Some(last.clone());
+        if let Ok(mut cursor) = self.claim_cursor.lock() {
+            *cursor = next_cursor(&order, &served, (picked.len() as i64) < limit).cloned();
         }
         if picked.is_empty() {
             return Ok(Vec::new());
