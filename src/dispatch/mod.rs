@@ -138,11 +138,6 @@ impl Dispatcher {
         self.attempts.policy.schedule.len()
     }
 
-    /// Attempts on the wire now.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
     /// Runs until `shutdown`: cycle after cycle, idling when nothing more can start; then drains
     /// within the grace period.
     pub async fn run(mut self, shutdown: CancellationToken) {

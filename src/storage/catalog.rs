@@ -58,8 +58,7 @@ impl Store {
             order by id desc
             limit $3"#)
         .bind(tenant_id)
-        .bind(&page.after)
-        .bind(page.limit)
+        .page(page)
         .fetch_all(self.db.reader())
         .await?;
         Ok(rows.into_iter().map(Token::from).collect())
@@ -123,8 +122,7 @@ impl Store {
             order by name
             limit $3"#)
             .bind(include_archived)
-            .bind(&page.after)
-            .bind(page.limit)
+            .page(page)
             .fetch_all(self.db.reader())
             .await?;
         rows.into_iter().map(EventType::try_from).collect()
@@ -179,8 +177,7 @@ impl Store {
               and ($1 is null or id < $1)
             order by id desc
             limit $2"#)
-        .bind(&page.after)
-        .bind(page.limit)
+        .page(page)
         .fetch_all(self.db.reader())
         .await?;
         rows.into_iter().map(Tenant::try_from).collect()

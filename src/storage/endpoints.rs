@@ -76,8 +76,7 @@ impl Store {
             order by id desc
             limit $3"#)
             .bind(tenant_id)
-            .bind(&page.after)
-            .bind(page.limit)
+            .page(page)
             .fetch_all(self.db.reader())
             .await?;
         rows.into_iter().map(|row| self.open_endpoint(row.try_into()?)).collect()

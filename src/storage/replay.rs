@@ -43,8 +43,7 @@ impl Store {
             .bind(&filter.event_type)
             .bind(filter.since)
             .bind(filter.until)
-            .bind(&page.after)
-            .bind(page.limit)
+            .page(page)
             .fetch_all(self.db.reader())
             .await?;
         Ok(rows.into_iter().map(Event::from).collect())
@@ -89,8 +88,7 @@ impl Store {
             .bind(&filter.event_id)
             .bind(filter.since)
             .bind(filter.until)
-            .bind(&page.after)
-            .bind(page.limit);
+            .page(page);
         self.read_deliveries(statement).await
     }
 

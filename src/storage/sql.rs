@@ -176,6 +176,12 @@ impl<'a> Sql<'a> {
         self
     }
 
+    /// Binds a keyset page's two parameters, in this order: the sort key to start after, and
+    /// how many rows.
+    pub(crate) fn page(self, page: &'a super::PageQuery) -> Self {
+        self.bind(&page.after).bind(page.limit)
+    }
+
     /// Appends text.
     pub(crate) fn push(&mut self, text: &str) -> &mut Self {
         self.text.to_mut().push_str(text);
