@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
 use super::events::parse_time;
-use super::extract::{ApiQuery, Auth, PageParams, Pager};
+use super::extract::{ApiQuery, ItemPath, PageParams, Pager, TenantPath, TenantScope};
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::delivery::{Attempt, Delivery};
 use crate::domain::time::format_micros;
@@ -139,16 +139,12 @@ pub struct DeliveryQuery {
 
 /// List a tenant's deliveries, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/deliveries", tag = "deliveries",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), DeliveryQuery, PageParams),
-    security(("bearer" = [])),
+    params(TenantPath, DeliveryQuery, PageParams),
     responses((status = 200, description = "A page of deliveries, newest first", body = DeliveryList), ErrorResponses))]
 pub async fn list_deliveries(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(tenant): Path<String>,
+    TenantScope { state, tenant, .. }: TenantScope,
     ApiQuery(query): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     let status = match query.status.as_deref() {
         None => None,
         Some(text) => Some(
@@ -179,15 +175,12 @@ async fn load(state: &AppState, tenant_id: &str, id: &str) -> Result<DeliveryOut
 
 /// Get one delivery with every attempt.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/deliveries/{id}", tag = "deliveries",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`dlv_…`")),
-    security(("bearer" = [])),
+    params(ItemPath),
     responses((status = 200, description = "The delivery with every attempt", body = DeliveryOut), ErrorResponses))]
 pub async fn get_delivery(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, id)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(ItemPath { id, .. }): Path<ItemPath>,
 ) -> Result<Json<DeliveryOut>, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     Ok(Json(load(&state, &tenant.id, &id).await?))
 }
 
@@ -209,15 +202,12 @@ pub(crate) fn retry_error(error: RetryError, what: &str, id: &str) -> ApiError {
 
 /// Queue a delivery again now. A `failed` or `delivered` one starts a new run of attempts.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/deliveries/{id}/retry", tag = "deliveries",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`dlv_…`"), super::idempotency::IdempotencyKeyHeader),
-    security(("bearer" = [])),
+    params(ItemPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 202, description = "Queued again: the delivery as it now is", body = DeliveryOut), ErrorResponses))]
 pub async fn retry_delivery(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, id)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(ItemPath { id, .. }): Path<ItemPath>,
 ) -> Result<(StatusCode, Json<DeliveryOut>), ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     state.store.retry_delivery(&tenant.id, &id).await.map_err(|e| retry_error(e, "delivery", &id))?;
     state.wakeup.notify_one();
     Ok((StatusCode::ACCEPTED, Json(load(&state, &tenant.id, &id).await?)))

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
@@ -13,13 +13,14 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager, RawBody};
+use super::extract::{ApiJson, ApiQuery, EndpointPath, PageParams, Pager, RawBody, TenantPath, TenantScope};
 use crate::domain::endpoint::{
     Endpoint, MAX_IN_FLIGHT_RANGE, RATE_LIMIT_RANGE, generate_secret, mask_header_value, parse_event_types,
     validate_headers, validate_secret, validate_url,
 };
 use crate::domain::event_type::Pattern;
 use crate::domain::id::{IdKind, new_id};
+use crate::domain::tenant::Tenant;
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::{Invalid, check_text};
 use crate::storage::StoreError;
@@ -251,15 +252,12 @@ async fn load(state: &AppState, tenant_id: &str, id: &str) -> Result<Endpoint, A
 
 /// Register an endpoint for a tenant.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints", request_body = EndpointIn,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), super::idempotency::IdempotencyKeyHeader), security(("bearer" = [])),
+    params(TenantPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 201, description = "Created, with its signing secret", body = EndpointCreatedOut), ErrorResponses))]
 pub async fn create_endpoint(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(tenant): Path<String>,
+    TenantScope { state, tenant, .. }: TenantScope,
     ApiJson(body): ApiJson<EndpointIn>,
 ) -> Result<(StatusCode, Json<EndpointCreatedOut>), ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     let now = now_micros();
     let enabled = body.enabled.unwrap_or(true);
     let mut endpoint = Endpoint {
@@ -296,15 +294,12 @@ pub async fn create_endpoint(
 
 /// List a tenant's endpoints, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), PageParams), security(("bearer" = [])),
+    params(TenantPath, PageParams),
     responses((status = 200, description = "A page of endpoints, newest first", body = EndpointList), ErrorResponses))]
 pub async fn list_endpoints(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(tenant): Path<String>,
+    TenantScope { state, tenant, .. }: TenantScope,
     ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<EndpointList>, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     let pager = Pager::new(&page, &format!("endpoints|{}", tenant.id))?;
     let rows = state.store.list_endpoints(&tenant.id, &pager.query()).await?;
     let (rows, next_cursor) = pager.finish(rows, |e| &e.id);
@@ -313,30 +308,24 @@ pub async fn list_endpoints(
 
 /// Get one endpoint.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}", tag = "endpoints",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
-    security(("bearer" = [])),
+    params(EndpointPath),
     responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
 pub async fn get_endpoint(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, ep)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
 ) -> Result<Json<EndpointOut>, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     Ok(Json(load(&state, &tenant.id, &ep).await?.into()))
 }
 
 /// Update an endpoint. Changes apply to the next attempt; `event_types` to events accepted afterwards.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/endpoints/{ep}", tag = "endpoints", request_body = EndpointPatch,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
-    security(("bearer" = [])),
+    params(EndpointPath),
     responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
 pub async fn update_endpoint(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, ep)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
     ApiJson(patch): ApiJson<EndpointPatch>,
 ) -> Result<Json<EndpointOut>, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     let mut endpoint = load(&state, &tenant.id, &ep).await?;
     let now = now_micros();
     if let Some(url) = patch.url {
@@ -393,30 +382,24 @@ pub async fn update_endpoint(
 
 /// Delete an endpoint: 404 from then on; its pending deliveries fail with `endpoint_deleted`.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/endpoints/{ep}", tag = "endpoints",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
-    security(("bearer" = [])),
+    params(EndpointPath),
     responses((status = 204, description = "deleted"), ErrorResponses))]
 pub async fn delete_endpoint(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, ep)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     state.store.delete_endpoint(&tenant.id, &ep, now_micros()).await.or_not_found("endpoint", &ep)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Read the endpoint's signing secret.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret", tag = "endpoints",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
-    security(("bearer" = [])),
+    params(EndpointPath),
     responses((status = 200, description = "The current secret", body = SecretOut), ErrorResponses))]
 pub async fn get_endpoint_secret(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, ep)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
 ) -> Result<Json<SecretOut>, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     let secrets = state.store.get_secrets(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
     let now = now_micros();
     Ok(Json(SecretOut {
@@ -457,16 +440,13 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
 /// Rotate the signing secret. Until the grace period ends, attempts carry two signatures, the
 /// new secret's first.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret/rotate", tag = "endpoints", request_body(content = Option<RotateIn>, description = "Optional: an empty body means the defaults"),
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
-    security(("bearer" = [])),
+    params(EndpointPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 200, description = "Rotated: the new secret", body = RotatedOut), ErrorResponses))]
 pub async fn rotate_endpoint_secret(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, ep)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
     RawBody(body): RawBody,
 ) -> Result<Json<RotatedOut>, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     let input: RotateIn = optional_body(&body)?;
     let mut invalid = Invalid::default();
     let grace = input.grace_period_seconds.unwrap_or(86_400);
@@ -488,15 +468,12 @@ pub async fn rotate_endpoint_secret(
 
 /// End a rotation's grace period now: only the current secret signs from the next attempt on.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret/previous", tag = "endpoints",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`")),
-    security(("bearer" = [])),
+    params(EndpointPath),
     responses((status = 204, description = "the previous secret no longer signs"), ErrorResponses))]
 pub async fn delete_previous_secret(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, ep)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     state.store.delete_previous_secret(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -512,13 +489,11 @@ pub struct DisableIn {
 
 async fn set_enabled(
     state: &AppState,
-    auth: &Auth,
-    tenant: &str,
+    tenant: &Tenant,
     ep: &str,
     enabled: bool,
     reason: Option<String>,
 ) -> Result<Json<EndpointOut>, ApiError> {
-    let tenant = auth.tenant(state, tenant).await?;
     let mut endpoint = load(state, &tenant.id, ep).await?;
     let now = now_micros();
     if enabled {
@@ -547,47 +522,40 @@ async fn set_enabled(
 
 /// Enable an endpoint (clears the disabled reason). Nothing is re-queued: use `recover`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/enable", tag = "endpoints",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
-    security(("bearer" = [])),
+    params(EndpointPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
 pub async fn enable_endpoint(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, ep)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
 ) -> Result<Json<EndpointOut>, ApiError> {
-    set_enabled(&state, &auth, &tenant, &ep, true, None).await
+    set_enabled(&state, &tenant, &ep, true, None).await
 }
 
 /// Disable an endpoint: no more claims; its pending deliveries fail with `endpoint_disabled`
 /// and can be replayed with `recover` after enabling.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/disable", tag = "endpoints", request_body(content = Option<DisableIn>, description = "Optional: an empty body means no reason"),
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
-    security(("bearer" = [])),
+    params(EndpointPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
 pub async fn disable_endpoint(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, ep)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
     RawBody(body): RawBody,
 ) -> Result<Json<EndpointOut>, ApiError> {
     let input: DisableIn = optional_body(&body)?;
-    set_enabled(&state, &auth, &tenant, &ep, false, input.reason).await
+    set_enabled(&state, &tenant, &ep, false, input.reason).await
 }
 
 /// Send a real `webhook.test` event `{endpoint_id}` to this endpoint alone, even when it is
 /// disabled: one attempt, no retries, no re-enabling.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/test", tag = "endpoints",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
-    security(("bearer" = [])),
+    params(EndpointPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 202, description = "Accepted: the test event and its one delivery are committed", body = super::events::EventAccepted), ErrorResponses))]
 pub async fn test_endpoint(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, ep)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
 ) -> Result<(StatusCode, Json<super::events::EventAccepted>), ApiError> {
     use crate::domain::event::envelope;
     use crate::domain::event_type::WEBHOOK_TEST;
-    let tenant = auth.tenant(&state, &tenant).await?;
     let endpoint = load(&state, &tenant.id, &ep).await?;
     let id = new_id(IdKind::Event);
     let created_at = now_micros();
@@ -631,17 +599,14 @@ pub struct RecoverOut {
 
 /// Replay this endpoint's failed deliveries created in `[since, until)`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/recover", tag = "endpoints", request_body = RecoverIn,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), super::idempotency::IdempotencyKeyHeader),
-    security(("bearer" = [])),
+    params(EndpointPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 202, description = "The failed deliveries made pending again", body = RecoverOut), ErrorResponses))]
 pub async fn recover_endpoint(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, ep)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
     ApiJson(input): ApiJson<RecoverIn>,
 ) -> Result<(StatusCode, Json<RecoverOut>), ApiError> {
     use crate::domain::time::parse_rfc3339;
-    let tenant = auth.tenant(&state, &tenant).await?;
     let now = now_micros();
     let mut invalid = Invalid::default();
     let since = parse_rfc3339(&input.since).map_err(|why| invalid.push("since", why)).ok();

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager};
+use super::extract::{ApiJson, ApiQuery, ItemPath, PageParams, Pager, TenantPath, TenantScope};
 use crate::domain::Invalid;
 use crate::domain::delivery::{Delivery, Event};
 use crate::domain::event::{data_of_envelope, envelope, minify, parse_data, validate_idempotency_key};
@@ -325,18 +325,14 @@ fn idempotency_since(state: &AppState) -> i64 {
 
 /// Emit one event for a tenant. 202 means the event and its deliveries are committed.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events", request_body = EventIn,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), super::idempotency::IdempotencyKeyHeader),
-    security(("bearer" = [])),
+    params(TenantPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 202, description = "Accepted: the event and its deliveries are committed", body = EventAccepted), ErrorResponses))]
 pub async fn create_event(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(tenant): Path<String>,
+    TenantScope { state, auth, tenant }: TenantScope,
     headers: HeaderMap,
     ApiJson(input): ApiJson<EventIn>,
 ) -> Result<Response, ApiError> {
     auth.require_admin()?;
-    let tenant = auth.tenant(&state, &tenant).await?;
     let header_key = idempotency_header(&headers)?;
     let event = prepare(&state, &tenant.id, input, header_key).await?;
     let outcome =
@@ -364,16 +360,13 @@ pub async fn create_event(
 /// Emit up to 1,000 events. Not atomic: every accepted item is committed before the answer, and
 /// each item has its own status.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events/batch", tag = "events", request_body = BatchIn,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
+    params(TenantPath),
     responses((status = 202, description = "Processed: one result per event, in input order", body = BatchOut), ErrorResponses))]
 pub async fn create_events_batch(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(tenant): Path<String>,
+    TenantScope { state, auth, tenant }: TenantScope,
     ApiJson(batch): ApiJson<BatchIn>,
 ) -> Result<(StatusCode, Json<BatchOut>), ApiError> {
     auth.require_admin()?;
-    let tenant = auth.tenant(&state, &tenant).await?;
     if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
         return Err(ApiError::invalid("events", format!("must hold between 1 and {MAX_BATCH} events")));
     }
@@ -459,16 +452,12 @@ pub(crate) fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>
 
 /// List a tenant's events, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), EventQuery, PageParams),
-    security(("bearer" = [])),
+    params(TenantPath, EventQuery, PageParams),
     responses((status = 200, description = "A page of events, newest first", body = EventList), ErrorResponses))]
 pub async fn list_events(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(tenant): Path<String>,
+    TenantScope { state, tenant, .. }: TenantScope,
     ApiQuery(query): ApiQuery<EventQuery>,
 ) -> Result<Json<EventList>, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     let filter = EventFilter {
         event_type: query.event_type.clone(),
         since: parse_time("since", query.since.as_deref())?,
@@ -482,15 +471,12 @@ pub async fn list_events(
 
 /// Get one event with the state of each of its deliveries.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/events/{id}", tag = "events",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("id" = String, Path, description = "`evt_…`")),
-    security(("bearer" = [])),
+    params(ItemPath),
     responses((status = 200, description = "The event with the state of each delivery", body = EventOut), ErrorResponses))]
 pub async fn get_event(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, id)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(ItemPath { id, .. }): Path<ItemPath>,
 ) -> Result<Json<EventOut>, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     let event = state.store.get_event(&tenant.id, &id).await.or_not_found("event", &id)?;
     let deliveries = state.store.list_event_deliveries(&event.id).await?;
     let mut out = EventOut::from(event);

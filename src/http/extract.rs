@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use base64::Engine;
@@ -227,6 +227,74 @@ impl FromRequestParts<AppState> for Auth {
             }
         }
     }
+}
+
+/// An admin caller: 403 for tenant tokens, before anything else of the request is read.
+pub struct Admin(pub Auth);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let auth = Auth::from_request_parts(parts, state).await?;
+        auth.require_admin()?;
+        Ok(Admin(auth))
+    }
+}
+
+/// A route under `/v1/tenants/{tenant}`: the state, the caller, and `{tenant}` resolved for that
+/// caller (see [`Auth::tenant`]), before the body is read.
+pub struct TenantScope {
+    /// What every handler may use.
+    pub state: AppState,
+    /// The caller.
+    pub auth: Auth,
+    /// The live tenant the path names.
+    pub tenant: Tenant,
+}
+
+impl FromRequestParts<AppState> for TenantScope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let auth = Auth::from_request_parts(parts, state).await?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+        let Some((_, key)) = params.iter().find(|(name, _)| *name == "tenant") else {
+            return Err(ApiError::NotFound("no such route".into()));
+        };
+        let tenant = auth.tenant(state, key).await?;
+        Ok(TenantScope { state: state.clone(), auth, tenant })
+    }
+}
+
+/// `{tenant}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantPath {
+    /// `tnt_…` id or external_id.
+    pub tenant: String,
+}
+
+/// `{tenant}/endpoints/{ep}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct EndpointPath {
+    /// `tnt_…` id or external_id.
+    pub tenant: String,
+    /// `ep_…`.
+    pub ep: String,
+}
+
+/// `{tenant}/events/{id}` and `{tenant}/deliveries/{id}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ItemPath {
+    /// `tnt_…` id or external_id.
+    pub tenant: String,
+    /// `evt_…` or `dlv_…`.
+    pub id: String,
 }
 
 /// Largest page.

@@ -25,7 +25,7 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Deserializer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::config::Config;
@@ -176,12 +176,22 @@ pub(crate) fn parse_bool(field: &str, value: Option<&str>) -> Result<bool, ApiEr
     }
 }
 
+/// Every `/v1/` route needs a bearer token; the operational routes and the dashboard page do not.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
+        for (path, item) in openapi.paths.paths.iter_mut().filter(|(path, _)| path.starts_with("/v1/")) {
+            let operations =
+                [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+            for operation in operations.into_iter().flatten() {
+                debug_assert!(operation.security.is_none(), "{path} declares its own security");
+                operation.security = Some(vec![bearer.clone()]);
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{ApiQuery, Auth};
+use super::extract::{Admin, ApiQuery, Auth, EndpointPath, TenantPath, TenantScope};
 use crate::domain::stats::{Window, percentile};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::token::Scope;
@@ -165,16 +165,13 @@ fn stats_out(health: EndpointHealth, window: Window, now: i64) -> StatsOut {
 
 /// One endpoint's stats.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}/stats", tag = "stats",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), ("ep" = String, Path, description = "`ep_…`"), WindowQuery),
-    security(("bearer" = [])),
+    params(EndpointPath, WindowQuery),
     responses((status = 200, description = "The endpoint's delivery health", body = StatsOut), ErrorResponses))]
 pub async fn get_endpoint_stats(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path((tenant, ep)): Path<(String, String)>,
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
     ApiQuery(query): ApiQuery<WindowQuery>,
 ) -> Result<Json<StatsOut>, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     let window = parse_window(query.window.as_deref())?;
     state.store.get_endpoint(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
     let now = now_micros();
@@ -235,27 +232,23 @@ async fn ranked(state: &AppState, tenant_id: Option<&str>, query: &RankQuery) ->
 
 /// A tenant's endpoints, the worst first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/stats/endpoints", tag = "stats",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), RankQuery), security(("bearer" = [])),
+    params(TenantPath, RankQuery),
     responses((status = 200, description = "Endpoints, the worst first", body = StatsList), ErrorResponses))]
 pub async fn list_tenant_endpoint_stats(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(tenant): Path<String>,
+    TenantScope { state, tenant, .. }: TenantScope,
     ApiQuery(query): ApiQuery<RankQuery>,
 ) -> Result<Json<StatsList>, ApiError> {
-    let tenant = auth.tenant(&state, &tenant).await?;
     Ok(Json(ranked(&state, Some(&tenant.id), &query).await?))
 }
 
 /// Every tenant's endpoints, the worst first (admin).
-#[utoipa::path(get, path = "/v1/stats/endpoints", tag = "stats", params(RankQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/stats/endpoints", tag = "stats", params(RankQuery),
     responses((status = 200, description = "Endpoints, the worst first", body = StatsList), ErrorResponses))]
 pub async fn list_endpoint_stats(
     State(state): State<AppState>,
-    auth: Auth,
+    _admin: Admin,
     ApiQuery(query): ApiQuery<RankQuery>,
 ) -> Result<Json<StatsList>, ApiError> {
-    auth.require_admin()?;
     Ok(Json(ranked(&state, None, &query).await?))
 }
 
@@ -271,7 +264,7 @@ pub struct MeOut {
 }
 
 /// Describe the calling token (the dashboard uses it to choose its view).
-#[utoipa::path(get, path = "/v1/me", tag = "tokens", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/me", tag = "tokens",
     responses((status = 200, description = "Who the token speaks for", body = MeOut), ErrorResponses))]
 pub async fn whoami(State(state): State<AppState>, auth: Auth) -> Result<Json<MeOut>, ApiError> {
     match &auth.scope {

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{ApiJson, ApiQuery, Auth, PageParams, Pager};
+use super::extract::{Admin, ApiJson, ApiQuery, Auth, PageParams, Pager, TenantPath, TenantScope};
 use crate::domain::id::{IdKind, new_id};
 use crate::domain::tenant::{MAX_METADATA_BYTES, Tenant, validate_external_id};
 use crate::domain::time::{format_micros, now_micros};
@@ -123,14 +123,13 @@ fn external_id_conflict(result: Result<(), StoreError>, external_id: Option<&str
 }
 
 /// Create a tenant.
-#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantIn, params(super::idempotency::IdempotencyKeyHeader), security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantIn, params(super::idempotency::IdempotencyKeyHeader),
     responses((status = 201, description = "Created", body = TenantOut), ErrorResponses))]
 pub async fn create_tenant(
     State(state): State<AppState>,
-    auth: Auth,
+    _admin: Admin,
     ApiJson(body): ApiJson<TenantIn>,
 ) -> Result<(StatusCode, Json<TenantOut>), ApiError> {
-    auth.require_admin()?;
     let mut invalid = Invalid::default();
     check_name(&mut invalid, &body.name);
     if let Some(external_id) = &body.external_id
@@ -155,14 +154,13 @@ pub async fn create_tenant(
 }
 
 /// List tenants, newest first.
-#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(PageParams), security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(PageParams),
     responses((status = 200, description = "A page of tenants, newest first", body = TenantList), ErrorResponses))]
 pub async fn list_tenants(
     State(state): State<AppState>,
-    auth: Auth,
+    _admin: Admin,
     ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<TenantList>, ApiError> {
-    auth.require_admin()?;
     let pager = Pager::new(&page, "tenants")?;
     let rows = state.store.list_tenants(&pager.query()).await?;
     let (rows, next_cursor) = pager.finish(rows, |t| &t.id);
@@ -171,28 +169,22 @@ pub async fn list_tenants(
 
 /// Get a tenant by id or external id (a tenant token may read its own).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
+    params(TenantPath),
     responses((status = 200, description = "The tenant", body = TenantOut), ErrorResponses))]
-pub async fn get_tenant(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(key): Path<String>,
-) -> Result<Json<TenantOut>, ApiError> {
-    Ok(Json(auth.tenant(&state, &key).await?.into()))
+pub async fn get_tenant(TenantScope { tenant, .. }: TenantScope) -> Result<Json<TenantOut>, ApiError> {
+    Ok(Json(tenant.into()))
 }
 
 /// Update a tenant's name, external id or metadata.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", request_body = TenantPatch,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
+    params(TenantPath),
     responses((status = 200, description = "The tenant", body = TenantOut), ErrorResponses))]
 pub async fn update_tenant(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(key): Path<String>,
+    TenantScope { state, auth, tenant }: TenantScope,
     ApiJson(patch): ApiJson<TenantPatch>,
 ) -> Result<Json<TenantOut>, ApiError> {
     auth.require_admin()?;
-    let mut tenant = auth.tenant(&state, &key).await?;
+    let mut tenant = tenant;
     let mut invalid = Invalid::default();
     if let Some(name) = patch.name {
         check_name(&mut invalid, &name);
@@ -221,15 +213,10 @@ pub async fn update_tenant(
 /// Delete a tenant: its endpoints are deleted (pending deliveries fail with `endpoint_deleted`)
 /// and its tokens revoked; history stays until retention removes it.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id")), security(("bearer" = [])),
+    params(TenantPath),
     responses((status = 204, description = "deleted"), ErrorResponses))]
-pub async fn delete_tenant(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(key): Path<String>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete_tenant(TenantScope { state, auth, tenant }: TenantScope) -> Result<StatusCode, ApiError> {
     auth.require_admin()?;
-    let tenant = auth.tenant(&state, &key).await?;
     let deleted = state.store.delete_tenant(&tenant.id, now_micros()).await;
     state.lookups.forget_tenants();
     deleted?;
@@ -316,16 +303,13 @@ pub async fn issue_token(
 
 /// Create a token confined to one tenant.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/tokens", tag = "tokens", request_body = TokenIn,
-    params(("tenant" = String, Path, description = "`tnt_…` id or external_id"), super::idempotency::IdempotencyKeyHeader), security(("bearer" = [])),
+    params(TenantPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 201, description = "Created; `token` is shown only in this answer", body = TokenCreatedOut), ErrorResponses))]
 pub async fn create_tenant_token(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(key): Path<String>,
+    TenantScope { state, auth, tenant }: TenantScope,
     ApiJson(body): ApiJson<TokenIn>,
 ) -> Result<(StatusCode, Json<TokenCreatedOut>), ApiError> {
     auth.require_admin()?;
-    let tenant = auth.tenant(&state, &key).await?;
     let mut invalid = Invalid::default();
     check_text(&mut invalid, "name", &body.name, 255);
     invalid.into_result().map_err(ApiError::Invalid)?;
@@ -345,7 +329,7 @@ pub struct TokenFilter {
 }
 
 /// List live tokens, newest first.
-#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(TokenFilter, PageParams), security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(TokenFilter, PageParams),
     responses((status = 200, description = "A page of tokens, newest first", body = TokenList), ErrorResponses))]
 pub async fn list_tokens(
     State(state): State<AppState>,
@@ -365,14 +349,13 @@ pub async fn list_tokens(
 
 /// Revoke a token; it stops working at once.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
-    params(("id" = String, Path, description = "`tok_…`")), security(("bearer" = [])),
+    params(("id" = String, Path, description = "`tok_…`")),
     responses((status = 204, description = "revoked"), ErrorResponses))]
 pub async fn revoke_token(
     State(state): State<AppState>,
-    auth: Auth,
+    _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    auth.require_admin()?;
     state.store.revoke_token(&id, now_micros()).await.or_not_found("token", &id)?;
     Ok(StatusCode::NO_CONTENT)
 }
