@@ -142,7 +142,7 @@ impl Jobs {
                     match jobs.run_guarded(job, now_micros()).await {
                         Ok(Some(changed)) => {
                             metrics::counter!(JOB_RUNS, "job" => job.name(), "result" => "ok").increment(1);
-                            tracing::info!(job = job.name(), changed, "maintenance job ran");
+                            tracing::debug!(job = job.name(), changed, "maintenance job ran");
                         }
                         Ok(None) => {
                             metrics::counter!(JOB_RUNS, "job" => job.name(), "result" => "skipped").increment(1);

@@ -127,6 +127,7 @@ pub fn validate_url(url: &str, dev: bool, allow: &[ipnet::IpNet]) -> Result<(), 
         "https" => {}
         "http" if dev => {}
         "http" => return Err("must use https:// (http:// is allowed only in dev mode)".into()),
+        other if dev => return Err(format!("scheme `{other}` is not supported: use https:// or http://")),
         other => return Err(format!("scheme `{other}` is not supported: use https://")),
     }
     match parsed.host() {
@@ -337,7 +338,8 @@ mod tests {
         let allow = ["10.0.0.0/8".parse().expect("cidr")];
         assert!(validate_url("https://10.1.2.3/hooks", false, &allow).is_ok());
         assert!(validate_url("https://192.168.1.1/hooks", false, &allow).is_err());
-        assert!(validate_url("ftp://example.com", true, &[]).is_err());
+        let Err(dev_ftp) = validate_url("ftp://example.com", true, &[]) else { panic!("ftp:// accepted") };
+        assert!(dev_ftp.contains("https:// or http://"), "dev mode names both schemes it takes: {dev_ftp}");
         assert!(validate_url("https://user:pw@example.com", false, &[]).is_err());
         assert!(validate_url("https://example.com/#frag", false, &[]).is_err());
         assert!(validate_url("/relative", false, &[]).is_err());

@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 
 use super::AppState;
@@ -12,7 +12,12 @@ use super::AppState;
 const PAGE: &str = include_str!("dashboard.html");
 
 pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/dashboard", get(dashboard))
+    Router::new().route("/", get(root)).route("/dashboard", get(dashboard))
+}
+
+/// `GET /`: a person who opens Herald's address in a browser lands on the dashboard.
+async fn root() -> Redirect {
+    Redirect::to("/dashboard")
 }
 
 /// The dashboard page.

@@ -10,6 +10,9 @@ use utoipa::ToSchema;
 use crate::domain::{FieldError, Invalid};
 use crate::storage::StoreError;
 
+/// `Retry-After` seconds on a 503: a restarting database is usually back within a few seconds.
+pub const UNAVAILABLE_RETRY_AFTER: u64 = 2;
+
 /// An API failure; one exhaustive `match` maps it to a status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -159,7 +162,10 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => {
                 ApiError::Conflict(format!("conflicts with an existing object ({what})"))
             }
-            StoreError::Database(sqlx::Error::PoolTimedOut) => ApiError::Unavailable,
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "request failed: store unavailable");
+                ApiError::Unavailable
+            }
             StoreError::InvalidText => {
                 ApiError::invalid("body", "text values must not contain NUL characters")
             }
@@ -176,15 +182,13 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = format!("{cause:#}"), "request failed");
                 "an internal error occurred; it has been logged".to_owned()
             }
-            ApiError::Unavailable => {
-                tracing::warn!("request failed: store unavailable");
-                "the service is temporarily unavailable; retry shortly".to_owned()
-            }
+            ApiError::Unavailable => "the service is temporarily unavailable; retry shortly".to_owned(),
             ApiError::Invalid(invalid) => format!("the request is invalid: {invalid}"),
             other => other.to_string(),
         };
         let retry_after = match &self {
             ApiError::TooManyRequests(seconds) => Some(*seconds),
+            ApiError::Unavailable => Some(UNAVAILABLE_RETRY_AFTER),
             _ => None,
         };
         let errors = match self {
@@ -211,5 +215,18 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_store_answers_503_with_retry_after() {
+        let error = ApiError::from(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], UNAVAILABLE_RETRY_AFTER.to_string());
     }
 }

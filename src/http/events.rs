@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path};
+use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{ApiJson, ApiQuery, ItemPath, PageParams, Pager, TenantPath, TenantScope};
+use super::extract::{ApiJson, ApiQuery, ItemPath, PageParams, Pager, TenantPath, TenantScope, body_limit};
 use crate::domain::Invalid;
 use crate::domain::delivery::{Delivery, Event};
 use crate::domain::event::{data_of_envelope, envelope, minify, parse_data, validate_idempotency_key};
@@ -31,14 +31,8 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
     let single = state.config.ingest.payload_limit + REQUEST_OVERHEAD;
     let batch = state.config.ingest.batch_body_limit;
     Router::new()
-        .route(
-            "/v1/tenants/{tenant}/events",
-            get(list_events).post(create_event).layer(DefaultBodyLimit::max(single)),
-        )
-        .route(
-            "/v1/tenants/{tenant}/events/batch",
-            post(create_events_batch).layer(DefaultBodyLimit::max(batch)),
-        )
+        .route("/v1/tenants/{tenant}/events", get(list_events).post(create_event).layer(body_limit(single)))
+        .route("/v1/tenants/{tenant}/events/batch", post(create_events_batch).layer(body_limit(batch)))
         .route("/v1/tenants/{tenant}/events/{id}", get(get_event))
 }
 

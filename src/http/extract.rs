@@ -53,13 +53,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 /// optional.
 pub struct RawBody(pub Bytes);
 
+/// The body limit of a route (see [`body_limit`]), so a 413 can name it.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+/// A route's body limit: enforced, and named by the 413 it causes.
+pub fn body_limit(bytes: usize) -> (axum::extract::DefaultBodyLimit, axum::Extension<BodyLimit>) {
+    (axum::extract::DefaultBodyLimit::max(bytes), axum::Extension(BodyLimit(bytes)))
+}
+
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = req.extensions().get::<BodyLimit>().copied();
         Bytes::from_request(req, state).await.map(RawBody).map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge("the request body is larger than this route accepts".into())
+                ApiError::PayloadTooLarge(match limit {
+                    Some(BodyLimit(bytes)) => {
+                        format!("the request body is over this route's limit of {bytes} bytes")
+                    }
+                    None => "the request body is larger than this route accepts".into(),
+                })
             } else {
                 ApiError::BadRequest(format!("the body could not be read: {}", rejection.body_text()))
             }
@@ -87,6 +102,8 @@ pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
         // serde reports an unknown field at the object holding it; name the field itself.
         let field = match message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
             Some(unknown) if field == "body" => unknown.to_owned(),
+            // Newer serde_path_to_error already ends the path with the unknown field.
+            Some(unknown) if field == unknown || field.ends_with(&format!(".{unknown}")) => field,
             Some(unknown) => format!("{field}.{unknown}"),
             None => field,
         };
@@ -326,7 +343,9 @@ impl Pager {
     pub fn new(params: &PageParams, filters: &str) -> Result<Pager, ApiError> {
         let limit = match &params.limit {
             None => DEFAULT_LIMIT,
-            Some(text) => text.trim().parse::<i64>().unwrap_or(0),
+            Some(text) => text.trim().parse::<i64>().map_err(|_| {
+                ApiError::invalid("limit", format!("must be a whole number between 1 and {MAX_LIMIT}"))
+            })?,
         };
         if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(ApiError::invalid("limit", format!("must be between 1 and {MAX_LIMIT}")));

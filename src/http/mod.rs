@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Deserializer};
@@ -73,9 +72,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(known_query))
         .layer(axum::middleware::from_fn(cap_headers))
         .layer(axum::middleware::from_fn(track))
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(extract::body_limit(body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
@@ -106,6 +106,63 @@ async fn cap_headers(
                 "the request {part} must be UTF-8 text without NUL characters"
             ))
             .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The query parameters each operation documents, by method and route template: the OpenAPI
+/// document is the one list of what a route accepts.
+static QUERY_PARAMETERS: std::sync::LazyLock<std::collections::HashMap<(String, String), Vec<String>>> =
+    std::sync::LazyLock::new(|| {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::path::ParameterIn;
+        let document = ApiDoc::openapi();
+        let mut known = std::collections::HashMap::new();
+        for (path, item) in document.paths.paths {
+            let operations = [
+                ("GET", item.get),
+                ("POST", item.post),
+                ("PUT", item.put),
+                ("PATCH", item.patch),
+                ("DELETE", item.delete),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let names = operation
+                    .parameters
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|parameter| match parameter {
+                        RefOr::T(p) if matches!(p.parameter_in, ParameterIn::Query) => Some(p.name),
+                        _ => None,
+                    })
+                    .collect();
+                known.insert((method.to_owned(), path.clone()), names);
+            }
+        }
+        known
+    });
+
+/// Refuses a query parameter the route does not document (422 naming it), so a misspelt filter
+/// (`?statuss=failed`) is an error instead of a silently unfiltered answer.
+async fn known_query(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let (Some(query), Some(route)) =
+        (request.uri().query(), request.extensions().get::<axum::extract::MatchedPath>())
+    {
+        let key = (request.method().as_str().to_owned(), route.as_str().to_owned());
+        let allowed = QUERY_PARAMETERS.get(&key).map(Vec::as_slice).unwrap_or_default();
+        if let Some((name, _)) =
+            url::form_urlencoded::parse(query.as_bytes()).find(|(name, _)| !allowed.iter().any(|a| a == name))
+        {
+            let message = match allowed {
+                [] => "is not a parameter of this route (it takes none)".to_owned(),
+                _ => format!("is not a parameter of this route (it takes `{}`)", allowed.join("`, `")),
+            };
+            return ApiError::invalid(&name, message).into_response();
         }
     }
     next.run(request).await

@@ -40,6 +40,9 @@ pub enum StoreError {
     /// A unique constraint refused the write.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The database cannot be reached or is restarting: worth retrying shortly.
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
     /// Anything else from the database.
     #[error("database error: {0}")]
     Database(sqlx::Error),
@@ -60,8 +63,29 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::Conflict(db.constraint().unwrap_or("unique").to_owned())
             }
+            other if is_unavailable(&other) => StoreError::Unavailable(other),
             other => StoreError::Database(other),
         }
+    }
+}
+
+/// Whether a driver error means the database is briefly out of reach (no connection, a pool with
+/// none free, a server shutting down or starting, SQLite busy past its timeout) rather than a
+/// refused statement.
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            true
+        }
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // PostgreSQL: connection exceptions (08…), admin/crash shutdown, cannot connect now.
+            Some(code) if code.starts_with("08") => true,
+            Some("57P01" | "57P02" | "57P03") => true,
+            // SQLite: SQLITE_BUSY and SQLITE_LOCKED (and their extended codes).
+            Some(code) => matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5 | 6)),
+            None => false,
+        },
+        _ => false,
     }
 }
 
@@ -352,4 +376,22 @@ pub struct AttemptRecord {
     pub outcome: crate::domain::retry::Outcome,
     /// The delivery's `last_error` (none on success).
     pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_and_a_refused_statement_is_not() {
+        for error in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        ] {
+            assert!(matches!(StoreError::from(error), StoreError::Unavailable(_)));
+        }
+        assert!(matches!(StoreError::from(sqlx::Error::RowNotFound), StoreError::NotFound));
+        assert!(matches!(StoreError::from(sqlx::Error::ColumnNotFound("x".into())), StoreError::Database(_)));
+    }
 }

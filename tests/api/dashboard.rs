@@ -355,9 +355,10 @@ async fn settled_deliveries(app: &TestApp, tenant: &str, endpoint: &str, expecte
 }
 
 #[tokio::test]
+#[cfg_attr(not(herald_test_browser), ignore = "needs chromedriver: set HERALD_TEST_CHROMEDRIVER")]
 async fn on_call_sees_the_failing_endpoint_first_and_retries_a_delivery_from_the_browser() {
     let _one_browser = BROWSER_LOCK.lock().await;
-    let Some(browser) = Browser::start().await else { return };
+    let browser = Browser::start().await.expect("chromedriver is installed");
     let receiver = Receiver::start().await;
     receiver.respond("/acme/orders", Reply::status(500).body("{\"error\":\"database unavailable\"}"));
     let app = spawn_app_with(|c| c.delivery.retry_schedule = vec![ms(50), ms(50), ms(50)]).await;
@@ -458,9 +459,10 @@ async fn on_call_sees_the_failing_endpoint_first_and_retries_a_delivery_from_the
 }
 
 #[tokio::test]
+#[cfg_attr(not(herald_test_browser), ignore = "needs chromedriver: set HERALD_TEST_CHROMEDRIVER")]
 async fn a_tenant_token_opens_that_tenants_portal_only() {
     let _one_browser = BROWSER_LOCK.lock().await;
-    let Some(browser) = Browser::start().await else { return };
+    let browser = Browser::start().await.expect("chromedriver is installed");
     let receiver = Receiver::start().await;
     let app = spawn_app_with(|c| c.delivery.retry_schedule = vec![ms(50), ms(50), ms(50)]).await;
     app.create_event_type("order.created").await;

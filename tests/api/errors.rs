@@ -253,3 +253,62 @@ async fn nul_characters_and_invalid_utf8_in_the_path_or_query_are_refused_with_4
         response.expect_problem(400);
     }
 }
+
+#[tokio::test]
+async fn an_unknown_field_is_named_once() {
+    let app = spawn_app().await;
+    let response =
+        app.post("/v1/tenants", &app.admin_token, &json!({"name": "Acme", "extrnal_id": "typo"})).await;
+    response.expect_invalid("extrnal_id");
+    let fields: Vec<&str> =
+        response.body["errors"].as_array().unwrap().iter().filter_map(|e| e["field"].as_str()).collect();
+    assert_eq!(fields, vec!["extrnal_id"], "{}", response.text);
+}
+
+#[tokio::test]
+async fn an_unknown_query_parameter_is_refused_with_422_naming_it() {
+    let app = spawn_app().await;
+    let (tenant, token) = app.create_tenant_and_token().await;
+    let misspelt = app.get(&format!("/v1/tenants/{tenant}/deliveries?statuss=failed"), &token).await;
+    misspelt.expect_invalid("statuss");
+    assert!(misspelt.text.contains("`status`"), "the message lists what the route takes: {}", misspelt.text);
+    // A route that takes no query parameters refuses any.
+    app.get(&format!("/v1/tenants/{tenant}?verbose=1"), &token).await.expect_invalid("verbose");
+    // Documented parameters still work, on every list.
+    app.get(&format!("/v1/tenants/{tenant}/deliveries?status=failed&limit=5"), &token).await.expect(200);
+    app.get(&format!("/v1/tenants/{tenant}/events?event_type=x&since=2026-01-01T00:00:00Z"), &token)
+        .await
+        .expect(200);
+    app.admin_get("/v1/stats/endpoints?window=1h&sort=failure_rate").await.expect(200);
+}
+
+#[tokio::test]
+async fn a_limit_that_is_not_a_number_says_so() {
+    let app = spawn_app().await;
+    let response = app.admin_get("/v1/tenants?limit=abc").await;
+    response.expect_invalid("limit");
+    assert!(response.text.contains("whole number"), "{}", response.text);
+}
+
+#[tokio::test]
+async fn a_413_names_the_limit_it_hit() {
+    let app = spawn_app_with(|config| config.api.body_limit = 2048).await;
+    let response = app
+        .post(
+            "/v1/tenants",
+            &app.admin_token,
+            &json!({"name": "Big", "metadata": {"blob": "y".repeat(3000)}}),
+        )
+        .await;
+    response.expect_problem(413);
+    assert!(response.text.contains("2048 bytes"), "{}", response.text);
+}
+
+#[tokio::test]
+async fn the_root_address_leads_to_the_dashboard() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let response = client.get(app.url("/")).send().await.unwrap();
+    assert!(response.status().is_redirection(), "{}", response.status());
+    assert_eq!(response.headers()["location"], "/dashboard");
+}

@@ -25,6 +25,14 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghijklmnopqrstuv
 
 /// The environment variable naming a PostgreSQL server to run the suite against.
 pub const POSTGRES_ENV: &str = "HERALD_TEST_POSTGRES_URL";
+/// `sqlite` runs the suite on SQLite even when `POSTGRES_ENV` is set.
+pub const BACKEND_ENV: &str = "HERALD_TEST_BACKEND";
+
+/// The PostgreSQL server the suite runs on, if it runs on PostgreSQL.
+pub fn suite_postgres_url() -> Option<String> {
+    let sqlite_only = std::env::var(BACKEND_ENV).is_ok_and(|backend| backend == "sqlite");
+    std::env::var(POSTGRES_ENV).ok().filter(|url| !url.trim().is_empty() && !sqlite_only)
+}
 
 /// Which database engine a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,11 +59,13 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    /// A fresh database on the backend the suite runs on (PostgreSQL when the env var is set).
+    /// A fresh database on the backend the suite runs on: PostgreSQL when `HERALD_TEST_POSTGRES_URL`
+    /// is set, unless `HERALD_TEST_BACKEND=sqlite` keeps the suite on SQLite (the PostgreSQL-only
+    /// tests still use the server then).
     pub async fn for_suite() -> TestDatabase {
-        match std::env::var(POSTGRES_ENV) {
-            Ok(url) if !url.trim().is_empty() => TestDatabase::postgres(&url).await,
-            _ => TestDatabase::sqlite(),
+        match suite_postgres_url() {
+            Some(url) => TestDatabase::postgres(&url).await,
+            None => TestDatabase::sqlite(),
         }
     }
 

@@ -22,13 +22,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_herald");
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A fresh PostgreSQL database with the schema applied by `herald migrate` (so replicas started
-/// next do not race on migrations), or `None` when PostgreSQL is not configured.
-async fn migrated_database(dir: &Path) -> Option<TestDatabase> {
-    if std::env::var(POSTGRES_ENV).map_or(true, |url| url.trim().is_empty()) {
-        eprintln!("skipped: the replica tests need PostgreSQL ({POSTGRES_ENV} is unset)");
-        return None;
-    }
-    let db = TestDatabase::for_suite().await;
+/// next do not race on migrations).
+async fn migrated_database(dir: &Path) -> TestDatabase {
+    let url = std::env::var(POSTGRES_ENV).expect("the replica tests need HERALD_TEST_POSTGRES_URL");
+    let db = TestDatabase::postgres(&url).await;
     eprintln!("backend: postgres");
     let output = tokio::time::timeout(
         Duration::from_secs(60),
@@ -38,7 +35,7 @@ async fn migrated_database(dir: &Path) -> Option<TestDatabase> {
     .expect("herald migrate finishes within 60 s")
     .expect("herald migrate runs");
     assert!(output.status.success(), "herald migrate failed: {}", String::from_utf8_lossy(&output.stderr));
-    Some(db)
+    db
 }
 
 /// The binary with a clean `HERALD_*` environment, pointed at `database_url`.
@@ -261,12 +258,11 @@ const LOAD_ENDPOINTS: usize = 4;
 /// once, every replica delivers a share, and the store shows every delivery `delivered` after
 /// one attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(herald_test_postgres), ignore = "needs PostgreSQL: set HERALD_TEST_POSTGRES_URL")]
 async fn three_replicas_deliver_twenty_thousand_events_each_exactly_once() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let Some(db) = migrated_database(dir.path()).await else {
-        return;
-    };
+    let db = migrated_database(dir.path()).await;
     let receiver = Receiver::start().await;
     let replicas = three_replicas(dir.path(), &db.url, &[]).await;
     let names: Vec<&str> = replicas.iter().map(|r| r.name).collect();
@@ -366,12 +362,11 @@ struct AttemptRow {
 /// delivered; a delivery was attempted twice only when its first attempt was the killed
 /// replica's, cut off by the kill and closed as `interrupted`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(herald_test_postgres), ignore = "needs PostgreSQL: set HERALD_TEST_POSTGRES_URL")]
 async fn a_killed_replica_repeats_only_its_own_attempts_in_flight() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let Some(db) = migrated_database(dir.path()).await else {
-        return;
-    };
+    let db = migrated_database(dir.path()).await;
     let receiver = Receiver::start().await;
     receiver.respond("/slow", Reply::ok().delayed(KILL_DELAY));
     let mut replicas = three_replicas(
@@ -511,12 +506,11 @@ const ORDER_EVENTS: usize = 60;
 /// endpoint receives its events in acceptance order one at a time, and an endpoint with
 /// `max_in_flight: 2` has two requests open at once (from two replicas) but never three.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(herald_test_postgres), ignore = "needs PostgreSQL: set HERALD_TEST_POSTGRES_URL")]
 async fn fifo_order_and_max_in_flight_hold_across_three_replicas() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let Some(db) = migrated_database(dir.path()).await else {
-        return;
-    };
+    let db = migrated_database(dir.path()).await;
     let receiver = Receiver::start().await;
     receiver.respond("/fifo", Reply::ok().delayed(ms(10)));
     receiver.respond("/capped", Reply::ok().delayed(ms(100)));
@@ -577,12 +571,11 @@ async fn fifo_order_and_max_in_flight_hold_across_three_replicas() {
 /// poll allowed): each event arrives well inside that minute, so B heard of it through NOTIFY.
 /// (How fast is `herald bench`'s business: its latency scenario measures 202 → arrival.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(herald_test_postgres), ignore = "needs PostgreSQL: set HERALD_TEST_POSTGRES_URL")]
 async fn a_worker_delivers_what_an_api_replica_accepts_when_notified() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let Some(db) = migrated_database(dir.path()).await else {
-        return;
-    };
+    let db = migrated_database(dir.path()).await;
     let receiver = Receiver::start().await;
     let (api_replica, worker) = tokio::join!(
         Replica::start(dir.path(), &db.url, "A", "api", &[]),

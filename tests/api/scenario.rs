@@ -15,11 +15,7 @@ use crate::receiver::{Receiver, Reply};
 /// 2,500 on PostgreSQL, where recording attempt by attempt takes about four times as long per
 /// attempt (the same 10,000 ran there in 258 s).
 fn events() -> usize {
-    if std::env::var(crate::helpers::POSTGRES_ENV).is_ok_and(|v| !v.trim().is_empty()) {
-        2_500
-    } else {
-        10_000
-    }
+    if crate::helpers::suite_postgres_url().is_some() { 2_500 } else { 10_000 }
 }
 
 async fn all_deliveries(app: &TestApp, tenant: &str, endpoint: &str) -> Vec<Value> {

@@ -79,7 +79,7 @@ async fn a_soak_with_kills_and_a_misbehaving_receiver_loses_nothing() {
         .kill_on_drop(true)
         .stdin(Stdio::null())
         .env("NO_COLOR", "1");
-    if let Ok(url) = std::env::var(POSTGRES_ENV) {
+    if let Some(url) = crate::helpers::suite_postgres_url() {
         command.args(["--postgres", &url]);
     }
     let output = tokio::time::timeout(Duration::from_secs(180), command.output())
@@ -144,8 +144,9 @@ async fn bench_refuses_replica_counts_it_cannot_run_and_names_the_flag() {
 /// `--replicas 1,2` runs the scenario once per count on one PostgreSQL server, with a slow
 /// receiver, and reports both runs, their ratio and where the CPU went.
 #[tokio::test]
+#[cfg_attr(not(herald_test_postgres), ignore = "needs PostgreSQL: set HERALD_TEST_POSTGRES_URL")]
 async fn bench_compares_replica_counts_in_one_run_on_postgres() {
-    let Ok(url) = std::env::var(POSTGRES_ENV) else { return };
+    let url = std::env::var(POSTGRES_ENV).expect("HERALD_TEST_POSTGRES_URL");
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("bench.json");
     let output = tokio::process::Command::new(BIN)
