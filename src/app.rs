@@ -147,7 +147,7 @@ async fn ensure_admin_token(config: &Config, store: &Store) -> anyhow::Result<Op
     if config.admin_token.is_some() || store.count_admin_tokens().await? > 0 {
         return Ok(None);
     }
-    let (_, secret) = http::tenants::issue_token(store, "bootstrap".to_owned(), None)
+    let (_, secret) = http::tenants::issue_token(store, "bootstrap".to_owned(), None, None)
         .await
         .context("could not create the first admin token")?;
     Ok(Some(secret))

@@ -214,11 +214,24 @@ pub struct ApiConfig {
     pub max_headers_per_endpoint: usize,
     /// Most live endpoints one tenant may have.
     pub max_endpoints_per_tenant: i64,
+    /// The address users reach Herald at, such as `https://webhooks.example.com`, for the links
+    /// Herald builds (portal links); unset = `http://` and the request's `Host` header.
+    pub public_url: Option<String>,
+    /// Origins allowed to show the dashboard in a frame (CSP `frame-ancestors`), such as
+    /// `https://app.example.com`, to embed the customer portal; empty = no framing.
+    #[serde(deserialize_with = "text_list")]
+    pub frame_ancestors: Vec<String>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { body_limit: 256 * 1024, max_headers_per_endpoint: 20, max_endpoints_per_tenant: 1000 }
+        Self {
+            body_limit: 256 * 1024,
+            max_headers_per_endpoint: 20,
+            max_endpoints_per_tenant: 1000,
+            public_url: None,
+            frame_ancestors: Vec::new(),
+        }
     }
 }
 
@@ -378,6 +391,18 @@ impl Config {
         if self.delivery.timeout.is_zero() || self.delivery.timeout > Duration::from_secs(300) {
             bail!("invalid `delivery.timeout`: expected a duration between 1ms and 5m");
         }
+        if let Some(url) = &self.api.public_url
+            && !is_origin_like(url.trim_end_matches('/'), true)
+        {
+            bail!(
+                "invalid `api.public_url` `{url}`: expected an http:// or https:// address, such as https://webhooks.example.com"
+            );
+        }
+        if let Some(bad) = self.api.frame_ancestors.iter().find(|origin| !is_origin_like(origin, false)) {
+            bail!(
+                "invalid `api.frame_ancestors` entry `{bad}`: expected an origin such as https://app.example.com"
+            );
+        }
         let delivery = &self.delivery;
         if delivery.lease < delivery.timeout + Duration::from_secs(5) {
             bail!("invalid `delivery.lease`: must be at least `delivery.timeout` + 5s");
@@ -471,6 +496,18 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `http(s)://host[:port]` (with `path`, a path may follow), with nothing that could end a
+/// header directive.
+fn is_origin_like(text: &str, path: bool) -> bool {
+    let Ok(url) = url::Url::parse(text) else { return false };
+    matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && (path || url.path() == "/")
+        && !text.contains(|c: char| c.is_whitespace() || c == ';' || c == ',' || c == '\'')
+}
+
 const DURATION_HELP: &str = "expected a number with a unit, such as 200ms, 10s, 5m or 24h";
 
 /// Parses `200ms`, `10s`, `5m`, `1h`, `1h 30m`, `2d`.
@@ -542,20 +579,28 @@ fn redacted_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Redac
     )
 }
 
-fn cidr_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+/// A TOML array of strings, or one comma-separated string (the environment's form).
+fn text_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum ListOrText {
         List(Vec<String>),
         Text(String),
     }
-    let items = match ListOrText::deserialize(deserializer)
-        .map_err(|_| de::Error::custom("expected a list of CIDR ranges such as 10.0.0.0/8"))?
-    {
-        ListOrText::List(items) => items,
-        ListOrText::Text(text) if text.trim().is_empty() => Vec::new(),
-        ListOrText::Text(text) => text.split(',').map(str::to_owned).collect(),
-    };
+    Ok(
+        match ListOrText::deserialize(deserializer)
+            .map_err(|_| de::Error::custom("expected a list of strings"))?
+        {
+            ListOrText::List(items) => items.into_iter().map(|item| item.trim().to_owned()).collect(),
+            ListOrText::Text(text) if text.trim().is_empty() => Vec::new(),
+            ListOrText::Text(text) => text.split(',').map(|item| item.trim().to_owned()).collect(),
+        },
+    )
+}
+
+fn cidr_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let items = text_list(deserializer)
+        .map_err(|_| de::Error::custom("expected a list of CIDR ranges such as 10.0.0.0/8"))?;
     items
         .iter()
         .map(|item| {

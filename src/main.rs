@@ -211,7 +211,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            let (token, secret) = herald::http::tenants::issue_token(store.as_ref(), name, tenant_id).await?;
+            let (token, secret) =
+                herald::http::tenants::issue_token(store.as_ref(), name, tenant_id, None).await?;
             store.close().await;
             eprintln!("created token {} (shown once; store it now)", token.id);
             println!("{secret}");

@@ -33,6 +33,8 @@ pub struct Token {
     pub created_at: i64,
     /// Unix µs.
     pub last_used_at: Option<i64>,
+    /// Unix µs after which the token is refused like a revoked one; `None` = never.
+    pub expires_at: Option<i64>,
 }
 
 impl Token {

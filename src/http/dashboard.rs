@@ -3,6 +3,7 @@
 //! the JSON API like any client.
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
@@ -23,16 +24,20 @@ async fn root() -> Redirect {
 /// The dashboard page.
 #[utoipa::path(get, path = "/dashboard", tag = "ops",
     responses((status = 200, description = "HTML page", body = String, content_type = "text/html"), (status = "4XX", description = "Client error: 431 headers too large", body = super::error::Problem, content_type = "application/problem+json")))]
-pub async fn dashboard() -> impl IntoResponse {
+pub async fn dashboard(State(state): State<AppState>) -> impl IntoResponse {
+    let ancestors = match state.config.api.frame_ancestors.as_slice() {
+        [] => "'none'".to_owned(),
+        origins => origins.join(" "),
+    };
+    let policy = format!(
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors {ancestors}"
+    );
     (
         [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            ),
-            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CONTENT_TYPE, "text/html; charset=utf-8".to_owned()),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+            (header::CONTENT_SECURITY_POLICY, policy),
+            (header::REFERRER_POLICY, "no-referrer".to_owned()),
         ],
         PAGE,
     )

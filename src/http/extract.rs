@@ -220,9 +220,9 @@ impl FromRequestParts<AppState> for Auth {
             state.limits.check(&Scope::Admin, "configured-admin-token")?;
             return Ok(Auth { scope: Scope::Admin });
         }
-        match state.store.find_token_by_hash(&hash).await? {
+        let now = now_micros();
+        match state.store.find_token_by_hash(&hash, now).await? {
             Some(token) => {
-                let now = now_micros();
                 if token.last_used_at.is_none_or(|at| now - at > 60_000_000) {
                     let store = state.store.clone();
                     let id = token.id.clone();

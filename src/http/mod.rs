@@ -271,6 +271,7 @@ impl Modify for BearerAuth {
         tenants::create_tenant_token,
         tenants::list_tokens,
         tenants::revoke_token,
+        tenants::create_portal_link,
         endpoints::create_endpoint,
         endpoints::list_endpoints,
         endpoints::get_endpoint,

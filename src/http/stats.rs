@@ -58,8 +58,11 @@ pub struct StatsOut {
     pub latency_ms: Latency,
     /// Pending deliveries, in flight included.
     pub pending: i64,
-    /// Age of the oldest pending delivery, seconds.
+    /// Age of the oldest pending delivery (retrying ones included), seconds since it was created.
     pub oldest_pending_age_seconds: Option<f64>,
+    /// Delivery lag: how long the oldest due, unclaimed delivery has waited since it fell due,
+    /// seconds (0 when none waits) — what `herald_delivery_lag_seconds` reports.
+    pub lag_seconds: f64,
     /// The last failure in words.
     pub last_error: Option<String>,
     /// When it happened.
@@ -85,8 +88,10 @@ pub struct Totals {
     pub failures: i64,
     /// Pending deliveries.
     pub pending: i64,
-    /// Age of the oldest pending delivery, seconds.
+    /// Age of the oldest pending delivery, seconds since it was created.
     pub oldest_pending_age_seconds: Option<f64>,
+    /// The largest delivery lag among them, seconds (0 when none waits).
+    pub lag_seconds: f64,
 }
 
 /// Endpoints ranked for on-call.
@@ -152,6 +157,7 @@ fn stats_out(health: EndpointHealth, window: Window, now: i64) -> StatsOut {
         failure_rate,
         pending: health.pending,
         oldest_pending_age_seconds: age(now, health.oldest_pending_at),
+        lag_seconds: age(now, health.oldest_due_at).unwrap_or(0.0),
         last_error: health.last_error,
         last_error_at: health.last_error_at.map(format_micros),
         last_success_at: health.last_success_at.map(format_micros),
@@ -212,13 +218,14 @@ async fn ranked(state: &AppState, tenant_id: Option<&str>, query: &RankQuery) ->
         failures: all.iter().map(|h| h.totals.failures).sum(),
         pending: all.iter().map(|h| h.pending).sum(),
         oldest_pending_age_seconds: age(now, all.iter().filter_map(|h| h.oldest_pending_at).min()),
+        lag_seconds: age(now, all.iter().filter_map(|h| h.oldest_due_at).min()).unwrap_or(0.0),
     };
     let rate = |h: &EndpointHealth| {
         if h.totals.attempts == 0 { 0.0 } else { h.totals.failures as f64 / h.totals.attempts as f64 }
     };
     match sort {
         "failures" => all.sort_by_key(|h| std::cmp::Reverse(h.totals.failures)),
-        "lag" => all.sort_by_key(|h| h.oldest_pending_at.unwrap_or(i64::MAX)),
+        "lag" => all.sort_by_key(|h| h.oldest_due_at.unwrap_or(i64::MAX)),
         _ => all.sort_by(|a, b| rate(b).total_cmp(&rate(a)).then(b.totals.failures.cmp(&a.totals.failures))),
     }
     all.truncate(limit);

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{Admin, ApiJson, ApiQuery, Auth, PageParams, Pager, TenantPath, TenantScope};
+use super::extract::{Admin, ApiJson, ApiQuery, Auth, PageParams, Pager, RawBody, TenantPath, TenantScope};
 use crate::domain::id::{IdKind, new_id};
 use crate::domain::tenant::{MAX_METADATA_BYTES, Tenant, validate_external_id};
 use crate::domain::time::{format_micros, now_micros};
@@ -24,6 +24,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/v1/tenants/{tenant}", get(get_tenant).patch(update_tenant).delete(delete_tenant))
         .route("/v1/tenants/{tenant}/tokens", post(create_tenant_token))
+        .route("/v1/tenants/{tenant}/portal-links", post(create_portal_link))
         .route("/v1/tokens", get(list_tokens))
         .route("/v1/tokens/{id}", delete(revoke_token))
 }
@@ -231,6 +232,43 @@ pub struct TokenIn {
     #[serde(default)]
     #[schema(max_length = 255)]
     pub name: String,
+    /// How long the token works, as a duration such as `"30m"`, `"12h"` or `"90d"` (at most 10
+    /// years); absent = until revoked.
+    #[schema(example = "30d")]
+    pub expires_in: Option<String>,
+}
+
+/// Longest `expires_in` of a token.
+const TOKEN_LIFETIME_MAX: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 86_400);
+/// Longest `expires_in` of a portal link.
+const PORTAL_LINK_MAX: std::time::Duration = std::time::Duration::from_secs(86_400);
+/// `expires_in` of a portal link when absent.
+const PORTAL_LINK_DEFAULT: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// Parses an `expires_in` duration into the expiry time (Unix µs) from `now`, within `max`.
+fn expiry(
+    invalid: &mut Invalid,
+    text: Option<&str>,
+    default: Option<std::time::Duration>,
+    max: std::time::Duration,
+    now: i64,
+) -> Option<i64> {
+    let lifetime = match text {
+        None => default?,
+        Some(text) => match crate::config::parse_duration(text) {
+            Ok(lifetime) if lifetime >= std::time::Duration::from_secs(1) && lifetime <= max => lifetime,
+            Ok(_) => {
+                let most = humantime::format_duration(max);
+                invalid.push("expires_in", format!("must be between 1s and {most}"));
+                return None;
+            }
+            Err(why) => {
+                invalid.push("expires_in", why);
+                return None;
+            }
+        },
+    };
+    Some(now + lifetime.as_micros() as i64)
 }
 
 /// A token, without its secret.
@@ -248,6 +286,8 @@ pub struct TokenOut {
     pub created_at: String,
     /// RFC 3339, to the minute.
     pub last_used_at: Option<String>,
+    /// RFC 3339: refused with 401 from then on; `null` = until revoked.
+    pub expires_at: Option<String>,
 }
 
 impl From<Token> for TokenOut {
@@ -259,6 +299,7 @@ impl From<Token> for TokenOut {
             prefix: t.prefix,
             created_at: format_micros(t.created_at),
             last_used_at: t.last_used_at.map(format_micros),
+            expires_at: t.expires_at.map(format_micros),
         }
     }
 }
@@ -287,6 +328,7 @@ pub async fn issue_token(
     store: &crate::storage::Store,
     name: String,
     tenant_id: Option<String>,
+    expires_at: Option<i64>,
 ) -> Result<(Token, String), StoreError> {
     let secret = generate_token();
     let token = Token {
@@ -296,6 +338,7 @@ pub async fn issue_token(
         prefix: shown_prefix(&secret),
         created_at: now_micros(),
         last_used_at: None,
+        expires_at,
     };
     store.insert_token(&token, &hash_token(&secret)).await?;
     Ok((token, secret))
@@ -312,9 +355,78 @@ pub async fn create_tenant_token(
     auth.require_admin()?;
     let mut invalid = Invalid::default();
     check_text(&mut invalid, "name", &body.name, 255);
+    let expires_at = expiry(&mut invalid, body.expires_in.as_deref(), None, TOKEN_LIFETIME_MAX, now_micros());
     invalid.into_result().map_err(ApiError::Invalid)?;
-    let (token, secret) = issue_token(state.store.as_ref(), body.name, Some(tenant.id)).await?;
+    let (token, secret) = issue_token(state.store.as_ref(), body.name, Some(tenant.id), expires_at).await?;
     Ok((StatusCode::CREATED, Json(TokenCreatedOut { token_info: token.into(), token: secret })))
+}
+
+/// Body of `POST …/portal-links`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortalLinkIn {
+    /// How long the link works, such as `"30m"` (default `"1h"`, at most `"24h"`).
+    #[schema(example = "1h")]
+    pub expires_in: Option<String>,
+}
+
+/// A link that opens the tenant's portal signed in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortalLinkOut {
+    /// `…/dashboard#token=…`: the token rides in the URL fragment, which browsers never send to a
+    /// server; the page keeps it for its tab only. Hand it to the customer's browser, not a log.
+    pub url: String,
+    /// RFC 3339: the link, and any tab it signed in, stop working then.
+    pub expires_at: String,
+}
+
+/// Create a portal link: a URL that opens `/dashboard` signed in as this tenant until it
+/// expires, so a platform can open (or embed) its customer's portal without handing out a
+/// permanent token. Each link is a tenant token named `portal link` with `expires_at` set; revoke
+/// it like any token.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/portal-links", tag = "tokens",
+    request_body(content = Option<PortalLinkIn>, description = "Optional: an empty body means one hour"),
+    params(TenantPath, super::idempotency::IdempotencyKeyHeader),
+    responses((status = 201, description = "Created; the link is shown only in this answer", body = PortalLinkOut), ErrorResponses))]
+pub async fn create_portal_link(
+    TenantScope { state, auth, tenant }: TenantScope,
+    headers: axum::http::HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<PortalLinkOut>), ApiError> {
+    auth.require_admin()?;
+    let input: PortalLinkIn = super::endpoints::optional_body(&body)?;
+    let mut invalid = Invalid::default();
+    let now = now_micros();
+    let expires_at =
+        expiry(&mut invalid, input.expires_in.as_deref(), Some(PORTAL_LINK_DEFAULT), PORTAL_LINK_MAX, now)
+            .unwrap_or(now);
+    invalid.into_result().map_err(ApiError::Invalid)?;
+    let base = public_url(&state, &headers)?;
+    let (_, secret) =
+        issue_token(state.store.as_ref(), "portal link".to_owned(), Some(tenant.id), Some(expires_at))
+            .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(PortalLinkOut {
+            url: format!("{base}/dashboard#token={secret}"),
+            expires_at: format_micros(expires_at),
+        }),
+    ))
+}
+
+/// Where users reach Herald: `[api] public_url`, else `http://` and the request's `Host`.
+fn public_url(state: &AppState, headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    if let Some(url) = &state.config.api.public_url {
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)))
+        .ok_or_else(|| {
+            ApiError::BadRequest("no usable `Host` header; set `[api] public_url` to build links".into())
+        })?;
+    Ok(format!("http://{host}"))
 }
 
 /// Filters of `GET /v1/tokens`.
@@ -342,7 +454,7 @@ pub async fn list_tokens(
         None => None,
     };
     let pager = Pager::new(&filter.page, &format!("tokens|{}", tenant_id.as_deref().unwrap_or("")))?;
-    let rows = state.store.list_tokens(tenant_id.as_deref(), &pager.query()).await?;
+    let rows = state.store.list_tokens(tenant_id.as_deref(), now_micros(), &pager.query()).await?;
     let (rows, next_cursor) = pager.finish(rows, |t| &t.id);
     Ok(Json(TokenList { data: rows.into_iter().map(Into::into).collect(), next_cursor }))
 }

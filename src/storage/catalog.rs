@@ -12,28 +12,31 @@ use crate::domain::token::Token;
 impl Store {
     /// Stores a token by its hash.
     pub async fn insert_token(&self, token: &Token, hash: &str) -> Result<(), StoreError> {
-        sql(r#"insert into tokens (id, name, tenant_id, token_hash, prefix, created_at)
-            values ($1, $2, $3, $4, $5, $6)"#)
+        sql(r#"insert into tokens (id, name, tenant_id, token_hash, prefix, created_at, expires_at)
+            values ($1, $2, $3, $4, $5, $6, $7)"#)
         .bind(&token.id)
         .bind(&token.name)
         .bind(&token.tenant_id)
         .bind(hash)
         .bind(&token.prefix)
         .bind(token.created_at)
+        .bind(token.expires_at)
         .run(self.db.writer())
         .await
     }
 
-    /// The live token with this hash (not revoked, tenant not deleted).
-    pub async fn find_token_by_hash(&self, hash: &str) -> Result<Option<Token>, StoreError> {
+    /// The live token with this hash at `now` (not revoked, not expired, tenant not deleted).
+    pub async fn find_token_by_hash(&self, hash: &str, now: i64) -> Result<Option<Token>, StoreError> {
         let row: Option<TokenRow> =
-            sql(r#"select t.id, t.name, t.tenant_id, t.prefix, t.created_at, t.last_used_at
+            sql(r#"select t.id, t.name, t.tenant_id, t.prefix, t.created_at, t.last_used_at, t.expires_at
             from tokens t
             left join tenants n on n.id = t.tenant_id
             where t.token_hash = $1
               and t.revoked_at is null
+              and (t.expires_at is null or t.expires_at > $2)
               and (t.tenant_id is null or n.deleted_at is null)"#)
             .bind(hash)
+            .bind(now)
             .fetch_optional(self.db.reader())
             .await?;
         Ok(row.map(Token::from))
@@ -44,23 +47,27 @@ impl Store {
         sql("update tokens set last_used_at = $2 where id = $1").bind(id).bind(at).run(self.db.writer()).await
     }
 
-    /// Live tokens, newest first, optionally of one tenant.
+    /// Live tokens at `now` (neither revoked nor expired), newest first, optionally of one tenant.
     pub async fn list_tokens(
         &self,
         tenant_id: Option<&str>,
+        now: i64,
         page: &PageQuery,
     ) -> Result<Vec<Token>, StoreError> {
-        let rows: Vec<TokenRow> = sql(r#"select id, name, tenant_id, prefix, created_at, last_used_at
+        let rows: Vec<TokenRow> =
+            sql(r#"select id, name, tenant_id, prefix, created_at, last_used_at, expires_at
             from tokens
             where revoked_at is null
-              and ($1 is null or tenant_id = $1)
-              and ($2 is null or id < $2)
+              and (expires_at is null or expires_at > $1)
+              and ($2 is null or tenant_id = $2)
+              and ($3 is null or id < $3)
             order by id desc
-            limit $3"#)
-        .bind(tenant_id)
-        .page(page)
-        .fetch_all(self.db.reader())
-        .await?;
+            limit $4"#)
+            .bind(now)
+            .bind(tenant_id)
+            .page(page)
+            .fetch_all(self.db.reader())
+            .await?;
         Ok(rows.into_iter().map(Token::from).collect())
     }
 

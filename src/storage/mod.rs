@@ -222,6 +222,8 @@ pub struct EndpointHealth {
     pub pending: i64,
     /// Creation time of the oldest pending delivery (Unix µs).
     pub oldest_pending_at: Option<i64>,
+    /// When the oldest due, unclaimed delivery fell due (Unix µs): the start of its lag.
+    pub oldest_due_at: Option<i64>,
 }
 
 /// Backlog figures, read from the store so every replica reports the same.

@@ -20,6 +20,7 @@ pub(crate) struct TokenRow {
     prefix: String,
     created_at: i64,
     last_used_at: Option<i64>,
+    expires_at: Option<i64>,
 }
 
 impl From<TokenRow> for Token {
@@ -31,6 +32,7 @@ impl From<TokenRow> for Token {
             prefix: row.prefix,
             created_at: row.created_at,
             last_used_at: row.last_used_at,
+            expires_at: row.expires_at,
         }
     }
 }

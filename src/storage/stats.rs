@@ -63,27 +63,35 @@ impl Store {
             .bind(endpoint_id)
             .fetch_all(self.db.reader())
             .await?;
-        let backlog: Vec<(String, i64, Option<i64>)> = sql(r#"select endpoint_id, count(*), min(created_at)
+        // The oldest due, unclaimed delivery is what `herald_delivery_lag_seconds` measures.
+        let now = crate::domain::time::now_micros();
+        let backlog: Vec<(String, i64, Option<i64>, Option<i64>)> =
+            sql(r#"select endpoint_id, count(*), min(created_at),
+                min(case when next_attempt_at <= $3 and (lease_until is null or lease_until < $3)
+                    then next_attempt_at end)
             from deliveries
             where status = 'pending' and ($1 is null or tenant_id = $1) and ($2 is null or endpoint_id = $2)
             group by endpoint_id"#)
-        .bind(tenant_id)
-        .bind(endpoint_id)
-        .fetch_all(self.db.reader())
-        .await?;
+            .bind(tenant_id)
+            .bind(endpoint_id)
+            .bind(now)
+            .fetch_all(self.db.reader())
+            .await?;
         let sums: std::collections::HashMap<String, (i64, i64, i64)> =
             sums.into_iter().map(|(id, a, s, f)| (id, (a, s, f))).collect();
-        let backlog: std::collections::HashMap<String, (i64, Option<i64>)> =
-            backlog.into_iter().map(|(id, n, oldest)| (id, (n, oldest))).collect();
+        let backlog: std::collections::HashMap<String, (i64, Option<i64>, Option<i64>)> =
+            backlog.into_iter().map(|(id, n, oldest, due)| (id, (n, oldest, due))).collect();
         Ok(endpoints
             .into_iter()
             .map(|row| {
                 let (attempts, successes, failures) = sums.get(&row.id).copied().unwrap_or_default();
-                let (pending, oldest_pending_at) = backlog.get(&row.id).copied().unwrap_or_default();
+                let (pending, oldest_pending_at, oldest_due_at) =
+                    backlog.get(&row.id).copied().unwrap_or_default();
                 EndpointHealth {
                     totals: WindowTotals { attempts, successes, failures, latency: Default::default() },
                     pending,
                     oldest_pending_at,
+                    oldest_due_at,
                     endpoint_id: row.id,
                     tenant_id: row.tenant_id,
                     url: row.url,

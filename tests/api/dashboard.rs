@@ -512,3 +512,42 @@ async fn a_tenant_token_opens_that_tenants_portal_only() {
     assert!(severe(&console).is_empty(), "the page logged errors: {console:?}");
     browser.quit().await;
 }
+
+/// A platform opens its customer's portal with a link: signed in at once as that tenant, the
+/// token gone from the address bar, and refused once the link expires.
+#[tokio::test]
+#[cfg_attr(not(herald_test_browser), ignore = "needs chromedriver: set HERALD_TEST_CHROMEDRIVER")]
+async fn a_portal_link_opens_the_portal_signed_in_until_it_expires() {
+    let _one_browser = BROWSER_LOCK.lock().await;
+    let browser = Browser::start().await.expect("chromedriver is installed");
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(|_| {}).await;
+    app.create_event_type("order.created").await;
+    let acme = id_of(&app.create_tenant_with(&json!({"name": "Acme Corp"})).await);
+    let mine = id_of(&app.add_endpoint(&acme, &receiver.url("/acme"), json!({})).await);
+    let link = app
+        .post(&format!("/v1/tenants/{acme}/portal-links"), &app.admin_token, &json!({"expires_in": "4s"}))
+        .await;
+    link.expect(201);
+
+    browser.goto(link.body["url"].as_str().unwrap()).await;
+    browser.wait_text("[data-testid=whoami]", "Acme Corp").await;
+    let rows = browser
+        .until(PAGE, "the tenant's endpoint", || async {
+            browser.ranked_rows().await.filter(|rows| !rows.is_empty())
+        })
+        .await;
+    assert_eq!(rows[0].0, mine);
+    let address = browser.current_url().await;
+    assert!(!address.contains("hrld_"), "the token left the address bar: {address}");
+
+    // Once the link has expired, opening the page again (the tab kept the token) is refused.
+    let token = link.body["url"].as_str().unwrap().rsplit_once("#token=").unwrap().1.to_owned();
+    crate::helpers::eventually(Duration::from_secs(15), "the link to expire", || async {
+        (app.get("/v1/me", &token).await.status.as_u16() == 401).then_some(())
+    })
+    .await;
+    browser.goto(&app.url("/dashboard")).await;
+    browser.wait_text("#signin-error", "expired").await;
+    browser.quit().await;
+}

@@ -694,3 +694,35 @@ async fn claims_serve_endpoints_in_turn() {
     }
     assert!(store.claim_due(1, Duration::from_secs(30)).await.unwrap().is_empty(), "all six are claimed");
 }
+
+/// `lag_seconds` measures how long a due delivery has waited to be sent (what
+/// `herald_delivery_lag_seconds` reports); `oldest_pending_age_seconds` how long ago the oldest
+/// pending one was accepted, retries included.
+#[tokio::test]
+async fn stats_tell_delivery_lag_from_the_age_of_the_oldest_pending_delivery() {
+    let app =
+        spawn_stepped_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/hook", Reply::status(500));
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let stats_path = format!("/v1/tenants/{tenant}/endpoints/{}/stats", id_of(&endpoint));
+    let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
+
+    // Not yet sent: due and waiting, so it lags.
+    let waiting = crate::helpers::eventually(SOON, "the due delivery to show lag", || async {
+        let stats = app.get(&stats_path, &app.admin_token).await;
+        (stats.body["lag_seconds"].as_f64().unwrap_or(0.0) > 0.0).then_some(stats)
+    })
+    .await;
+    assert!(waiting.body["oldest_pending_age_seconds"].as_f64().unwrap() > 0.0, "{}", waiting.text);
+    let ranked = app.get(&format!("/v1/tenants/{tenant}/stats/endpoints?sort=lag"), &app.admin_token).await;
+    assert!(ranked.body["totals"]["lag_seconds"].as_f64().unwrap() > 0.0, "{}", ranked.text);
+
+    // Failed once and waiting for its retry a minute away: pending, but not lagging.
+    first_attempt_recorded(&app, &tenant, &event).await;
+    let retrying = app.get(&stats_path, &app.admin_token).await;
+    assert_eq!(retrying.body["pending"], json!(1), "{}", retrying.text);
+    assert_eq!(retrying.body["lag_seconds"], json!(0.0), "{}", retrying.text);
+    assert!(retrying.body["oldest_pending_age_seconds"].as_f64().unwrap() > 0.0, "{}", retrying.text);
+}

@@ -88,6 +88,7 @@ fn token(tenant_id: Option<&str>) -> (Token, String) {
         prefix: herald::domain::token::shown_prefix(&clear),
         created_at: now_micros(),
         last_used_at: None,
+        expires_at: None,
     };
     (token, herald::domain::token::hash_token(&clear))
 }
@@ -245,30 +246,38 @@ async fn tokens_are_found_by_hash_until_revoked() {
         let (scoped, scoped_hash) = token(Some(&acme.id));
         store.insert_token(&admin, &admin_hash).await.unwrap();
         store.insert_token(&scoped, &scoped_hash).await.unwrap();
-        assert_eq!(store.find_token_by_hash(&admin_hash).await.unwrap(), Some(admin.clone()));
-        assert_eq!(store.find_token_by_hash(&scoped_hash).await.unwrap(), Some(scoped.clone()));
-        assert_eq!(store.find_token_by_hash(&"0".repeat(64)).await.unwrap(), None);
+        assert_eq!(store.find_token_by_hash(&admin_hash, now_micros()).await.unwrap(), Some(admin.clone()));
+        assert_eq!(store.find_token_by_hash(&scoped_hash, now_micros()).await.unwrap(), Some(scoped.clone()));
+        assert_eq!(store.find_token_by_hash(&"0".repeat(64), now_micros()).await.unwrap(), None);
         assert_eq!(store.count_admin_tokens().await.unwrap(), 1);
 
-        let of_tenant = store.list_tokens(Some(&acme.id), &page(None, 10)).await.unwrap();
+        let of_tenant = store.list_tokens(Some(&acme.id), now_micros(), &page(None, 10)).await.unwrap();
         assert_eq!(of_tenant, vec![scoped.clone()]);
-        let all: Vec<String> =
-            store.list_tokens(None, &page(None, 10)).await.unwrap().into_iter().map(|t| t.id).collect();
+        let all: Vec<String> = store
+            .list_tokens(None, now_micros(), &page(None, 10))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
         assert_eq!(all, vec![scoped.id.clone(), admin.id.clone()], "newest first");
 
         let at = now_micros();
         store.touch_token(&scoped.id, at).await.unwrap();
-        assert_eq!(store.find_token_by_hash(&scoped_hash).await.unwrap().unwrap().last_used_at, Some(at));
+        assert_eq!(
+            store.find_token_by_hash(&scoped_hash, now_micros()).await.unwrap().unwrap().last_used_at,
+            Some(at)
+        );
 
         store.revoke_token(&admin.id, now_micros()).await.unwrap();
-        assert_eq!(store.find_token_by_hash(&admin_hash).await.unwrap(), None);
+        assert_eq!(store.find_token_by_hash(&admin_hash, now_micros()).await.unwrap(), None);
         assert_not_found(store.revoke_token(&admin.id, now_micros()).await);
         assert_not_found(store.revoke_token("tok_01ARZ3NDEKTSV4RRFFQ69G5FAV", now_micros()).await);
         assert_eq!(store.count_admin_tokens().await.unwrap(), 0);
 
         store.delete_tenant(&acme.id, now_micros()).await.unwrap();
         assert_eq!(
-            store.find_token_by_hash(&scoped_hash).await.unwrap(),
+            store.find_token_by_hash(&scoped_hash, now_micros()).await.unwrap(),
             None,
             "a deleted tenant's token is dead"
         );

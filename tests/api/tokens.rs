@@ -133,3 +133,80 @@ async fn an_invalid_token_request_issues_nothing() {
     let list = app.admin_get(&format!("/v1/tokens?tenant={tenant}")).await;
     assert_eq!(list.data(), &Vec::<Value>::new());
 }
+
+#[tokio::test]
+async fn a_token_with_expires_in_is_refused_with_401_once_it_expires() {
+    let app = spawn_app().await;
+    let tenant = id_of(&app.create_tenant().await);
+    let path = format!("/v1/tenants/{tenant}/tokens");
+    for bad in [json!("soon"), json!("0s"), json!("4000d"), json!(60)] {
+        let response = app.post(&path, &app.admin_token, &json!({"name": "ci", "expires_in": bad})).await;
+        response.expect_invalid("expires_in");
+    }
+    let response = app.post(&path, &app.admin_token, &json!({"name": "short", "expires_in": "2s"})).await;
+    response.expect(201);
+    assert_time(&response.body["expires_at"]);
+    let token = response.body["token"].as_str().unwrap().to_owned();
+    app.get(&format!("/v1/tenants/{tenant}"), &token).await.expect(200);
+    let listed = app.admin_get(&format!("/v1/tokens?tenant={tenant}")).await;
+    assert_eq!(listed.data()[0]["expires_at"], response.body["expires_at"]);
+    eventually(Duration::from_secs(10), "the token to expire", || async {
+        (app.get(&format!("/v1/tenants/{tenant}"), &token).await.status.as_u16() == 401).then_some(())
+    })
+    .await;
+    assert!(
+        app.admin_get(&format!("/v1/tokens?tenant={tenant}")).await.data().is_empty(),
+        "expired tokens are not live"
+    );
+}
+
+#[tokio::test]
+async fn a_portal_link_opens_the_tenants_portal_until_it_expires() {
+    let app = spawn_app().await;
+    let acme = id_of(&app.create_tenant().await);
+    let other = id_of(&app.create_tenant().await);
+    let path = format!("/v1/tenants/{acme}/portal-links");
+
+    let default = app.post(&path, &app.admin_token, &json!({})).await;
+    default.expect(201);
+    let url = default.body["url"].as_str().unwrap();
+    assert!(url.starts_with(&app.url("/dashboard#token=hrld_")), "{url}");
+    let expires_at =
+        chrono::DateTime::parse_from_rfc3339(default.body["expires_at"].as_str().unwrap()).unwrap();
+    let hour = expires_at.signed_duration_since(chrono::Utc::now()).num_seconds();
+    assert!((3500..=3600).contains(&hour), "one hour by default, got {hour} s");
+
+    app.post(&path, &app.admin_token, &json!({"expires_in": "25h"})).await.expect_invalid("expires_in");
+    let (_, tenant_token) = app.create_tenant_and_token().await;
+    app.post(&path, &tenant_token, &json!({})).await.expect_problem(404);
+
+    let short = app.post(&path, &app.admin_token, &json!({"expires_in": "2s"})).await;
+    short.expect(201);
+    let token = short.body["url"].as_str().unwrap().rsplit_once("#token=").unwrap().1.to_owned();
+    let me = app.get("/v1/me", &token).await;
+    me.expect(200);
+    assert_eq!(me.body["tenant_id"], json!(acme), "{}", me.text);
+    app.get(&format!("/v1/tenants/{other}"), &token).await.expect_problem(404);
+    eventually(Duration::from_secs(10), "the link to expire", || async {
+        (app.get("/v1/me", &token).await.status.as_u16() == 401).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn portal_links_use_the_configured_public_url_and_frame_ancestors_allow_embedding() {
+    let app = crate::helpers::spawn_app_with(|config| {
+        config.api.public_url = Some("https://webhooks.example.com/".into());
+        config.api.frame_ancestors = vec!["https://app.example.com".into()];
+    })
+    .await;
+    let acme = id_of(&app.create_tenant().await);
+    let link = app.post(&format!("/v1/tenants/{acme}/portal-links"), &app.admin_token, &json!({})).await;
+    link.expect(201);
+    assert!(
+        link.body["url"].as_str().unwrap().starts_with("https://webhooks.example.com/dashboard#token=hrld_")
+    );
+    let page = app.client.get(app.url("/dashboard")).send().await.unwrap();
+    let policy = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(policy.ends_with("frame-ancestors https://app.example.com"), "{policy}");
+}
