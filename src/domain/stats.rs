@@ -55,6 +55,62 @@ impl Window {
             Window::Week => floor(now - 7 * 24 * HOUR + HOUR, HOUR),
         }
     }
+
+    /// The width of this window's buckets (µs): a minute for the hour, an hour beyond.
+    pub fn step(self) -> i64 {
+        match self {
+            Window::Hour => MINUTE,
+            Window::Day | Window::Week => HOUR,
+        }
+    }
+}
+
+/// One bucket of a time series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Point {
+    /// Start of the bucket (Unix µs).
+    pub at: i64,
+    /// Attempts finished in it.
+    pub attempts: i64,
+    /// Those that failed.
+    pub failures: i64,
+    /// Median latency (ms); `None` without attempts.
+    pub p50: Option<i64>,
+    /// 95th percentile latency (ms); `None` without attempts.
+    pub p95: Option<i64>,
+}
+
+/// A rollup row: bucket start, attempts, failures, and the latency histogram as stored.
+pub type BucketRow = (i64, i64, i64, String);
+
+/// The series of `window` ending at `now`: one point per bucket, oldest first, buckets without
+/// attempts included (so a chart's gaps are real quiet, not missing data); rows of the same
+/// bucket (several endpoints) are summed and their histograms merged.
+pub fn series(window: Window, now: i64, rows: &[BucketRow]) -> Vec<Point> {
+    let step = window.step();
+    let since = window.since(now);
+    let mut buckets: BTreeMap<i64, (i64, i64, BTreeMap<i64, i64>)> = (0..)
+        .map(|i| since + i * step)
+        .take_while(|at| *at <= now)
+        .map(|at| (at, Default::default()))
+        .collect();
+    for (at, attempts, failures, latency) in rows {
+        if let Some((a, f, histogram)) = buckets.get_mut(&floor(*at, step)) {
+            *a += attempts;
+            *f += failures;
+            merge_histogram(histogram, latency);
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(at, (attempts, failures, histogram))| Point {
+            at,
+            attempts,
+            failures,
+            p50: percentile(&histogram, 50.0),
+            p95: percentile(&histogram, 95.0),
+        })
+        .collect()
 }
 
 /// The start of the bucket of length `size` holding `at`.
@@ -161,6 +217,29 @@ impl Rollup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_series_has_every_bucket_of_its_window_and_sums_each_bucket() {
+        let now = 10 * HOUR + 30 * MINUTE + 5_000_000;
+        let rows = vec![
+            (now - 2 * MINUTE - 1_000_000, 3, 1, r#"{"10":2,"30":1}"#.to_owned()),
+            (floor(now, MINUTE) - 2 * MINUTE, 1, 1, r#"{"50":1}"#.to_owned()),
+            (now - 2 * HOUR, 9, 9, "{}".to_owned()),
+        ];
+        let points = series(Window::Hour, now, &rows);
+        assert_eq!(points.len(), 60, "a minute bucket for each minute of the hour");
+        assert_eq!(points.first().map(|p| p.at), Some(Window::Hour.since(now)));
+        assert_eq!(points.last().map(|p| p.at), Some(floor(now, MINUTE)));
+        let busy: Vec<&Point> = points.iter().filter(|p| p.attempts > 0).collect();
+        assert_eq!(busy.len(), 1, "two rows of one bucket, one row outside the window");
+        assert_eq!(
+            (busy[0].attempts, busy[0].failures, busy[0].p50, busy[0].p95),
+            (4, 2, Some(10), Some(50))
+        );
+        assert!(points.iter().filter(|p| p.attempts == 0).all(|p| p.p50.is_none() && p.p95.is_none()));
+        assert_eq!(series(Window::Week, now, &[]).len(), 7 * 24);
+        assert_eq!(Window::Day.step(), HOUR);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

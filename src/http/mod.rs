@@ -296,6 +296,8 @@ impl Modify for BearerAuth {
         ops::openapi,
         ops::metrics,
         stats::get_endpoint_stats,
+        stats::get_endpoint_series,
+        stats::get_series,
         stats::list_tenant_endpoint_stats,
         stats::list_endpoint_stats,
         stats::whoami,

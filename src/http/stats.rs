@@ -19,6 +19,8 @@ use crate::storage::EndpointHealth;
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/tenants/{tenant}/endpoints/{ep}/stats", get(get_endpoint_stats))
+        .route("/v1/tenants/{tenant}/endpoints/{ep}/stats/series", get(get_endpoint_series))
+        .route("/v1/stats/series", get(get_series))
         .route("/v1/tenants/{tenant}/stats/endpoints", get(list_tenant_endpoint_stats))
         .route("/v1/stats/endpoints", get(list_endpoint_stats))
         .route("/v1/me", get(whoami))
@@ -191,6 +193,80 @@ pub async fn get_endpoint_stats(
         .ok_or_else(|| ApiError::not_found("endpoint", &ep))?;
     health.totals = state.store.endpoint_window(&ep, window.period(), since).await?;
     Ok(Json(stats_out(health, window, now)))
+}
+
+/// One bucket of a series.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PointOut {
+    /// Start of the bucket (RFC 3339, UTC).
+    pub at: String,
+    /// Attempts finished in the bucket.
+    pub attempts: i64,
+    /// Those that failed.
+    pub failures: i64,
+    /// Median latency, ms (`null` without attempts).
+    pub p50: Option<i64>,
+    /// 95th percentile latency, ms (`null` without attempts).
+    pub p95: Option<i64>,
+}
+
+/// Attempts, failures and latency per rollup bucket over a window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesOut {
+    /// `1h`, `24h` or `7d`.
+    pub window: String,
+    /// Bucket width: `1m` up to the 1-hour window, `1h` beyond.
+    pub step: String,
+    /// One point per bucket, oldest first, quiet buckets included.
+    pub points: Vec<PointOut>,
+}
+
+async fn series_out(
+    state: &AppState,
+    endpoint_id: Option<&str>,
+    window: Window,
+) -> Result<SeriesOut, ApiError> {
+    let now = now_micros();
+    let rows = state.store.stats_buckets(endpoint_id, window.period(), window.since(now)).await?;
+    let points = crate::domain::stats::series(window, now, &rows)
+        .into_iter()
+        .map(|p| PointOut {
+            at: format_micros(p.at),
+            attempts: p.attempts,
+            failures: p.failures,
+            p50: p.p50,
+            p95: p.p95,
+        })
+        .collect();
+    let step = if window.step() == crate::domain::stats::MINUTE { "1m" } else { "1h" };
+    Ok(SeriesOut { window: window.as_str().to_owned(), step: step.to_owned(), points })
+}
+
+/// One endpoint's attempts, failures and latency over time, for a chart.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}/stats/series", tag = "stats",
+    params(EndpointPath, WindowQuery),
+    responses((status = 200, description = "The endpoint's series", body = SeriesOut), ErrorResponses))]
+pub async fn get_endpoint_series(
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
+    ApiQuery(query): ApiQuery<WindowQuery>,
+) -> Result<Json<SeriesOut>, ApiError> {
+    let window = parse_window(query.window.as_deref())?;
+    state.store.get_endpoint(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
+    Ok(Json(series_out(&state, Some(&ep), window).await?))
+}
+
+/// Every endpoint's attempts, failures and latency over time, across tenants (admin): when a
+/// failure rate started.
+#[utoipa::path(get, path = "/v1/stats/series", tag = "stats", params(WindowQuery),
+    responses((status = 200, description = "The series over every endpoint", body = SeriesOut), ErrorResponses))]
+pub async fn get_series(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(query): ApiQuery<WindowQuery>,
+) -> Result<Json<SeriesOut>, ApiError> {
+    let window = parse_window(query.window.as_deref())?;
+    Ok(Json(series_out(&state, None, window).await?))
 }
 
 async fn ranked(state: &AppState, tenant_id: Option<&str>, query: &RankQuery) -> Result<StatsList, ApiError> {

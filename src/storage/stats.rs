@@ -32,6 +32,24 @@ impl Store {
         Ok(totals)
     }
 
+    /// Rollup rows of one endpoint, or of every endpoint when `endpoint_id` is `None` (`period`
+    /// `m` or `h`, buckets from `since`), for a time series.
+    pub async fn stats_buckets(
+        &self,
+        endpoint_id: Option<&str>,
+        period: &str,
+        since: i64,
+    ) -> Result<Vec<crate::domain::stats::BucketRow>, StoreError> {
+        sql(r#"select bucket_start, attempts, failures, latency_counts
+            from endpoint_stats
+            where period = $1 and bucket_start >= $2 and ($3 is null or endpoint_id = $3)"#)
+        .bind(period)
+        .bind(since)
+        .bind(endpoint_id)
+        .fetch_all(self.db.reader())
+        .await
+    }
+
     /// Every live endpoint (of one tenant, or all) with its window totals and backlog; no
     /// latency histograms.
     pub async fn endpoints_overview(

@@ -412,6 +412,21 @@ async fn on_call_sees_the_failing_endpoint_first_and_retries_a_delivery_from_the
             (ids.len() == 3).then_some(ids)
         })
         .await;
+    // Charts: since when it fails, for this endpoint and across every endpoint.
+    browser.wait_text("#detail-chart [data-testid=failing-since]", "Failing since").await;
+    browser.wait_text("#overall-chart [data-testid=failing-since]", "Failing since").await;
+    let bars = browser.find_all("#detail-chart [data-testid=failure-bar]").await.expect("failure bars");
+    assert!(!bars.is_empty(), "the chart draws the failures");
+    // At 1,280 px nothing needs scrolling sideways.
+    browser
+        .session(Method::POST, "/window/rect", Some(json!({"width": 1280, "height": 900})))
+        .await
+        .expect("resize");
+    let widths = browser
+        .script("return [document.documentElement.scrollWidth, document.documentElement.clientWidth];")
+        .await;
+    assert!(widths[0].as_i64() <= widths[1].as_i64(), "the page is wider than the window: {widths}");
+
     let target = ids[0].clone();
     let before = app.delivery(&acme, &target).await;
     assert_eq!(before["status"], json!("failed"));
@@ -521,12 +536,19 @@ async fn a_portal_link_opens_the_portal_signed_in_until_it_expires() {
     let _one_browser = BROWSER_LOCK.lock().await;
     let browser = Browser::start().await.expect("chromedriver is installed");
     let receiver = Receiver::start().await;
-    let app = spawn_app_with(|_| {}).await;
+    receiver.respond("/acme", Reply::status(503));
+    let app = spawn_app_with(|c| c.delivery.retry_schedule = vec![Duration::from_secs(600)]).await;
     app.create_event_type("order.created").await;
     let acme = id_of(&app.create_tenant_with(&json!({"name": "Acme Corp"})).await);
     let mine = id_of(&app.add_endpoint(&acme, &receiver.url("/acme"), json!({})).await);
+    let event = id_of(&app.emit(&acme, "order.created", &json!({"order": 1})).await);
+    let retrying = eventually(SETTLE, "the first attempt to fail", || async {
+        let delivery = app.only_delivery(&acme, &event).await;
+        (delivery["attempt_count"] == json!(1) && delivery["status"] == json!("pending")).then_some(delivery)
+    })
+    .await;
     let link = app
-        .post(&format!("/v1/tenants/{acme}/portal-links"), &app.admin_token, &json!({"expires_in": "4s"}))
+        .post(&format!("/v1/tenants/{acme}/portal-links"), &app.admin_token, &json!({"expires_in": "8s"}))
         .await;
     link.expect(201);
 
@@ -538,6 +560,10 @@ async fn a_portal_link_opens_the_portal_signed_in_until_it_expires() {
         })
         .await;
     assert_eq!(rows[0].0, mine);
+    // A delivery still retrying shows at once among the failing ones.
+    browser.click_on(&format!("[data-endpoint-id=\"{mine}\"] [data-testid=open-endpoint]")).await;
+    let row = format!("[data-delivery-id=\"{}\"]", id_of(&retrying));
+    browser.wait_text(&row, "retrying").await;
     let address = browser.current_url().await;
     assert!(!address.contains("hrld_"), "the token left the address bar: {address}");
 

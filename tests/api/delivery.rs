@@ -726,3 +726,47 @@ async fn stats_tell_delivery_lag_from_the_age_of_the_oldest_pending_delivery() {
     assert_eq!(retrying.body["lag_seconds"], json!(0.0), "{}", retrying.text);
     assert!(retrying.body["oldest_pending_age_seconds"].as_f64().unwrap() > 0.0, "{}", retrying.text);
 }
+
+/// The series routes chart what the rollup recorded: one point per minute of the hour, attempts
+/// and failures in the bucket they happened in, per endpoint and across every endpoint.
+#[tokio::test]
+async fn stats_series_chart_attempts_and_failures_per_bucket() {
+    let app = spawn_stepped_app_with(|config| config.delivery.retry_schedule = vec![]).await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/down", Reply::status(500));
+    app.create_event_type("order.created").await;
+    let (tenant, up) = app.tenant_with_endpoint(&receiver.url("/up"), json!({})).await;
+    let down = app.add_endpoint(&tenant, &receiver.url("/down"), json!({})).await;
+    for n in 0..3 {
+        app.emit(&tenant, "order.created", &json!({"n": n})).await;
+    }
+    app.received(&receiver, "/up", 3, SOON).await;
+    app.until(SOON, "every failure recorded", || async {
+        (app.deliveries(&tenant, "status=failed").await.len() == 3).then_some(())
+    })
+    .await;
+
+    let sum = |series: &Value, field: &str| -> i64 {
+        series["points"].as_array().unwrap().iter().map(|p| p[field].as_i64().unwrap()).sum()
+    };
+    let path = |ep: &Value| format!("/v1/tenants/{tenant}/endpoints/{}/stats/series?window=1h", id_of(ep));
+    let failing = app.get(&path(&down), &app.admin_token).await;
+    failing.expect(200);
+    assert_eq!(failing.body["step"], json!("1m"));
+    assert_eq!(failing.body["points"].as_array().unwrap().len(), 60, "{}", failing.text);
+    assert_eq!((sum(&failing.body, "attempts"), sum(&failing.body, "failures")), (3, 3));
+    let last =
+        failing.body["points"].as_array().unwrap().iter().rev().find(|p| p["attempts"] != json!(0)).unwrap();
+    assert!(last["p95"].is_i64(), "latency where there were attempts: {last}");
+    let healthy = app.get(&path(&up), &app.admin_token).await;
+    assert_eq!((sum(&healthy.body, "attempts"), sum(&healthy.body, "failures")), (3, 0));
+
+    let everything = app.admin_get("/v1/stats/series?window=24h").await;
+    everything.expect(200);
+    assert_eq!(everything.body["step"], json!("1h"));
+    assert_eq!(everything.body["points"].as_array().unwrap().len(), 24);
+    assert_eq!((sum(&everything.body, "attempts"), sum(&everything.body, "failures")), (6, 3));
+    let (_, tenant_token) = app.create_tenant_and_token().await;
+    app.get("/v1/stats/series", &tenant_token).await.expect_problem(403);
+    app.admin_get("/v1/stats/series?window=2h").await.expect_invalid("window");
+}
