@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 /// The default configuration file, read from the working directory when it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "herald.toml";
 
-/// Everything Herald can be told. Every field is documented in the README's configuration table.
-#[derive(Clone, Debug, Deserialize)]
+/// Everything Herald can be told. Every field is documented in `docs/configuration.md`, whose test
+/// lists the keys by serializing the defaults (durations as text, secrets as `[redacted]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
     /// Address the HTTP API listens on (`HERALD_LISTEN`).
@@ -85,7 +86,7 @@ impl Default for Config {
 }
 
 /// How log lines are written.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -95,32 +96,32 @@ pub enum LogFormat {
 }
 
 /// `[delivery]`: how attempts are made and retried.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct DeliveryConfig {
     /// Time allowed for one attempt, DNS and connect included (`10s`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub timeout: Duration,
     /// Backoff after attempts 1, 2, 3 (`5s,5m,30m`); each is jittered by ±20 %.
-    #[serde(deserialize_with = "duration_list")]
+    #[serde(deserialize_with = "duration_list", serialize_with = "duration_list_text")]
     pub retry_schedule: Vec<Duration>,
     /// Attempts in flight at once in this process, across all endpoints (256).
     pub max_in_flight: usize,
     /// Default cap on attempts in flight per endpoint, for endpoints created without one (10).
     pub max_in_flight_per_endpoint: i32,
     /// How long a claim holds a delivery (`30s`); must be at least `timeout` + 5s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub lease: Duration,
     /// How long a stopping process waits for attempts in flight (default `timeout` + 5s).
-    #[serde(deserialize_with = "opt_duration")]
+    #[serde(deserialize_with = "opt_duration", serialize_with = "opt_duration_text")]
     pub shutdown_grace: Option<Duration>,
     /// Largest honoured `Retry-After` (`1h`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub retry_after_max: Duration,
     /// Retry 4xx answers (other than 410) instead of failing at once (false).
     pub retry_client_errors: bool,
     /// Longest the dispatcher sleeps between looks at the store when nothing wakes it (`1s`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub poll_interval: Duration,
 }
 
@@ -152,7 +153,7 @@ impl Default for DeliveryConfig {
 }
 
 /// `[ingest]`: limits on what producers may send.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct IngestConfig {
     /// Largest accepted event `data`, in bytes (`1MiB`).
@@ -162,7 +163,7 @@ pub struct IngestConfig {
     #[serde(deserialize_with = "byte_size")]
     pub batch_body_limit: usize,
     /// How long an idempotency key is remembered (`24h`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub idempotency_window: Duration,
 }
 
@@ -177,7 +178,7 @@ impl Default for IngestConfig {
 }
 
 /// `[store]`: database settings.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct StoreConfig {
     /// `durable` (fsync on every commit) or `relaxed` (faster; an OS crash may lose the last
@@ -204,7 +205,7 @@ pub enum Durability {
 }
 
 /// `[api]`: management API limits.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ApiConfig {
     /// Largest accepted body for management requests (endpoints, tenants, event types), in bytes.
@@ -236,7 +237,7 @@ impl Default for ApiConfig {
 }
 
 /// `[signing]`: the optional classic body-only signature header.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SigningConfig {
     /// Header name for a lowercase hex HMAC-SHA256 of the body, keyed by the whole secret string,
@@ -247,14 +248,14 @@ pub struct SigningConfig {
 }
 
 /// `[security]`: which private ranges endpoints may reach, and per-token API rate limits.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SecurityConfig {
     /// CIDR ranges opened to every endpoint despite the private-address guard, e.g. `10.20.0.0/16`.
-    #[serde(deserialize_with = "cidr_list")]
+    #[serde(deserialize_with = "cidr_list", serialize_with = "display_list")]
     pub allow_cidrs: Vec<ipnet::IpNet>,
     /// CIDR ranges opened to the operations tenant's endpoints only.
-    #[serde(deserialize_with = "cidr_list")]
+    #[serde(deserialize_with = "cidr_list", serialize_with = "display_list")]
     pub operations_allow_cidrs: Vec<ipnet::IpNet>,
     /// Requests per second per tenant token (burst of the same size); 0 = unlimited (100).
     pub tenant_rate_limit: u32,
@@ -275,15 +276,15 @@ impl Default for SecurityConfig {
 
 /// `[maintenance]`: scheduled jobs. Cron expressions have six fields with seconds first
 /// (`sec min hour day-of-month month day-of-week`), in UTC.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct MaintenanceConfig {
     /// Events (with their deliveries and attempts) older than this are deleted; pending work is
     /// kept whatever its age (`30d`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub retention: Duration,
     /// An endpoint with no success for this long whose deliveries keep failing is disabled (`5d`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub disable_after: Duration,
     /// Rows deleted per statement by the retention and expiry jobs (1000).
     pub batch_size: i64,
@@ -318,7 +319,7 @@ impl Default for MaintenanceConfig {
 }
 
 /// `[operations]`: where Herald reports about itself.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct OperationsConfig {
     /// The tenant (id or external_id) that receives `endpoint.disabled`, `endpoint.enabled` and
@@ -330,6 +331,13 @@ pub struct OperationsConfig {
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Redacted(pub String);
+
+/// Serialized as `[redacted]`, like its `Debug`: a listing of the configuration never shows it.
+impl Serialize for Redacted {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
 
 impl fmt::Debug for Redacted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -635,6 +643,33 @@ fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Err
         StringOrNumber::Number(n) => usize::try_from(n).map_err(de::Error::custom),
         StringOrNumber::Text(text) => parse_byte_size(&text).map_err(de::Error::custom),
     }
+}
+
+/// A duration as the text the configuration accepts (`10s`, `5m`).
+fn duration_text<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_duration(*value))
+}
+
+fn opt_duration_text<S: serde::Serializer>(
+    value: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => duration_text(value, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn duration_list_text<S: serde::Serializer>(value: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(value.iter().map(|d| humantime::format_duration(*d).to_string()))
+}
+
+/// A list of values by their `Display` text (CIDR ranges).
+fn display_list<S: serde::Serializer, T: fmt::Display>(
+    value: &[T],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(value.iter().map(ToString::to_string))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod dashboard;
 mod delivery;
+mod docs;
 mod endpoints;
 mod errors;
 mod event_types;
