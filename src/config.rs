@@ -123,12 +123,40 @@ pub struct DeliveryConfig {
     /// Longest the dispatcher sleeps between looks at the store when nothing wakes it (`1s`).
     #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub poll_interval: Duration,
+    /// Longest attempt timeout an endpoint may ask for; at most `lease` − 5s (default: 25s, or
+    /// `lease` − 5s when that is shorter).
+    #[serde(deserialize_with = "opt_duration")]
+    pub timeout_max: Option<Duration>,
+    /// Shortest retry delay an endpoint's own schedule may list (`1s`).
+    #[serde(deserialize_with = "duration")]
+    pub retry_min: Duration,
 }
 
 impl DeliveryConfig {
-    /// The effective shutdown grace period.
+    /// The effective shutdown grace period: by default the longest attempt plus 5s.
     pub fn grace(&self) -> Duration {
-        self.shutdown_grace.unwrap_or(self.timeout + Duration::from_secs(5))
+        self.shutdown_grace.unwrap_or(self.timeout_max() + Duration::from_secs(5))
+    }
+
+    /// The longest attempt timeout an endpoint may ask for.
+    pub fn timeout_max(&self) -> Duration {
+        self.timeout_max.unwrap_or_else(|| {
+            Duration::from_secs(25).min(self.lease.saturating_sub(Duration::from_secs(5))).max(self.timeout)
+        })
+    }
+
+    /// The server's values and bounds for endpoints' own delivery policies.
+    pub fn policy_server(&self) -> crate::domain::policy::Server {
+        crate::domain::policy::Server {
+            timeout: self.timeout,
+            retry: crate::domain::retry::RetryPolicy {
+                schedule: self.retry_schedule.clone(),
+                retry_after_max: self.retry_after_max,
+                retry_client_errors: self.retry_client_errors,
+            },
+            timeout_max: self.timeout_max(),
+            retry_min: self.retry_min,
+        }
     }
 }
 
@@ -148,6 +176,8 @@ impl Default for DeliveryConfig {
             retry_after_max: Duration::from_secs(3600),
             retry_client_errors: false,
             poll_interval: Duration::from_secs(1),
+            timeout_max: None,
+            retry_min: Duration::from_secs(1),
         }
     }
 }
@@ -414,6 +444,16 @@ impl Config {
         let delivery = &self.delivery;
         if delivery.lease < delivery.timeout + Duration::from_secs(5) {
             bail!("invalid `delivery.lease`: must be at least `delivery.timeout` + 5s");
+        }
+        if let Some(max) = delivery.timeout_max
+            && (max + Duration::from_secs(5) > delivery.lease || max < delivery.timeout)
+        {
+            bail!(
+                "invalid `delivery.timeout_max`: must be between `delivery.timeout` and `delivery.lease` - 5s"
+            );
+        }
+        if delivery.retry_min.is_zero() || delivery.retry_min > Duration::from_secs(3600) {
+            bail!("invalid `delivery.retry_min`: expected between 1ms and 1h");
         }
         if delivery.max_in_flight == 0 || delivery.max_in_flight > 100_000 {
             bail!("invalid `delivery.max_in_flight`: expected 1 to 100000");

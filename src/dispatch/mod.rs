@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::domain::delivery::{after_interruption, run_budget};
-use crate::domain::retry::{ErrorKind, Outcome, RetryPolicy, jitter};
+use crate::domain::retry::{ErrorKind, Outcome, jitter};
 use crate::domain::time::now_micros;
 use crate::storage::{AttemptRecord, Claimed, Store};
 use send::{Sender, Sent};
@@ -55,7 +55,8 @@ struct Attempts {
     sender: Sender,
     /// For the operations tenant's endpoints: `[security] operations_allow_cidrs` opened too.
     operations_sender: Sender,
-    policy: RetryPolicy,
+    /// The server's `[delivery]` values, which endpoints' own policies override member by member.
+    server: crate::domain::policy::Server,
 }
 
 /// The operations tenant's id, looked up at most once a minute.
@@ -114,11 +115,7 @@ impl Dispatcher {
             attempts: Arc::new(Attempts {
                 sender: Sender::new(config, config.security.allow_cidrs.clone())?,
                 operations_sender: Sender::new(config, operations_allow)?,
-                policy: RetryPolicy {
-                    schedule: config.delivery.retry_schedule.clone(),
-                    retry_after_max: config.delivery.retry_after_max,
-                    retry_client_errors: config.delivery.retry_client_errors,
-                },
+                server: config.delivery.policy_server(),
             }),
             operations: OperationsTenant { key: config.operations.tenant.clone(), cached: None },
             lease: config.delivery.lease,
@@ -135,7 +132,7 @@ impl Dispatcher {
 
     /// Retries a run allows after its first attempt (unless a delivery sets its own budget).
     pub fn retries(&self) -> usize {
-        self.attempts.policy.schedule.len()
+        self.attempts.server.retry.schedule.len()
     }
 
     /// Runs until `shutdown`: cycle after cycle, idling when nothing more can start; then drains
@@ -391,9 +388,11 @@ impl Attempts {
             return record(&claim, gone(), Outcome::GiveUp { disable_endpoint: false });
         };
         let sender = if operations { &self.operations_sender } else { &self.sender };
-        let sent = sender.send(&claim, payload).await;
-        let budget = run_budget(claim.max_attempts, self.policy.schedule.len());
-        let outcome = self.policy.decide(&sent.result, claim.run_attempt as u32, budget, jitter());
+        // The endpoint's policy as claimed decides this attempt's timeout and what follows it.
+        let policy = claim.policy.effective(&self.server);
+        let sent = sender.send(&claim, payload, policy.timeout).await;
+        let budget = run_budget(claim.max_attempts, policy.retry.schedule.len());
+        let outcome = policy.retry.decide(&sent.result, claim.run_attempt as u32, budget, jitter());
         let label = match sent.result.error {
             None => "success",
             Some(kind) => kind.outcome_label(),
@@ -420,7 +419,7 @@ impl Attempts {
             duration_ms = sent.duration.as_millis() as u64,
             "attempt finished"
         );
-        record(&claim, sent, outcome)
+        AttemptRecord { timeout_ms: Some(policy.timeout.as_millis() as i64), ..record(&claim, sent, outcome) }
     }
 }
 
@@ -440,6 +439,7 @@ fn record(claim: &Claimed, sent: Sent, outcome: Outcome) -> AttemptRecord {
         error: sent.error,
         response_body: sent.response_body,
         outcome,
+        timeout_ms: None,
     }
 }
 
@@ -455,7 +455,8 @@ fn interrupted(claim: &Claimed, retries: usize) -> AttemptRecord {
         response_body: None,
         error: Some("interrupted: the process stopped before the attempt finished".into()),
     };
-    let outcome = after_interruption(claim.run_attempt, run_budget(claim.max_attempts, retries));
+    let budget = run_budget(claim.max_attempts, claim.policy.retries(retries));
+    let outcome = after_interruption(claim.run_attempt, budget);
     AttemptRecord { last_error: Some("interrupted".into()), ..record(claim, sent, outcome) }
 }
 

@@ -21,7 +21,6 @@ pub const MAX_RESPONSE_BODY: usize = 8 * 1024;
 pub struct Sender {
     client: reqwest::Client,
     guard: Arc<Guard>,
-    timeout: Duration,
     user_agent: HeaderValue,
     hex_header: Option<(HeaderName, String)>,
 }
@@ -42,7 +41,9 @@ pub struct Sent {
 impl Sender {
     /// Builds the shared client; `allow` are the CIDR ranges its guard opens (ignored in dev mode).
     pub fn new(config: &Config, allow: Vec<ipnet::IpNet>) -> anyhow::Result<Sender> {
-        let timeout = config.delivery.timeout;
+        // Each attempt runs under its endpoint's timeout (`send`); the client's bound is the
+        // longest any endpoint may ask for.
+        let timeout = config.delivery.timeout_max();
         let guard = Arc::new(Guard { open: config.dev, allow });
         let client = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver::new(guard.clone())))
@@ -59,7 +60,7 @@ impl Sender {
             Some(name) => Some((HeaderName::from_bytes(name.as_bytes())?, config.signing.hex_prefix.clone())),
             None => None,
         };
-        Ok(Sender { client, guard, timeout, user_agent, hex_header })
+        Ok(Sender { client, guard, user_agent, hex_header })
     }
 
     /// The headers of one attempt: content type, user agent, the Standard Webhooks trio, the
@@ -102,7 +103,7 @@ impl Sender {
     }
 
     /// Makes one attempt. Never fails: every problem is an outcome.
-    pub async fn send(&self, claimed: &Claimed, body: String) -> Sent {
+    pub async fn send(&self, claimed: &Claimed, body: String, timeout: Duration) -> Sent {
         if let Err(blocked) = self.guard.check_url(&claimed.url) {
             return Sent {
                 result: AttemptResult {
@@ -145,7 +146,7 @@ impl Sender {
             }
             Ok::<_, reqwest::Error>((status, retry_after, kept))
         };
-        let outcome = tokio::time::timeout(self.timeout, attempt).await;
+        let outcome = tokio::time::timeout(timeout, attempt).await;
         let duration = started.elapsed();
         match outcome {
             Ok(Ok((status, retry_after, kept))) => {
@@ -174,7 +175,7 @@ impl Sender {
                 result: AttemptResult { status: None, error: Some(ErrorKind::Timeout), retry_after: None },
                 duration,
                 response_body: None,
-                error: Some(format!("timeout: no complete answer within {}ms", self.timeout.as_millis())),
+                error: Some(format!("timeout: no complete answer within {}ms", timeout.as_millis())),
             },
         }
     }

@@ -174,6 +174,8 @@ pub struct Attempt {
     pub error: Option<String>,
     /// Up to 8 KiB of the response body, lossy UTF-8.
     pub response_body: Option<String>,
+    /// The timeout that applied, ms (`None` for attempts never sent or recorded before it was kept).
+    pub timeout_ms: Option<i64>,
 }
 
 #[cfg(test)]

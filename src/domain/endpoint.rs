@@ -63,6 +63,8 @@ pub struct Endpoint {
     pub max_in_flight: i32,
     /// Optional cap on requests per second.
     pub rate_limit_per_second: Option<i32>,
+    /// Its own timeout and retry rules; unset members inherit the server's.
+    pub delivery: crate::domain::policy::DeliveryPolicy,
     /// Unix µs.
     pub created_at: i64,
     /// Unix µs.

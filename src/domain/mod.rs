@@ -8,6 +8,7 @@ pub mod event_type;
 pub mod id;
 pub mod net;
 pub mod operational;
+pub mod policy;
 pub mod retry;
 pub mod signing;
 pub mod stats;

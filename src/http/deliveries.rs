@@ -89,6 +89,8 @@ pub struct AttemptOut {
     pub error: Option<String>,
     /// Up to 8 KiB of the response body.
     pub response_body: Option<String>,
+    /// The timeout that applied to this attempt (the endpoint's own or the server's), ms.
+    pub timeout_ms: Option<i64>,
 }
 
 impl From<Attempt> for AttemptOut {
@@ -102,6 +104,7 @@ impl From<Attempt> for AttemptOut {
             error_kind: a.error_kind,
             error: a.error,
             response_body: a.response_body,
+            timeout_ms: a.timeout_ms,
         }
     }
 }

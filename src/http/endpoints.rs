@@ -14,12 +14,14 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
 use super::extract::{ApiJson, ApiQuery, EndpointPath, PageParams, Pager, RawBody, TenantPath, TenantScope};
+use crate::config::parse_duration;
 use crate::domain::endpoint::{
     Endpoint, MAX_IN_FLIGHT_RANGE, RATE_LIMIT_RANGE, generate_secret, mask_header_value, parse_event_types,
     validate_headers, validate_secret, validate_url,
 };
 use crate::domain::event_type::Pattern;
 use crate::domain::id::{IdKind, new_id};
+use crate::domain::policy::{DeliveryPolicy, text as duration_text};
 use crate::domain::tenant::Tenant;
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::{Invalid, check_text};
@@ -74,6 +76,98 @@ pub struct EndpointIn {
     /// Your own `whsec_…` secret (base64 of 24–64 bytes); generated when absent.
     #[schema(pattern = "^whsec_[A-Za-z0-9+/]+={0,2}$")]
     pub secret: Option<String>,
+    /// This endpoint's own timeout and retry rules; absent or `null` = the server's.
+    pub delivery: Option<DeliveryPolicyIn>,
+}
+
+/// `delivery` on an endpoint: each member absent or `null` inherits the server's `[delivery]`
+/// value (on PATCH: absent = unchanged, `null` = inherit).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryPolicyIn {
+    /// Time allowed for one attempt, such as `"5s"`: 1s to `[delivery] timeout_max` (25s).
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<String>, example = "5s")]
+    pub timeout: Option<Option<String>>,
+    /// Delays before the retries of a run, such as `["10s", "1m", "10m"]`: at most 10, each
+    /// `[delivery] retry_min` (1s) to 24h; `[]` = no retries.
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<Vec<String>>, max_items = 10)]
+    pub retry_schedule: Option<Option<Vec<String>>>,
+    /// Retry 4xx answers (other than 410) instead of failing at once.
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<bool>)]
+    pub retry_client_errors: Option<Option<bool>>,
+}
+
+impl DeliveryPolicyIn {
+    /// Applies the members that are present onto `policy` (`null` = inherit), recording
+    /// unreadable durations under `delivery.…`.
+    fn apply(self, policy: &mut DeliveryPolicy, invalid: &mut Invalid) {
+        let parse = |field: String, text: &str, invalid: &mut Invalid| match parse_duration(text) {
+            Ok(duration) => Some(duration),
+            Err(why) => {
+                invalid.push(field, why);
+                None
+            }
+        };
+        if let Some(timeout) = self.timeout {
+            policy.timeout = timeout.and_then(|text| parse("delivery.timeout".into(), &text, invalid));
+        }
+        if let Some(schedule) = self.retry_schedule {
+            policy.retry_schedule = schedule.map(|delays| {
+                delays
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, text)| parse(format!("delivery.retry_schedule[{i}]"), text, invalid))
+                    .collect()
+            });
+        }
+        if let Some(retry) = self.retry_client_errors {
+            policy.retry_client_errors = retry;
+        }
+    }
+}
+
+/// An endpoint's delivery policy: what it set, and what is in force.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryPolicyOut {
+    /// Its own attempt timeout; `null` = the server's.
+    pub timeout: Option<String>,
+    /// Its own retry delays; `null` = the server's.
+    pub retry_schedule: Option<Vec<String>>,
+    /// Its own choice on retrying 4xx; `null` = the server's.
+    pub retry_client_errors: Option<bool>,
+    /// The values in force now (its own over the server's).
+    pub effective: EffectivePolicyOut,
+}
+
+/// The delivery policy in force.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EffectivePolicyOut {
+    /// Time allowed for one attempt.
+    pub timeout: String,
+    /// Delays before the retries of a run; a run allows 1 + this many attempts.
+    pub retry_schedule: Vec<String>,
+    /// Whether 4xx answers (other than 410) are retried.
+    pub retry_client_errors: bool,
+}
+
+impl DeliveryPolicyOut {
+    fn new(policy: &DeliveryPolicy, server: &crate::domain::policy::Server) -> DeliveryPolicyOut {
+        let effective = policy.effective(server);
+        let texts = |delays: &[std::time::Duration]| delays.iter().map(|d| duration_text(*d)).collect();
+        DeliveryPolicyOut {
+            timeout: policy.timeout.map(duration_text),
+            retry_schedule: policy.retry_schedule.as_deref().map(texts),
+            retry_client_errors: policy.retry_client_errors,
+            effective: EffectivePolicyOut {
+                timeout: duration_text(effective.timeout),
+                retry_schedule: texts(&effective.retry.schedule),
+                retry_client_errors: effective.retry.retry_client_errors,
+            },
+        }
+    }
 }
 
 /// Body of `PATCH …/endpoints/{ep}`; absent fields are left as they are.
@@ -105,6 +199,11 @@ pub struct EndpointPatch {
     #[serde(default, deserialize_with = "super::double_option")]
     #[schema(value_type = Option<i32>, minimum = 1, maximum = 100000)]
     pub rate_limit_per_second: Option<Option<i32>>,
+    /// Merged member by member (absent = unchanged, `null` = inherit); `null` for the whole
+    /// object = inherit everything.
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<DeliveryPolicyIn>)]
+    pub delivery: Option<Option<DeliveryPolicyIn>>,
 }
 
 /// An endpoint. Custom header values are masked.
@@ -134,15 +233,19 @@ pub struct EndpointOut {
     pub max_in_flight: i32,
     /// Requests per second, if limited.
     pub rate_limit_per_second: Option<i32>,
+    /// Its own timeout and retry rules, and those in force.
+    pub delivery: DeliveryPolicyOut,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
 }
 
-impl From<Endpoint> for EndpointOut {
-    fn from(e: Endpoint) -> Self {
+impl EndpointOut {
+    /// The endpoint as shown, its policy resolved against the server's `[delivery]` values.
+    pub(crate) fn new(e: Endpoint, state: &AppState) -> Self {
         EndpointOut {
+            delivery: DeliveryPolicyOut::new(&e.delivery, &state.config.delivery.policy_server()),
             id: e.id,
             tenant_id: e.tenant_id,
             url: e.url,
@@ -243,6 +346,7 @@ async fn validate(
     if let Some(reason) = &endpoint.disabled_reason {
         check_text(invalid, "disabled_reason", reason, 500);
     }
+    endpoint.delivery.check(&state.config.delivery.policy_server(), "delivery", invalid);
     Ok(())
 }
 
@@ -273,10 +377,14 @@ pub async fn create_endpoint(
         fifo: body.fifo,
         max_in_flight: body.max_in_flight.unwrap_or(state.config.delivery.max_in_flight_per_endpoint),
         rate_limit_per_second: body.rate_limit_per_second,
+        delivery: DeliveryPolicy::default(),
         created_at: now,
         updated_at: now,
     };
     let mut invalid = Invalid::default();
+    if let Some(delivery) = body.delivery {
+        delivery.apply(&mut endpoint.delivery, &mut invalid);
+    }
     validate(&state, &mut invalid, &mut endpoint, true).await?;
     if let Some(secret) = &body.secret
         && let Err(why) = validate_secret(secret)
@@ -289,7 +397,10 @@ pub async fn create_endpoint(
     if !state.store.insert_endpoint(&endpoint, &secret, limit).await? {
         return Err(ApiError::Conflict(format!("this tenant already has the maximum of {limit} endpoints")));
     }
-    Ok((StatusCode::CREATED, Json(EndpointCreatedOut { endpoint: endpoint.into(), secret })))
+    Ok((
+        StatusCode::CREATED,
+        Json(EndpointCreatedOut { endpoint: EndpointOut::new(endpoint, &state), secret }),
+    ))
 }
 
 /// List a tenant's endpoints, newest first.
@@ -303,7 +414,10 @@ pub async fn list_endpoints(
     let pager = Pager::new(&page, &format!("endpoints|{}", tenant.id))?;
     let rows = state.store.list_endpoints(&tenant.id, &pager.query()).await?;
     let (rows, next_cursor) = pager.finish(rows, |e| &e.id);
-    Ok(Json(EndpointList { data: rows.into_iter().map(Into::into).collect(), next_cursor }))
+    Ok(Json(EndpointList {
+        data: rows.into_iter().map(|e| EndpointOut::new(e, &state)).collect(),
+        next_cursor,
+    }))
 }
 
 /// Get one endpoint.
@@ -314,7 +428,7 @@ pub async fn get_endpoint(
     TenantScope { state, tenant, .. }: TenantScope,
     Path(EndpointPath { ep, .. }): Path<EndpointPath>,
 ) -> Result<Json<EndpointOut>, ApiError> {
-    Ok(Json(load(&state, &tenant.id, &ep).await?.into()))
+    Ok(Json(EndpointOut::new(load(&state, &tenant.id, &ep).await?, &state)))
 }
 
 /// Update an endpoint. Changes apply to the next attempt; `event_types` to events accepted afterwards.
@@ -350,6 +464,12 @@ pub async fn update_endpoint(
     if let Some(rate) = patch.rate_limit_per_second {
         endpoint.rate_limit_per_second = rate;
     }
+    let mut invalid = Invalid::default();
+    match patch.delivery {
+        Some(Some(delivery)) => delivery.apply(&mut endpoint.delivery, &mut invalid),
+        Some(None) => endpoint.delivery = DeliveryPolicy::default(),
+        None => {}
+    }
     match patch.enabled {
         Some(true) => {
             endpoint.enabled = true;
@@ -371,13 +491,12 @@ pub async fn update_endpoint(
             }
         }
     }
-    let mut invalid = Invalid::default();
     validate(&state, &mut invalid, &mut endpoint, check_catalogue).await?;
     invalid.into_result().map_err(ApiError::Invalid)?;
     endpoint.updated_at = now;
     state.store.update_endpoint(&endpoint).await.or_not_found("endpoint", &ep)?;
     state.wakeup.notify_one();
-    Ok(Json(endpoint.into()))
+    Ok(Json(EndpointOut::new(endpoint, &state)))
 }
 
 /// Delete an endpoint: 404 from then on; its pending deliveries fail with `endpoint_deleted`.
@@ -517,7 +636,7 @@ async fn set_enabled(
     state.store.update_endpoint(&endpoint).await.or_not_found("endpoint", ep)?;
     // An operational event may have been written with the change.
     state.wakeup.notify_one();
-    Ok(Json(endpoint.into()))
+    Ok(Json(EndpointOut::new(endpoint, state)))
 }
 
 /// Enable an endpoint (clears the disabled reason). Nothing is re-queued: use `recover`.

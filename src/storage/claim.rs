@@ -55,7 +55,7 @@ impl Store {
     ) -> Result<Vec<CandidateRow>, StoreError> {
         let statement = format!(
             r#"select e.id, e.max_in_flight, e.fifo, e.rate_limit_per_second, e.rate_next_at, e.url,
-                e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at,
+                e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at, e.delivery_policy,
                 (select count(*) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1) as in_flight
             from endpoints e
             where e.enabled
@@ -127,7 +127,7 @@ impl Store {
         for row in bypass {
             let endpoint: Option<CandidateRow> = sql(
                 r#"select id, max_in_flight, fifo, rate_limit_per_second, rate_next_at, url, headers, secret,
-                    previous_secret, previous_secret_expires_at, cast(0 as bigint) as in_flight
+                    previous_secret, previous_secret_expires_at, delivery_policy, cast(0 as bigint) as in_flight
                 from endpoints
                 where id = $1 and deleted_at is null"#,
             )
@@ -247,6 +247,10 @@ impl Store {
                 url: endpoint.url.clone(),
                 headers: endpoint.headers(&self.cipher)?,
                 secrets: endpoint.secrets(&self.cipher)?,
+                policy: crate::domain::policy::DeliveryPolicy::from_stored(
+                    endpoint.delivery_policy.as_deref(),
+                )
+                .map_err(corrupt)?,
                 payload: row.payload,
             });
         }

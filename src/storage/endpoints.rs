@@ -27,10 +27,10 @@ impl Store {
         let inserted = sql(r#"insert into endpoints (
                 id, tenant_id, url, description, event_types, headers, enabled,
                 disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
-                secret, created_at, updated_at
+                delivery_policy, secret, created_at, updated_at
             )
-            select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
-            where (select count(*) from endpoints where tenant_id = $2 and deleted_at is null) < $16"#)
+            select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16
+            where (select count(*) from endpoints where tenant_id = $2 and deleted_at is null) < $17"#)
         .bind(&endpoint.id)
         .bind(&endpoint.tenant_id);
         let inserted = self
@@ -49,7 +49,7 @@ impl Store {
     pub async fn get_endpoint(&self, tenant_id: &str, id: &str) -> Result<Endpoint, StoreError> {
         let row: EndpointRow = sql(r#"select id, tenant_id, url, description, event_types, headers, enabled,
                 disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
-                created_at, updated_at
+                delivery_policy, created_at, updated_at
             from endpoints
             where tenant_id = $1 and id = $2 and deleted_at is null"#)
         .bind(tenant_id)
@@ -68,7 +68,7 @@ impl Store {
         let rows: Vec<EndpointRow> =
             sql(r#"select id, tenant_id, url, description, event_types, headers, enabled,
                 disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
-                created_at, updated_at
+                delivery_policy, created_at, updated_at
             from endpoints
             where tenant_id = $1
               and deleted_at is null
@@ -98,7 +98,7 @@ impl Store {
         let update = sql(r#"update endpoints
             set url = $3, description = $4, event_types = $5, headers = $6, enabled = $7,
                 disabled_reason = $8, disabled_at = $9, fifo = $10, max_in_flight = $11,
-                rate_limit_per_second = $12, updated_at = $13,
+                rate_limit_per_second = $12, delivery_policy = $13, updated_at = $14,
                 failing_since = case when $7 and not enabled then null else failing_since end
             where tenant_id = $1 and id = $2 and deleted_at is null"#)
         .bind(&endpoint.tenant_id)
@@ -202,8 +202,9 @@ impl Store {
     }
 
     /// Secrets read from the store, decrypted.
-    /// Binds `$3`…`$12`, the fields a create and an edit both write: url, description, event
-    /// types, headers (sealed), enabled, disabled reason and time, FIFO, in-flight cap, rate limit.
+    /// Binds `$3`…`$13`, the fields a create and an edit both write: url, description, event
+    /// types, headers (sealed), enabled, disabled reason and time, FIFO, in-flight cap, rate
+    /// limit, delivery policy.
     fn bind_editable<'a>(&self, statement: Sql<'a>, endpoint: &'a Endpoint) -> Sql<'a> {
         statement
             .bind(&endpoint.url)
@@ -216,6 +217,7 @@ impl Store {
             .bind(endpoint.fifo)
             .bind(endpoint.max_in_flight)
             .bind(endpoint.rate_limit_per_second)
+            .bind(endpoint.delivery.to_stored())
     }
 
     pub(super) fn open_secrets(&self, secrets: Secrets) -> Result<Secrets, StoreError> {

@@ -345,6 +345,9 @@ pub struct Claimed {
     pub headers: std::collections::BTreeMap<String, String>,
     /// Secrets as of the claim.
     pub secrets: Secrets,
+    /// The endpoint's own delivery policy as of the claim: it decides this attempt's timeout and
+    /// what follows it.
+    pub policy: crate::domain::policy::DeliveryPolicy,
     /// The envelope; `None` if retention removed it.
     pub payload: Option<String>,
 }
@@ -376,6 +379,8 @@ pub struct AttemptRecord {
     pub response_body: Option<String>,
     /// What the attempt means for its delivery (and endpoint).
     pub outcome: crate::domain::retry::Outcome,
+    /// The timeout that applied to the attempt, ms (`None` when it was never sent).
+    pub timeout_ms: Option<i64>,
     /// The delivery's `last_error` (none on success).
     pub last_error: Option<String>,
 }

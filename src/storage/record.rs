@@ -133,7 +133,8 @@ impl Store {
             let mut update = Sql::build(
                 r#"update attempts
                 set finished_at = v.column2, duration_ms = v.column3, status_code = v.column4,
-                    error_kind = v.column5, error = v.column6, response_body = v.column7
+                    error_kind = v.column5, error = v.column6, response_body = v.column7,
+                    timeout_ms = v.column8
                 from (values "#,
             );
             update.push_tuples(chunk, |row, record| {
@@ -143,7 +144,8 @@ impl Store {
                     .cast(record.status_code, "integer")
                     .bind(record.error_kind)
                     .bind(&record.error)
-                    .bind(&record.response_body);
+                    .bind(&record.response_body)
+                    .cast(record.timeout_ms, "bigint");
             });
             update.push(") as v where attempts.id = v.column1 and attempts.finished_at is null");
             update.execute(&mut *tx).await?;

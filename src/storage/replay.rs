@@ -7,6 +7,7 @@ use super::sql::{Sql, sql};
 use super::*;
 use crate::domain::delivery::{Attempt, Delivery, Event};
 use crate::domain::delivery::{DeliveryStatus, Stopped, after_attempt_on, after_interruption, run_budget};
+use crate::domain::policy::DeliveryPolicy;
 
 impl Store {
     /// One event of a tenant.
@@ -113,14 +114,16 @@ impl Store {
 
     /// Every attempt of a delivery, by number.
     pub async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>, StoreError> {
-        let rows: Vec<AttemptRow> =
-            sql(r#"select id, number, started_at, duration_ms, status_code, error_kind, error, response_body
+        let rows: Vec<AttemptRow> = sql(
+            r#"select id, number, started_at, duration_ms, status_code, error_kind, error, response_body,
+                timeout_ms
             from attempts
             where delivery_id = $1
-            order by number"#)
-            .bind(delivery_id)
-            .fetch_all(self.db.reader())
-            .await?;
+            order by number"#,
+        )
+        .bind(delivery_id)
+        .fetch_all(self.db.reader())
+        .await?;
         Ok(rows.into_iter().map(Attempt::from).collect())
     }
 
@@ -230,15 +233,15 @@ impl Store {
 
     /// Closes attempts whose lease lapsed (a crashed or stopped process) as `interrupted`, and
     /// requeues or fails their deliveries (`after_interruption` within the run's budget, with
-    /// `retries` configured retries; the stop rule when the endpoint stopped meanwhile). Returns
-    /// how many were closed.
+    /// the endpoint's own retry schedule, else the server's `retries`; the stop rule when the
+    /// endpoint stopped meanwhile). Returns how many were closed.
     pub async fn reap_expired_leases(&self, retries: usize) -> Result<u64, StoreError> {
         let operations = self.operations();
         let mut tx = self.db.begin_for(Commit::Bookkeeping).await?;
         let now = tx.now().await?;
         let statement = format!(
             r#"select d.id, d.status, d.run_attempts, d.max_attempts, d.bypass, e.enabled,
-                e.deleted_at is not null as deleted
+                e.deleted_at is not null as deleted, e.delivery_policy
             from deliveries d
             join endpoints e on e.id = d.endpoint_id
             where d.lease_until is not null and d.lease_until < $1
@@ -263,7 +266,9 @@ impl Store {
                     .await?;
                 continue;
             }
-            let outcome = after_interruption(row.run_attempts, run_budget(row.max_attempts, retries));
+            let policy = DeliveryPolicy::from_stored(row.delivery_policy.as_deref()).map_err(corrupt)?;
+            let outcome =
+                after_interruption(row.run_attempts, run_budget(row.max_attempts, policy.retries(retries)));
             let (status, last_error) =
                 match after_attempt_on(Stopped::of(row.enabled, row.deleted), row.bypass, &outcome) {
                     Some(reason) => (DeliveryStatus::Failed, reason),

@@ -100,6 +100,7 @@ pub(crate) struct EndpointRow {
     fifo: bool,
     max_in_flight: i32,
     rate_limit_per_second: Option<i32>,
+    delivery_policy: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
@@ -122,6 +123,8 @@ impl TryFrom<EndpointRow> for Endpoint {
             fifo: row.fifo,
             max_in_flight: row.max_in_flight,
             rate_limit_per_second: row.rate_limit_per_second,
+            delivery: crate::domain::policy::DeliveryPolicy::from_stored(row.delivery_policy.as_deref())
+                .map_err(corrupt)?,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -213,6 +216,7 @@ pub(crate) struct AttemptRow {
     error_kind: Option<String>,
     error: Option<String>,
     response_body: Option<String>,
+    timeout_ms: Option<i64>,
 }
 
 impl From<AttemptRow> for Attempt {
@@ -226,6 +230,7 @@ impl From<AttemptRow> for Attempt {
             error_kind: row.error_kind,
             error: row.error,
             response_body: row.response_body,
+            timeout_ms: row.timeout_ms,
         }
     }
 }
@@ -252,6 +257,8 @@ pub(crate) struct CandidateRow {
     pub(crate) secret: String,
     pub(crate) previous_secret: Option<String>,
     pub(crate) previous_secret_expires_at: Option<i64>,
+    /// The endpoint's own delivery policy, stored form.
+    pub(crate) delivery_policy: Option<String>,
     /// Attempts in flight now (leases not lapsed), across every process.
     pub(crate) in_flight: i64,
 }
@@ -346,6 +353,7 @@ pub(crate) struct ExpiredRow {
     pub(crate) bypass: bool,
     pub(crate) enabled: bool,
     pub(crate) deleted: bool,
+    pub(crate) delivery_policy: Option<String>,
 }
 
 /// What a replay needs to know about a delivery.

@@ -19,6 +19,7 @@ mod maintenance;
 mod observability;
 mod ops;
 mod pagination;
+mod policy;
 mod properties;
 mod receiver;
 mod replay;

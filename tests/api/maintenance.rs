@@ -44,6 +44,7 @@ async fn deliver_all(store: &Store) -> usize {
             error: None,
             response_body: None,
             outcome: Outcome::Delivered,
+            timeout_ms: None,
             last_error: None,
         })
         .collect();

@@ -168,6 +168,7 @@ async fn stats_windows_leave_out_attempts_older_than_the_window() {
             error: (i == 0).then(|| "HTTP 500".to_owned()),
             response_body: None,
             outcome: if i == 0 { Outcome::GiveUp { disable_endpoint: false } } else { Outcome::Delivered },
+            timeout_ms: None,
             last_error: (i == 0).then(|| "HTTP 500".to_owned()),
         })
         .collect();

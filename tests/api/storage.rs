@@ -74,6 +74,7 @@ fn endpoint(tenant_id: &str) -> Endpoint {
         fifo: false,
         max_in_flight: 10,
         rate_limit_per_second: Some(100),
+        delivery: Default::default(),
         created_at: now,
         updated_at: now,
     }
