@@ -125,10 +125,10 @@ pub struct DeliveryConfig {
     pub poll_interval: Duration,
     /// Longest attempt timeout an endpoint may ask for; at most `lease` − 5s (default: 25s, or
     /// `lease` − 5s when that is shorter).
-    #[serde(deserialize_with = "opt_duration")]
+    #[serde(deserialize_with = "opt_duration", serialize_with = "opt_duration_text")]
     pub timeout_max: Option<Duration>,
     /// Shortest retry delay an endpoint's own schedule may list (`1s`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub retry_min: Duration,
 }
 

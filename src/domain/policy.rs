@@ -81,7 +81,7 @@ impl DeliveryPolicy {
             && !(TIMEOUT_MIN..=server.timeout_max).contains(&timeout)
         {
             invalid.push(
-                &format!("{field}.timeout"),
+                format!("{field}.timeout"),
                 format!("must be between 1s and {} (`[delivery] timeout_max`)", text(server.timeout_max)),
             );
         }
@@ -95,7 +95,7 @@ impl DeliveryPolicy {
             for (i, delay) in schedule.iter().enumerate() {
                 if !(server.retry_min..=RETRY_MAX).contains(delay) {
                     invalid.push(
-                        &format!("{field}.retry_schedule[{i}]"),
+                        format!("{field}.retry_schedule[{i}]"),
                         format!(
                             "must be between {} (`[delivery] retry_min`) and 24h",
                             text(server.retry_min)

@@ -356,7 +356,9 @@ fn the_default_delivery_settings_are_the_documented_ones() {
     assert_eq!(delivery.max_in_flight_per_endpoint, 10);
     assert_eq!(delivery.retry_after_max, Duration::from_secs(3600));
     assert!(!delivery.retry_client_errors);
-    assert_eq!(delivery.grace(), Duration::from_secs(15));
+    assert_eq!(delivery.timeout_max(), Duration::from_secs(25), "endpoints may ask for up to 25 s");
+    assert_eq!(delivery.retry_min, Duration::from_secs(1));
+    assert_eq!(delivery.grace(), Duration::from_secs(30), "the longest attempt + 5 s");
 }
 
 #[tokio::test]
