@@ -5,6 +5,7 @@ pub mod delivery;
 pub mod endpoint;
 pub mod event;
 pub mod event_type;
+pub mod filter;
 pub mod id;
 pub mod net;
 pub mod operational;
