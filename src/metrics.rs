@@ -13,6 +13,8 @@ use crate::storage::Store;
 pub const EVENTS_INGESTED: &str = "herald_events_ingested_total";
 /// Delivery rows created at ingest.
 pub const DELIVERIES_CREATED: &str = "herald_deliveries_created_total";
+/// Deliveries not made because the endpoint's payload filter did not match the event.
+pub const DELIVERIES_FILTERED: &str = "herald_deliveries_filtered_total";
 /// Attempts, by `outcome` (`success`, `http_error`, `timeout`, `connect_error`, `other`).
 pub const ATTEMPTS: &str = "herald_delivery_attempts_total";
 /// Attempt duration histogram, seconds.
@@ -71,6 +73,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 fn describe() {
     metrics::describe_counter!(EVENTS_INGESTED, "Events accepted, by event type.");
     metrics::describe_counter!(DELIVERIES_CREATED, "Delivery rows created at ingest.");
+    metrics::describe_counter!(
+        DELIVERIES_FILTERED,
+        "Deliveries not made at ingest because the endpoint's payload filter did not match."
+    );
     metrics::describe_counter!(ATTEMPTS, "Delivery attempts, by outcome.");
     metrics::describe_histogram!(ATTEMPT_DURATION, metrics::Unit::Seconds, "Delivery attempt duration.");
     metrics::describe_counter!(DELIVERIES_COMPLETED, "Deliveries that reached a final state, by result.");
@@ -115,7 +121,9 @@ fn describe() {
     for result in ["delivered", "failed"] {
         metrics::counter!(DELIVERIES_COMPLETED, "result" => result).absolute(0);
     }
-    for counter in [DELIVERIES_CREATED, ENDPOINTS_DISABLED_TOTAL, STALE_RESULTS, AUTH_FAILURES] {
+    for counter in
+        [DELIVERIES_CREATED, DELIVERIES_FILTERED, ENDPOINTS_DISABLED_TOTAL, STALE_RESULTS, AUTH_FAILURES]
+    {
         metrics::counter!(counter).absolute(0);
     }
 }

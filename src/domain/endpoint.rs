@@ -65,6 +65,8 @@ pub struct Endpoint {
     pub rate_limit_per_second: Option<i32>,
     /// Its own timeout and retry rules; unset members inherit the server's.
     pub delivery: crate::domain::policy::DeliveryPolicy,
+    /// Payload filter (`domain::filter`), as written; `None` = every event of its types.
+    pub filter: Option<serde_json::Value>,
     /// Unix µs.
     pub created_at: i64,
     /// Unix µs.

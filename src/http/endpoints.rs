@@ -9,6 +9,7 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -20,6 +21,7 @@ use crate::domain::endpoint::{
     validate_headers, validate_secret, validate_url,
 };
 use crate::domain::event_type::Pattern;
+use crate::domain::filter::Filter;
 use crate::domain::id::{IdKind, new_id};
 use crate::domain::policy::{DeliveryPolicy, text as duration_text};
 use crate::domain::tenant::Tenant;
@@ -41,6 +43,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/tenants/{tenant}/endpoints/{ep}/disable", post(disable_endpoint))
         .route("/v1/tenants/{tenant}/endpoints/{ep}/test", post(test_endpoint))
         .route("/v1/tenants/{tenant}/endpoints/{ep}/recover", post(recover_endpoint))
+        .route("/v1/tenants/{tenant}/endpoints/{ep}/filter/test", post(test_filter))
 }
 
 /// Body of `POST /v1/tenants/{tenant}/endpoints`.
@@ -78,6 +81,10 @@ pub struct EndpointIn {
     pub secret: Option<String>,
     /// This endpoint's own timeout and retry rules; absent or `null` = the server's.
     pub delivery: Option<DeliveryPolicyIn>,
+    /// Payload filter: only events whose envelope matches get a delivery; absent or `null` = all
+    /// events of its types. See the filter dialect in the delivery docs.
+    #[schema(value_type = Option<Object>, example = json!({"data.customer.tier": {"$in": ["gold", "platinum"]}}))]
+    pub filter: Option<Value>,
 }
 
 /// `delivery` on an endpoint: each member absent or `null` inherits the server's `[delivery]`
@@ -204,6 +211,10 @@ pub struct EndpointPatch {
     #[serde(default, deserialize_with = "super::double_option")]
     #[schema(value_type = Option<DeliveryPolicyIn>)]
     pub delivery: Option<Option<DeliveryPolicyIn>>,
+    /// New payload filter, for events accepted afterwards; `null` removes it.
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Option<Value>>,
 }
 
 /// An endpoint. Custom header values are masked.
@@ -235,6 +246,9 @@ pub struct EndpointOut {
     pub rate_limit_per_second: Option<i32>,
     /// Its own timeout and retry rules, and those in force.
     pub delivery: DeliveryPolicyOut,
+    /// Payload filter; `null` = every event of its types.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
@@ -246,6 +260,7 @@ impl EndpointOut {
     pub(crate) fn new(e: Endpoint, state: &AppState) -> Self {
         EndpointOut {
             delivery: DeliveryPolicyOut::new(&e.delivery, &state.config.delivery.policy_server()),
+            filter: e.filter,
             id: e.id,
             tenant_id: e.tenant_id,
             url: e.url,
@@ -347,6 +362,11 @@ async fn validate(
         check_text(invalid, "disabled_reason", reason, 500);
     }
     endpoint.delivery.check(&state.config.delivery.policy_server(), "delivery", invalid);
+    if let Some(filter) = &endpoint.filter
+        && let Err(error) = Filter::compile(filter)
+    {
+        invalid.push(format!("filter{}", error.pointer), error.message);
+    }
     Ok(())
 }
 
@@ -378,6 +398,7 @@ pub async fn create_endpoint(
         max_in_flight: body.max_in_flight.unwrap_or(state.config.delivery.max_in_flight_per_endpoint),
         rate_limit_per_second: body.rate_limit_per_second,
         delivery: DeliveryPolicy::default(),
+        filter: body.filter.filter(|f| !f.is_null()),
         created_at: now,
         updated_at: now,
     };
@@ -469,6 +490,9 @@ pub async fn update_endpoint(
         Some(Some(delivery)) => delivery.apply(&mut endpoint.delivery, &mut invalid),
         Some(None) => endpoint.delivery = DeliveryPolicy::default(),
         None => {}
+    }
+    if let Some(filter) = patch.filter {
+        endpoint.filter = filter.filter(|f| !f.is_null());
     }
     match patch.enabled {
         Some(true) => {
@@ -751,4 +775,62 @@ pub async fn recover_endpoint(
         state.wakeup.notify_one();
     }
     Ok((StatusCode::ACCEPTED, Json(RecoverOut { requeued })))
+}
+
+/// Body of `POST …/filter/test`: a filter (absent = the endpoint's own) and either an event
+/// type with its `data`, or a stored event's id.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterTestIn {
+    /// The filter to try; absent = the endpoint's own (no filter matches everything).
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// Event type of a trial event (with `data`).
+    pub event: Option<String>,
+    /// `data` of a trial event (with `event`).
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+    /// A stored event (`evt_…`) to try instead.
+    pub event_id: Option<String>,
+}
+
+/// Whether a filter matches an event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FilterTestOut {
+    /// The event would get a delivery (as far as the filter decides).
+    pub matched: bool,
+}
+
+/// Try a payload filter against an event, before or after setting it.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/filter/test", tag = "endpoints", request_body = FilterTestIn,
+    params(EndpointPath),
+    responses((status = 200, description = "Whether the filter matches the event", body = FilterTestOut), ErrorResponses))]
+pub async fn test_filter(
+    TenantScope { state, tenant, .. }: TenantScope,
+    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
+    ApiJson(body): ApiJson<FilterTestIn>,
+) -> Result<Json<FilterTestOut>, ApiError> {
+    let endpoint = load(&state, &tenant.id, &ep).await?;
+    let filter = match body.filter.or(endpoint.filter).filter(|f| !f.is_null()) {
+        None => return Ok(Json(FilterTestOut { matched: true })),
+        Some(filter) => Filter::compile(&filter)
+            .map_err(|error| ApiError::invalid(&format!("filter{}", error.pointer), error.message))?,
+    };
+    let envelope: Value = match (body.event, body.data, body.event_id) {
+        (Some(event), Some(data), None) => serde_json::json!({
+            "id": "evt_test",
+            "event": event,
+            "timestamp": format_micros(now_micros()),
+            "data": data,
+        }),
+        (None, None, Some(id)) => {
+            let stored = state.store.get_event(&tenant.id, &id).await.or_not_found("event", &id)?;
+            let Some(payload) = stored.payload else {
+                return Err(ApiError::Conflict(format!("event `{id}`'s payload was removed by retention")));
+            };
+            serde_json::from_str(&payload).map_err(|e| ApiError::Internal(e.into()))?
+        }
+        _ => return Err(ApiError::invalid("body", "give either `event` and `data`, or `event_id`")),
+    };
+    Ok(Json(FilterTestOut { matched: filter.matches(&envelope) }))
 }

@@ -284,6 +284,7 @@ impl Modify for BearerAuth {
         endpoints::disable_endpoint,
         endpoints::test_endpoint,
         endpoints::recover_endpoint,
+        endpoints::test_filter,
         events::create_event,
         events::create_events_batch,
         events::list_events,

@@ -27,10 +27,10 @@ impl Store {
         let inserted = sql(r#"insert into endpoints (
                 id, tenant_id, url, description, event_types, headers, enabled,
                 disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
-                delivery_policy, secret, created_at, updated_at
+                delivery_policy, filter, secret, created_at, updated_at
             )
-            select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16
-            where (select count(*) from endpoints where tenant_id = $2 and deleted_at is null) < $17"#)
+            select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17
+            where (select count(*) from endpoints where tenant_id = $2 and deleted_at is null) < $18"#)
         .bind(&endpoint.id)
         .bind(&endpoint.tenant_id);
         let inserted = self
@@ -49,7 +49,7 @@ impl Store {
     pub async fn get_endpoint(&self, tenant_id: &str, id: &str) -> Result<Endpoint, StoreError> {
         let row: EndpointRow = sql(r#"select id, tenant_id, url, description, event_types, headers, enabled,
                 disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
-                delivery_policy, created_at, updated_at
+                delivery_policy, filter, created_at, updated_at
             from endpoints
             where tenant_id = $1 and id = $2 and deleted_at is null"#)
         .bind(tenant_id)
@@ -68,7 +68,7 @@ impl Store {
         let rows: Vec<EndpointRow> =
             sql(r#"select id, tenant_id, url, description, event_types, headers, enabled,
                 disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
-                delivery_policy, created_at, updated_at
+                delivery_policy, filter, created_at, updated_at
             from endpoints
             where tenant_id = $1
               and deleted_at is null
@@ -98,7 +98,7 @@ impl Store {
         let update = sql(r#"update endpoints
             set url = $3, description = $4, event_types = $5, headers = $6, enabled = $7,
                 disabled_reason = $8, disabled_at = $9, fifo = $10, max_in_flight = $11,
-                rate_limit_per_second = $12, delivery_policy = $13, updated_at = $14,
+                rate_limit_per_second = $12, delivery_policy = $13, filter = $14, updated_at = $15,
                 failing_since = case when $7 and not enabled then null else failing_since end
             where tenant_id = $1 and id = $2 and deleted_at is null"#)
         .bind(&endpoint.tenant_id)
@@ -202,9 +202,9 @@ impl Store {
     }
 
     /// Secrets read from the store, decrypted.
-    /// Binds `$3`…`$13`, the fields a create and an edit both write: url, description, event
+    /// Binds `$3`…`$14`, the fields a create and an edit both write: url, description, event
     /// types, headers (sealed), enabled, disabled reason and time, FIFO, in-flight cap, rate
-    /// limit, delivery policy.
+    /// limit, delivery policy, filter.
     fn bind_editable<'a>(&self, statement: Sql<'a>, endpoint: &'a Endpoint) -> Sql<'a> {
         statement
             .bind(&endpoint.url)
@@ -218,6 +218,7 @@ impl Store {
             .bind(endpoint.max_in_flight)
             .bind(endpoint.rate_limit_per_second)
             .bind(endpoint.delivery.to_stored())
+            .bind(endpoint.filter.as_ref().map(serde_json::Value::to_string))
     }
 
     pub(super) fn open_secrets(&self, secrets: Secrets) -> Result<Secrets, StoreError> {

@@ -10,6 +10,44 @@ use crate::domain::delivery::{DeliveryStatus, Stopped};
 /// backends' bind limits).
 const INSERT_CHUNK: usize = 1000;
 
+/// What an endpoint subscribes to, parsed: its event type patterns and compiled filter.
+struct Subscription {
+    patterns: Vec<String>,
+    filter: Option<crate::domain::filter::Filter>,
+}
+
+/// Subscriptions parsed once per endpoint version and shared by every ingest of this process:
+/// keyed by endpoint id and `updated_at`, so an edit is never served stale, and emptied when it
+/// grows past `SUBSCRIPTIONS_MAX` entries (old versions are never looked up again).
+/// Parsed subscriptions by endpoint id, each with the `updated_at` it was parsed from.
+type SubscriptionCache = std::sync::Mutex<std::collections::HashMap<String, (i64, Arc<Subscription>)>>;
+static SUBSCRIPTIONS: std::sync::LazyLock<SubscriptionCache> = std::sync::LazyLock::new(Default::default);
+const SUBSCRIPTIONS_MAX: usize = 100_000;
+
+fn subscription(row: &FanoutRow) -> Result<Arc<Subscription>, StoreError> {
+    if let Some((at, known)) =
+        SUBSCRIPTIONS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&row.id)
+        && *at == row.updated_at
+    {
+        return Ok(known.clone());
+    }
+    let patterns: Vec<String> = serde_json::from_str(&row.event_types).map_err(corrupt)?;
+    let filter = match &row.filter {
+        None => None,
+        Some(text) => {
+            let value: serde_json::Value = serde_json::from_str(text).map_err(corrupt)?;
+            Some(crate::domain::filter::Filter::compile(&value).map_err(|e| corrupt(e.message))?)
+        }
+    };
+    let parsed = Arc::new(Subscription { patterns, filter });
+    let mut cache = SUBSCRIPTIONS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if cache.len() >= SUBSCRIPTIONS_MAX {
+        cache.clear();
+    }
+    cache.insert(row.id.clone(), (row.updated_at, parsed.clone()));
+    Ok(parsed)
+}
+
 impl Store {
     /// Writes events and their fan-out (one delivery per matching endpoint) in one transaction.
     pub async fn ingest(
@@ -100,22 +138,37 @@ impl Store {
                 Some(endpoint_id) => vec![(endpoint_id.clone(), true, false, true)],
                 None => {
                     if !fanout.contains_key(&event.tenant_id) {
-                        let rows: Vec<FanoutRow> = sql(r#"select id, event_types, enabled, fifo
+                        let rows: Vec<FanoutRow> =
+                            sql(r#"select id, event_types, filter, enabled, fifo, updated_at
                             from endpoints
                             where tenant_id = $1 and deleted_at is null
                             order by id"#)
-                        .bind(&event.tenant_id)
-                        .fetch_all(&mut *tx)
-                        .await?;
+                            .bind(&event.tenant_id)
+                            .fetch_all(&mut *tx)
+                            .await?;
                         fanout.insert(event.tenant_id.clone(), rows);
                     }
                     let mut targets = Vec::new();
+                    // The envelope, parsed once for this event when a filter needs it.
+                    let mut envelope: Option<serde_json::Value> = None;
                     for row in fanout.get(&event.tenant_id).map(Vec::as_slice).unwrap_or_default() {
-                        let patterns: Vec<String> =
-                            serde_json::from_str(&row.event_types).map_err(corrupt)?;
-                        if crate::domain::event_type::subscribed(&patterns, &event.event_type) {
-                            targets.push((row.id.clone(), row.enabled, row.fifo, false));
+                        let subscription = subscription(row)?;
+                        if !crate::domain::event_type::subscribed(&subscription.patterns, &event.event_type) {
+                            continue;
                         }
+                        if let Some(filter) = &subscription.filter {
+                            let envelope = match &mut envelope {
+                                Some(parsed) => parsed,
+                                None => {
+                                    envelope.insert(serde_json::from_str(&event.payload).map_err(corrupt)?)
+                                }
+                            };
+                            if !filter.matches(envelope) {
+                                metrics::counter!(crate::metrics::DELIVERIES_FILTERED).increment(1);
+                                continue;
+                            }
+                        }
+                        targets.push((row.id.clone(), row.enabled, row.fifo, false));
                     }
                     targets
                 }

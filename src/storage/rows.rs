@@ -101,6 +101,7 @@ pub(crate) struct EndpointRow {
     max_in_flight: i32,
     rate_limit_per_second: Option<i32>,
     delivery_policy: Option<String>,
+    filter: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
@@ -125,6 +126,7 @@ impl TryFrom<EndpointRow> for Endpoint {
             rate_limit_per_second: row.rate_limit_per_second,
             delivery: crate::domain::policy::DeliveryPolicy::from_stored(row.delivery_policy.as_deref())
                 .map_err(corrupt)?,
+            filter: row.filter.as_deref().map(serde_json::from_str).transpose().map_err(corrupt)?,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -240,8 +242,10 @@ impl From<AttemptRow> for Attempt {
 pub(crate) struct FanoutRow {
     pub(crate) id: String,
     pub(crate) event_types: String,
+    pub(crate) filter: Option<String>,
     pub(crate) enabled: bool,
     pub(crate) fifo: bool,
+    pub(crate) updated_at: i64,
 }
 
 /// An endpoint with deliveries that may be claimable, and what sending to it needs.

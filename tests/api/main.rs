@@ -12,6 +12,7 @@ mod docs;
 mod endpoints;
 mod errors;
 mod event_types;
+mod filters;
 mod helpers;
 mod ingest;
 mod interop;

@@ -75,6 +75,7 @@ fn endpoint(tenant_id: &str) -> Endpoint {
         max_in_flight: 10,
         rate_limit_per_second: Some(100),
         delivery: Default::default(),
+        filter: None,
         created_at: now,
         updated_at: now,
     }
