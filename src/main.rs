@@ -59,7 +59,8 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: std::net::SocketAddr,
-        /// Verify signatures with this endpoint secret (`whsec_…`).
+        /// Verify signatures with this endpoint secret (`whsec_…`), or for an ed25519 endpoint its
+        /// public key (`whpk_…`).
         #[arg(long)]
         secret: Option<String>,
         /// Share of requests answered 500, 0.0–1.0.

@@ -10,7 +10,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGE
 use super::net_guard::{Guard, GuardedResolver};
 use crate::config::Config;
 use crate::domain::retry::{AttemptResult, ErrorKind, parse_retry_after};
-use crate::domain::signing::{hex_signature, secret_key, signature_header};
+use crate::domain::signing::{Scheme, hex_signature, signature_header};
 use crate::storage::Claimed;
 
 /// Most response body bytes kept.
@@ -70,13 +70,13 @@ impl Sender {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, self.user_agent.clone());
         let secrets = &claimed.secrets;
-        let mut keys = vec![secret_key(&secrets.current)];
+        let mut active = vec![secrets.current.as_str()];
         if let (Some(previous), Some(expires)) = (&secrets.previous, secrets.previous_expires_at)
             && expires > now_micros
         {
-            keys.push(secret_key(previous));
+            active.push(previous);
         }
-        let signature = signature_header(&keys, &claimed.event_id, unix_seconds, body);
+        let signature = signature_header(&active, &claimed.event_id, unix_seconds, body);
         for (name, value) in [
             ("webhook-id", claimed.event_id.clone()),
             ("webhook-timestamp", unix_seconds.to_string()),
@@ -86,8 +86,11 @@ impl Sender {
                 headers.insert(HeaderName::from_static(name), value);
             }
         }
+        // The hex header is HMAC only: the current secret, or after a switch to ed25519 the
+        // previous HMAC secret while its grace lasts.
         if let Some((name, prefix)) = &self.hex_header
-            && let Ok(value) = HeaderValue::from_str(&hex_signature(&secrets.current, body, prefix))
+            && let Some(hmac) = active.iter().find(|s| Scheme::of(s) == Scheme::HmacSha256)
+            && let Ok(value) = HeaderValue::from_str(&hex_signature(hmac, body, prefix))
         {
             headers.insert(name.clone(), value);
         }

@@ -67,6 +67,8 @@ pub struct Endpoint {
     pub delivery: crate::domain::policy::DeliveryPolicy,
     /// Payload filter (`domain::filter`), as written; `None` = every event of its types.
     pub filter: Option<serde_json::Value>,
+    /// How its requests are signed (the scheme of its current key).
+    pub signature_scheme: crate::domain::signing::Scheme,
     /// Unix µs.
     pub created_at: i64,
     /// Unix µs.

@@ -24,6 +24,7 @@ use crate::domain::event_type::Pattern;
 use crate::domain::filter::Filter;
 use crate::domain::id::{IdKind, new_id};
 use crate::domain::policy::{DeliveryPolicy, text as duration_text};
+use crate::domain::signing::{Scheme, generate_signing_key, parse_signing_key, public_key};
 use crate::domain::tenant::Tenant;
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::{Invalid, check_text};
@@ -76,9 +77,14 @@ pub struct EndpointIn {
     /// Optional cap on requests per second, 1–100000.
     #[schema(minimum = 1, maximum = 100000)]
     pub rate_limit_per_second: Option<i32>,
-    /// Your own `whsec_…` secret (base64 of 24–64 bytes); generated when absent.
-    #[schema(pattern = "^whsec_[A-Za-z0-9+/]+={0,2}$")]
+    /// Your own secret, generated when absent: a `whsec_…` secret (base64 of 24–64 bytes) for
+    /// `hmac-sha256`, a `whsk_…` ed25519 key (base64 of the 32-byte seed, or of seed ‖ public key)
+    /// for `ed25519`.
     pub secret: Option<String>,
+    /// `hmac-sha256` (default: `v1` signatures with a shared `whsec_` secret) or `ed25519` (`v1a`
+    /// signatures; receivers verify with the `public_key`, the signing key is never shown).
+    #[schema(pattern = "^(hmac-sha256|ed25519)$")]
+    pub signature_scheme: Option<String>,
     /// This endpoint's own timeout and retry rules; absent or `null` = the server's.
     pub delivery: Option<DeliveryPolicyIn>,
     /// Payload filter: only events whose envelope matches get a delivery; absent or `null` = all
@@ -249,6 +255,8 @@ pub struct EndpointOut {
     /// Payload filter; `null` = every event of its types.
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
+    /// `hmac-sha256` or `ed25519`.
+    pub signature_scheme: String,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
@@ -260,6 +268,7 @@ impl EndpointOut {
     pub(crate) fn new(e: Endpoint, state: &AppState) -> Self {
         EndpointOut {
             delivery: DeliveryPolicyOut::new(&e.delivery, &state.config.delivery.policy_server()),
+            signature_scheme: e.signature_scheme.as_str().to_owned(),
             filter: e.filter,
             id: e.id,
             tenant_id: e.tenant_id,
@@ -285,8 +294,49 @@ pub struct EndpointCreatedOut {
     #[serde(flatten)]
     /// The endpoint.
     pub endpoint: EndpointOut,
-    /// The signing secret, `whsec_…`.
-    pub secret: String,
+    /// The signing secret, `whsec_…`; `null` for `ed25519` (Herald keeps the signing key).
+    pub secret: Option<String>,
+    /// For `ed25519`: the `whpk_…` public key receivers verify with; `null` for `hmac-sha256`.
+    pub public_key: Option<String>,
+}
+
+/// What a receiver needs to verify: the HMAC secret, or the ed25519 public key (never the
+/// signing key).
+fn shown_keys(secret: &str) -> (Option<String>, Option<String>) {
+    match Scheme::of(secret) {
+        Scheme::HmacSha256 => (Some(secret.to_owned()), None),
+        Scheme::Ed25519 => (None, public_key(secret)),
+    }
+}
+
+/// Checks an imported secret against the scheme it is for.
+fn check_imported(scheme: Scheme, secret: &str, invalid: &mut Invalid) {
+    let checked = match scheme {
+        Scheme::HmacSha256 => validate_secret(secret),
+        Scheme::Ed25519 => parse_signing_key(secret).map(|_| ()),
+    };
+    if let Err(why) = checked {
+        invalid.push("secret", why);
+    }
+}
+
+/// A new key for `scheme`.
+fn generate_key(scheme: Scheme) -> String {
+    match scheme {
+        Scheme::HmacSha256 => generate_secret(),
+        Scheme::Ed25519 => generate_signing_key(),
+    }
+}
+
+/// Reads `signature_scheme` (absent = `default`).
+fn scheme_field(text: Option<&str>, default: Scheme, invalid: &mut Invalid) -> Scheme {
+    match text {
+        None => default,
+        Some(text) => Scheme::parse(text).unwrap_or_else(|| {
+            invalid.push("signature_scheme", "must be `hmac-sha256` or `ed25519`");
+            default
+        }),
+    }
 }
 
 /// A page of endpoints.
@@ -301,8 +351,12 @@ pub struct EndpointList {
 /// The endpoint's signing secret.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SecretOut {
-    /// Current secret, `whsec_…`.
-    pub secret: String,
+    /// Current secret, `whsec_…`; `null` for `ed25519` (the signing key is never shown).
+    pub secret: Option<String>,
+    /// For `ed25519`: the current `whpk_…` public key.
+    pub public_key: Option<String>,
+    /// `hmac-sha256` or `ed25519`.
+    pub signature_scheme: String,
     /// While a rotation's grace period lasts, when the previous secret stops signing.
     pub previous_secret_expires_at: Option<String>,
 }
@@ -399,29 +453,29 @@ pub async fn create_endpoint(
         rate_limit_per_second: body.rate_limit_per_second,
         delivery: DeliveryPolicy::default(),
         filter: body.filter.filter(|f| !f.is_null()),
+        signature_scheme: Scheme::HmacSha256,
         created_at: now,
         updated_at: now,
     };
     let mut invalid = Invalid::default();
+    endpoint.signature_scheme =
+        scheme_field(body.signature_scheme.as_deref(), Scheme::HmacSha256, &mut invalid);
     if let Some(delivery) = body.delivery {
         delivery.apply(&mut endpoint.delivery, &mut invalid);
     }
     validate(&state, &mut invalid, &mut endpoint, true).await?;
-    if let Some(secret) = &body.secret
-        && let Err(why) = validate_secret(secret)
-    {
-        invalid.push("secret", why);
+    if let Some(secret) = &body.secret {
+        check_imported(endpoint.signature_scheme, secret, &mut invalid);
     }
     invalid.into_result().map_err(ApiError::Invalid)?;
     let limit = state.config.api.max_endpoints_per_tenant;
-    let secret = body.secret.unwrap_or_else(generate_secret);
+    let secret = body.secret.unwrap_or_else(|| generate_key(endpoint.signature_scheme));
     if !state.store.insert_endpoint(&endpoint, &secret, limit).await? {
         return Err(ApiError::Conflict(format!("this tenant already has the maximum of {limit} endpoints")));
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(EndpointCreatedOut { endpoint: EndpointOut::new(endpoint, &state), secret }),
-    ))
+    let (secret, public_key) = shown_keys(&secret);
+    let endpoint = EndpointOut::new(endpoint, &state);
+    Ok((StatusCode::CREATED, Json(EndpointCreatedOut { endpoint, secret, public_key })))
 }
 
 /// List a tenant's endpoints, newest first.
@@ -545,8 +599,11 @@ pub async fn get_endpoint_secret(
 ) -> Result<Json<SecretOut>, ApiError> {
     let secrets = state.store.get_secrets(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
     let now = now_micros();
+    let (secret, public_key) = shown_keys(&secrets.current);
     Ok(Json(SecretOut {
-        secret: secrets.current,
+        secret,
+        public_key,
+        signature_scheme: Scheme::of(&secrets.current).as_str().to_owned(),
         previous_secret_expires_at: secrets.previous_expires_at.filter(|at| *at > now).map(format_micros),
     }))
 }
@@ -558,16 +615,21 @@ pub struct RotateIn {
     /// How long the old secret keeps signing, 0–604800 seconds (default 86400).
     #[schema(minimum = 0, maximum = 604800)]
     pub grace_period_seconds: Option<i64>,
-    /// Your own new `whsec_…` secret; generated when absent.
-    #[schema(pattern = "^whsec_[A-Za-z0-9+/]+={0,2}$")]
+    /// Your own new secret (`whsec_…`, or `whsk_…` for ed25519); generated when absent.
     pub secret: Option<String>,
+    /// Switch scheme with the rotation (`hmac-sha256` or `ed25519`; default: keep the current
+    /// one). During the grace both keys sign, each entry with its own prefix.
+    #[schema(pattern = "^(hmac-sha256|ed25519)$")]
+    pub signature_scheme: Option<String>,
 }
 
 /// The new secret after a rotation.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RotatedOut {
-    /// The new current secret.
-    pub secret: String,
+    /// The new current secret; `null` for `ed25519`.
+    pub secret: Option<String>,
+    /// For `ed25519`: the new `whpk_…` public key.
+    pub public_key: Option<String>,
     /// When the previous secret stops signing (`null` with a grace period of 0).
     pub previous_secret_expires_at: Option<String>,
 }
@@ -596,17 +658,21 @@ pub async fn rotate_endpoint_secret(
     if !(0..=604_800).contains(&grace) {
         invalid.push("grace_period_seconds", "must be between 0 and 604800");
     }
-    if let Some(secret) = &input.secret
-        && let Err(why) = validate_secret(secret)
-    {
-        invalid.push("secret", why);
+    let endpoint = load(&state, &tenant.id, &ep).await?;
+    let scheme = scheme_field(input.signature_scheme.as_deref(), endpoint.signature_scheme, &mut invalid);
+    if let Some(secret) = &input.secret {
+        check_imported(scheme, secret, &mut invalid);
     }
     invalid.into_result().map_err(ApiError::Invalid)?;
-    load(&state, &tenant.id, &ep).await?;
-    let secret = input.secret.unwrap_or_else(generate_secret);
+    let secret = input.secret.unwrap_or_else(|| generate_key(scheme));
     let expires = now_micros() + grace * 1_000_000;
     state.store.rotate_secret(&tenant.id, &ep, &secret, expires).await.or_not_found("endpoint", &ep)?;
-    Ok(Json(RotatedOut { secret, previous_secret_expires_at: (grace > 0).then(|| format_micros(expires)) }))
+    let (secret, public_key) = shown_keys(&secret);
+    Ok(Json(RotatedOut {
+        secret,
+        public_key,
+        previous_secret_expires_at: (grace > 0).then(|| format_micros(expires)),
+    }))
 }
 
 /// End a rotation's grace period now: only the current secret signs from the next attempt on.

@@ -27,9 +27,9 @@ impl Store {
         let inserted = sql(r#"insert into endpoints (
                 id, tenant_id, url, description, event_types, headers, enabled,
                 disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
-                delivery_policy, filter, secret, created_at, updated_at
+                delivery_policy, filter, secret, created_at, updated_at, signature_scheme
             )
-            select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17
+            select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $19
             where (select count(*) from endpoints where tenant_id = $2 and deleted_at is null) < $18"#)
         .bind(&endpoint.id)
         .bind(&endpoint.tenant_id);
@@ -39,6 +39,7 @@ impl Store {
             .bind(endpoint.created_at)
             .bind(endpoint.updated_at)
             .bind(max_per_tenant)
+            .bind(crate::domain::signing::Scheme::of(secret).as_str())
             .execute(&mut tx)
             .await?;
         tx.commit().await?;
@@ -49,7 +50,7 @@ impl Store {
     pub async fn get_endpoint(&self, tenant_id: &str, id: &str) -> Result<Endpoint, StoreError> {
         let row: EndpointRow = sql(r#"select id, tenant_id, url, description, event_types, headers, enabled,
                 disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
-                delivery_policy, filter, created_at, updated_at
+                delivery_policy, filter, signature_scheme, created_at, updated_at
             from endpoints
             where tenant_id = $1 and id = $2 and deleted_at is null"#)
         .bind(tenant_id)
@@ -68,7 +69,7 @@ impl Store {
         let rows: Vec<EndpointRow> =
             sql(r#"select id, tenant_id, url, description, event_types, headers, enabled,
                 disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
-                delivery_policy, filter, created_at, updated_at
+                delivery_policy, filter, signature_scheme, created_at, updated_at
             from endpoints
             where tenant_id = $1
               and deleted_at is null
@@ -163,12 +164,14 @@ impl Store {
         previous_expires_at: i64,
     ) -> Result<(), StoreError> {
         sql(r#"update endpoints
-            set previous_secret = secret, previous_secret_expires_at = $4, secret = $3
+            set previous_secret = secret, previous_secret_expires_at = $4, secret = $3,
+                signature_scheme = $5
             where tenant_id = $1 and id = $2 and deleted_at is null"#)
         .bind(tenant_id)
         .bind(id)
         .bind(self.cipher.seal(secret))
         .bind(previous_expires_at)
+        .bind(crate::domain::signing::Scheme::of(secret).as_str())
         .execute_found(self.db.writer())
         .await?;
         Ok(())

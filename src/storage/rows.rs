@@ -102,6 +102,7 @@ pub(crate) struct EndpointRow {
     rate_limit_per_second: Option<i32>,
     delivery_policy: Option<String>,
     filter: Option<String>,
+    signature_scheme: String,
     created_at: i64,
     updated_at: i64,
 }
@@ -127,6 +128,8 @@ impl TryFrom<EndpointRow> for Endpoint {
             delivery: crate::domain::policy::DeliveryPolicy::from_stored(row.delivery_policy.as_deref())
                 .map_err(corrupt)?,
             filter: row.filter.as_deref().map(serde_json::from_str).transpose().map_err(corrupt)?,
+            signature_scheme: crate::domain::signing::Scheme::parse(&row.signature_scheme)
+                .ok_or_else(|| corrupt(format!("signature scheme `{}`", row.signature_scheme)))?,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })

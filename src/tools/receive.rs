@@ -273,13 +273,24 @@ mod standard_verifier {
 
     use crate::domain::signing::{secret_key, sign};
 
-    pub struct Verifier {
-        key: Vec<u8>,
+    /// What `--secret` gave: a `whsec_` secret verifies `v1` entries, a `whpk_` public key `v1a`.
+    pub enum Verifier {
+        Hmac(Vec<u8>),
+        Ed25519(Option<ed25519_dalek::VerifyingKey>),
     }
 
     impl Verifier {
         pub fn new(secret: &str) -> Verifier {
-            Verifier { key: secret_key(secret) }
+            match secret.strip_prefix(crate::domain::signing::PUBLIC_KEY_PREFIX) {
+                Some(encoded) => Verifier::Ed25519(
+                    STANDARD
+                        .decode(encoded)
+                        .ok()
+                        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                        .and_then(|bytes| ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()),
+                ),
+                None => Verifier::Hmac(secret_key(secret)),
+            }
         }
 
         pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> bool {
@@ -293,7 +304,11 @@ mod standard_verifier {
             if (chrono::Utc::now().timestamp() - timestamp).abs() > 300 {
                 return false;
             }
-            let expected = sign(&self.key, id, timestamp, body);
+            let key = match self {
+                Verifier::Hmac(key) => key,
+                Verifier::Ed25519(key) => return verify_v1a(key.as_ref(), signatures, id, timestamp, body),
+            };
+            let expected = sign(key, id, timestamp, body);
             let expected = expected.as_bytes();
             signatures.split(' ').any(|entry| {
                 entry.len() == expected.len()
@@ -301,5 +316,22 @@ mod standard_verifier {
                     && STANDARD.decode(entry.trim_start_matches("v1,")).is_ok()
             })
         }
+    }
+
+    /// Whether one `v1a,` entry is an ed25519 signature of `{id}.{timestamp}.{body}` by `key`.
+    fn verify_v1a(
+        key: Option<&ed25519_dalek::VerifyingKey>,
+        signatures: &str,
+        id: &str,
+        timestamp: i64,
+        body: &[u8],
+    ) -> bool {
+        let Some(key) = key else { return false };
+        let message = [id.as_bytes(), b".", timestamp.to_string().as_bytes(), b".", body].concat();
+        signatures.split(' ').filter_map(|entry| entry.strip_prefix("v1a,")).any(|encoded| {
+            STANDARD.decode(encoded).ok().and_then(|bytes| <[u8; 64]>::try_from(bytes).ok()).is_some_and(
+                |bytes| key.verify_strict(&message, &ed25519_dalek::Signature::from_bytes(&bytes)).is_ok(),
+            )
+        })
     }
 }

@@ -27,6 +27,7 @@ mod replay;
 mod replicas;
 mod scenario;
 mod security;
+mod signatures;
 mod storage;
 mod tenants;
 mod tokens;

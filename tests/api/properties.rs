@@ -327,7 +327,8 @@ proptest! {
     ) {
         let timestamp = now_seconds();
         let keys: Vec<Vec<u8>> = secrets.iter().map(|s| secret_key(s)).collect();
-        let header = signature_header(&keys, &id, timestamp, body.as_bytes());
+        let names: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let header = signature_header(&names, &id, timestamp, body.as_bytes());
         let entries: Vec<&str> = header.split(' ').collect();
         prop_assert_eq!(entries.len(), keys.len(), "{:?}", header);
         for (entry, key) in entries.iter().zip(&keys) {

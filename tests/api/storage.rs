@@ -76,6 +76,7 @@ fn endpoint(tenant_id: &str) -> Endpoint {
         rate_limit_per_second: Some(100),
         delivery: Default::default(),
         filter: None,
+        signature_scheme: herald::domain::signing::Scheme::HmacSha256,
         created_at: now,
         updated_at: now,
     }
