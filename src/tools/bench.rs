@@ -33,6 +33,9 @@ pub enum Scenario {
     Fanout10,
     /// 1,000 endpoints, batch API (events ÷ 100).
     Fanout1000,
+    /// 1,000 endpoints with payload filters, each event matching 10 of them (as many deliveries
+    /// per event as fanout10), batch API: what filtering costs ingest.
+    Filtered1000,
     /// Ten endpoints, one of which hangs until the timeout.
     Isolation,
     /// `--rate` events a second (1,000 by default), one request each: latency under a steady load.
@@ -461,6 +464,7 @@ async fn run_scenario(
         Scenario::Batch => (1, options.events, true),
         Scenario::Fanout10 | Scenario::Isolation => (10, options.events, true),
         Scenario::Fanout1000 => (1000, (options.events / 100).max(10), true),
+        Scenario::Filtered1000 => (1000, options.events, true),
         Scenario::Latency => (1, options.events.min(5000), false),
         Scenario::Backlog => (1, options.backlog, true),
     };
@@ -530,7 +534,12 @@ async fn run_scenario(
         notes.push(format!("{replicas} replicas on one database; producers use the first"));
     }
     let tenant = "bench";
-    let healthy_endpoints = if scenario == Scenario::Isolation { endpoints - 1 } else { endpoints };
+    // Deliveries each event gets.
+    let healthy_endpoints = match scenario {
+        Scenario::Isolation => endpoints - 1,
+        Scenario::Filtered1000 => endpoints / FILTER_SHARDS,
+        _ => endpoints,
+    };
     let expected = events * healthy_endpoints;
     let replicas_now: Vec<&Server> = std::iter::once(&server).chain(&others).collect();
     let mark = CpuMark::take(&replicas_now, options.postgres.is_some());
@@ -615,14 +624,23 @@ async fn setup(
         } else {
             format!("{}/hook/{n}", healthy.url())
         };
-        server.post("/v1/tenants/bench/endpoints", &json!({"url": url})).await?;
+        let endpoint = if scenario == Scenario::Filtered1000 {
+            json!({"url": url, "filter": {"data.shard": n % FILTER_SHARDS, "data.n": {"$gte": 0}}})
+        } else {
+            json!({"url": url})
+        };
+        server.post("/v1/tenants/bench/endpoints", &endpoint).await?;
     }
     Ok(())
 }
 
+/// Shards of the filtered scenario: event `n` carries `shard: n % FILTER_SHARDS`, and endpoint
+/// `k` filters on `shard == k % FILTER_SHARDS`.
+const FILTER_SHARDS: usize = 100;
+
 /// A 1 KiB `data` object.
 fn data(n: usize) -> Value {
-    json!({"n": n, "padding": "x".repeat(1000)})
+    json!({"n": n, "shard": n % FILTER_SHARDS, "padding": "x".repeat(1000)})
 }
 
 async fn ingest_single(

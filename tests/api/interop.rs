@@ -141,3 +141,56 @@ async fn real_deliveries_verify_with_the_python_library_before_and_during_a_rota
         "the new secret did not sign the first"
     );
 }
+
+/// The Python `v1a` snippet of docs/receiving.md, as written there.
+fn docs_python_v1a_snippet() -> String {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/receiving.md")).unwrap();
+    let section = docs.split("## ed25519 signatures").nth(1).expect("the ed25519 section");
+    let block = section.split("```python\n").nth(1).expect("a python block");
+    block.split("```").next().expect("its end").to_owned()
+}
+
+/// The docs' Python verifier accepts a real ed25519 delivery with the endpoint's public key, and
+/// refuses it with another key or a changed body.
+#[tokio::test]
+#[cfg_attr(not(herald_test_python), ignore = "needs a Python with `cryptography`: set HERALD_TEST_PYTHON")]
+async fn the_docs_python_snippet_verifies_a_real_ed25519_delivery() {
+    let python = std::env::var(PYTHON_ENV).expect("HERALD_TEST_PYTHON");
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) =
+        app.tenant_with_endpoint(&receiver.url("/hook"), json!({"signature_scheme": "ed25519"})).await;
+    let public_key = endpoint["public_key"].as_str().unwrap().to_owned();
+    app.emit(&tenant, "order.created", &json!({"n": 1})).await;
+    let request = receiver.wait_for("/hook", 1, Duration::from_secs(15)).await.remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("body"), &request.body).unwrap();
+    let headers: serde_json::Map<String, serde_json::Value> = request
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), json!(value.to_str().unwrap())))
+        .collect();
+    std::fs::write(dir.path().join("headers.json"), serde_json::to_vec(&headers).unwrap()).unwrap();
+    let other_key = "whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    let script = format!(
+        "{}\nimport json, sys\nheaders = json.load(open(sys.argv[2]))\nbody = open(sys.argv[1], 'rb').read()\n\
+         print(verify_v1a(sys.argv[3], headers, body), verify_v1a(sys.argv[4], headers, body), \
+         verify_v1a(sys.argv[3], headers, body + b' '))\n",
+        docs_python_v1a_snippet()
+    );
+    let run = tokio::process::Command::new(&python)
+        .arg("-c")
+        .arg(&script)
+        .arg(dir.path().join("body"))
+        .arg(dir.path().join("headers.json"))
+        .arg(&public_key)
+        .arg(other_key)
+        .kill_on_drop(true)
+        .output();
+    let output =
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("python finishes").expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.trim(), "True False False", "right key, other key, changed body");
+}
