@@ -125,3 +125,80 @@ async fn a_rotation_that_switches_to_ed25519_signs_with_both_keys_during_the_gra
         .expect("the v1 entry verifies with the previous HMAC secret");
     assert!(request.header("x-hex-signature").is_some(), "the hex header keeps coming with the HMAC secret");
 }
+
+/// Three subscriptions that say exactly what they want — a filtered `workflow.*` endpoint, a
+/// JSONPath one, and one with its own timeout, retry schedule and ed25519 signatures — each get
+/// exactly what they asked for, retried as asked and verifiable with the public key.
+#[tokio::test]
+async fn three_endpoints_each_receive_exactly_what_they_asked_for() {
+    use crate::receiver::Reply;
+    let app = spawn_stepped_app_with(|config| config.delivery.retry_min = Duration::from_millis(1)).await;
+    let receiver = Receiver::start().await;
+    for name in ["workflow.completed", "workflow.failed", "invoice.paid"] {
+        app.create_event_type(name).await;
+    }
+    let (tenant, urgent) = app
+        .tenant_with_endpoint(
+            &receiver.url("/urgent"),
+            json!({"event_types": ["workflow.*"], "filter": {"data.priority": {"$in": ["high", "critical"]}}}),
+        )
+        .await;
+    let steps = app
+        .add_endpoint(
+            &tenant,
+            &receiver.url("/steps"),
+            json!({"filter": {"$jsonpath": "$.data.steps[?@.status == 'failed']"}}),
+        )
+        .await;
+    // Fails twice, then answers: its own two-step schedule gets it there in three attempts.
+    receiver.respond_sequence("/strict", vec![Reply::status(500), Reply::status(502), Reply::ok()]);
+    let strict = app
+        .add_endpoint(
+            &tenant,
+            &receiver.url("/strict"),
+            json!({"event_types": ["invoice.paid"], "signature_scheme": "ed25519",
+                   "delivery": {"timeout": "2s", "retry_schedule": ["5ms", "5ms"]}}),
+        )
+        .await;
+    let events = [
+        ("workflow.completed", json!({"priority": "high", "steps": [{"status": "ok"}]})),
+        ("workflow.failed", json!({"priority": "low", "steps": [{"status": "failed"}]})),
+        ("workflow.completed", json!({"priority": "critical", "steps": []})),
+        ("invoice.paid", json!({"priority": "high", "amount": 10})),
+    ];
+    let mut ids = Vec::new();
+    for (event, data) in &events {
+        ids.push(id_of(&app.emit(&tenant, event, data).await));
+    }
+    let got = |path: &'static str, n: usize| {
+        let app = &app;
+        let receiver = &receiver;
+        async move {
+            app.received(receiver, path, n, SOON)
+                .await
+                .iter()
+                .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        got("/urgent", 2).await,
+        vec![ids[0].clone(), ids[2].clone()],
+        "workflow.* with high or critical"
+    );
+    assert_eq!(got("/steps", 1).await, vec![ids[1].clone()], "a failed step");
+    let strict_requests = app.received(&receiver, "/strict", 3, SOON).await;
+    assert!(
+        strict_requests.iter().all(|r| r.json()["id"] == json!(ids[3])),
+        "only invoice.paid, three attempts"
+    );
+    let public_key = strict["public_key"].as_str().unwrap();
+    assert!(strict_requests.iter().all(|r| verifies_v1a(public_key, r)), "every request verifies");
+    let delivery = app.only_delivery(&tenant, &ids[3]).await;
+    let delivery = app.delivery(&tenant, &id_of(&delivery)).await;
+    assert_eq!(delivery["status"], json!("delivered"));
+    assert!(delivery["attempts"].as_array().unwrap().iter().all(|a| a["timeout_ms"] == json!(2000)));
+    for (response, ep) in [(&urgent, "urgent"), (&steps, "steps")] {
+        assert_eq!(response["signature_scheme"], json!("hmac-sha256"), "{ep}");
+    }
+}
