@@ -73,7 +73,9 @@ impl Store {
         // that may need to see them.
         let mut event_rows: Vec<(&NewEvent, i32)> = Vec::with_capacity(events.len());
         let mut delivery_rows: Vec<NewDeliveryRow<'_>> = Vec::with_capacity(events.len());
-        let mut fanout: std::collections::HashMap<String, Vec<FanoutRow>> = Default::default();
+        // Each tenant's endpoints with their parsed subscriptions, read once per transaction.
+        let mut fanout: std::collections::HashMap<String, Vec<(FanoutRow, Arc<Subscription>)>> =
+            Default::default();
         for event in events {
             if let Some((key, hash)) = &event.idempotency {
                 let scope = format!("events:{}", event.tenant_id);
@@ -146,13 +148,18 @@ impl Store {
                             .bind(&event.tenant_id)
                             .fetch_all(&mut *tx)
                             .await?;
-                        fanout.insert(event.tenant_id.clone(), rows);
+                        let parsed = rows
+                            .into_iter()
+                            .map(|row| subscription(&row).map(|parsed| (row, parsed)))
+                            .collect::<Result<Vec<_>, StoreError>>()?;
+                        fanout.insert(event.tenant_id.clone(), parsed);
                     }
                     let mut targets = Vec::new();
                     // The envelope, parsed once for this event when a filter needs it.
                     let mut envelope: Option<serde_json::Value> = None;
-                    for row in fanout.get(&event.tenant_id).map(Vec::as_slice).unwrap_or_default() {
-                        let subscription = subscription(row)?;
+                    for (row, subscription) in
+                        fanout.get(&event.tenant_id).map(Vec::as_slice).unwrap_or_default()
+                    {
                         if !crate::domain::event_type::subscribed(&subscription.patterns, &event.event_type) {
                             continue;
                         }
