@@ -1,5 +1,5 @@
 //! Test variants that need something besides Rust — a PostgreSQL server, a Python with the
-//! Standard Webhooks library, Chromium with chromedriver — are compiled as ignored when it is not
+//! Standard Webhooks library, Node, Chromium with chromedriver — are compiled as ignored when it is not
 //! configured, so the test runner's summary counts them as ignored instead of passed (Rust's
 //! runner cannot skip a test once it runs). Nothing here changes the `herald` binary.
 
@@ -9,6 +9,7 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     variant("herald_test_postgres", "HERALD_TEST_POSTGRES_URL", |url| !url.trim().is_empty());
     variant("herald_test_python", "HERALD_TEST_PYTHON", |python| !python.trim().is_empty());
+    variant("herald_test_node", "HERALD_TEST_NODE", |node| !node.trim().is_empty());
     variant("herald_test_browser", "HERALD_TEST_CHROMEDRIVER", |driver| Path::new(driver).exists());
 }
 

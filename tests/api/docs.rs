@@ -373,3 +373,14 @@ fn the_readme_stays_a_front_page() {
         assert!(first_screen.contains(word), "the README's first screen does not mention {word}");
     }
 }
+
+/// The Rust `v1a` snippet in docs/receiving.md is the file the signature tests compile and run.
+#[test]
+fn the_rust_verify_snippet_in_the_docs_is_the_tested_one() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let docs = std::fs::read_to_string(format!("{root}/docs/receiving.md")).unwrap();
+    let section = docs.split("## ed25519 signatures").nth(1).expect("the ed25519 section");
+    let shown = section.split("```rust\n").nth(1).and_then(|b| b.split("```").next()).expect("a rust block");
+    let tested = std::fs::read_to_string(format!("{root}/docs/snippets/verify_v1a.rs")).unwrap();
+    assert_eq!(shown, tested, "docs/receiving.md and docs/snippets/verify_v1a.rs differ");
+}

@@ -194,3 +194,53 @@ async fn the_docs_python_snippet_verifies_a_real_ed25519_delivery() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout.trim(), "True False False", "right key, other key, changed body");
 }
+
+/// The Node `v1a` snippet of docs/receiving.md, as written there, verifies a real ed25519
+/// delivery with the endpoint's public key and refuses another key or a changed body.
+#[tokio::test]
+#[cfg_attr(not(herald_test_node), ignore = "needs Node: set HERALD_TEST_NODE")]
+async fn the_docs_node_snippet_verifies_a_real_ed25519_delivery() {
+    let node = std::env::var("HERALD_TEST_NODE").expect("HERALD_TEST_NODE");
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/receiving.md")).unwrap();
+    let section = docs.split("## ed25519 signatures").nth(1).expect("the ed25519 section");
+    let snippet = section.split("```js\n").nth(1).and_then(|b| b.split("```").next()).expect("a js block");
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) =
+        app.tenant_with_endpoint(&receiver.url("/hook"), json!({"signature_scheme": "ed25519"})).await;
+    let public_key = endpoint["public_key"].as_str().unwrap().to_owned();
+    app.emit(&tenant, "order.created", &json!({"n": 1})).await;
+    let request = receiver.wait_for("/hook", 1, Duration::from_secs(15)).await.remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("body"), &request.body).unwrap();
+    let headers: serde_json::Map<String, serde_json::Value> = request
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), json!(value.to_str().unwrap())))
+        .collect();
+    std::fs::write(dir.path().join("headers.json"), serde_json::to_vec(&headers).unwrap()).unwrap();
+    let script = format!(
+        "{snippet}\nconst fs = require('node:fs');\nconst [body, headerFile, key, other] = process.argv.slice(1);\n\
+         const headers = JSON.parse(fs.readFileSync(headerFile));\nconst bytes = fs.readFileSync(body);\n\
+         console.log(verifyV1a(key, headers, bytes), verifyV1a(other, headers, bytes), \
+         verifyV1a(key, headers, Buffer.concat([bytes, Buffer.from(' ')])));\n"
+    );
+    let run = tokio::process::Command::new(&node)
+        .arg("-e")
+        .arg(&script)
+        .arg(dir.path().join("body"))
+        .arg(dir.path().join("headers.json"))
+        .arg(&public_key)
+        .arg("whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=")
+        .kill_on_drop(true)
+        .output();
+    let output =
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("node finishes").expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "true false false",
+        "right key, other key, changed body"
+    );
+}

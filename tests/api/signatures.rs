@@ -12,22 +12,26 @@ use crate::receiver::{Receiver, Recorded};
 
 const SOON: Duration = Duration::from_secs(15);
 
-/// Whether one `v1a,` entry of the request verifies with the `whpk_` key.
+/// The Rust verify snippet of docs/receiving.md, compiled as written (`docs.rs` checks that the
+/// docs show this very file).
+mod docs_snippet {
+    include!("../../docs/snippets/verify_v1a.rs");
+
+    pub(super) fn verify(public_key: &str, id: &str, timestamp: &str, signatures: &str, body: &[u8]) -> bool {
+        verify_v1a(public_key, id, timestamp, signatures, body)
+    }
+}
+
+/// Whether one `v1a,` entry of the request verifies with the `whpk_` key (the docs' snippet).
 fn verifies_v1a(public_key: &str, request: &Recorded) -> bool {
-    let bytes = STANDARD.decode(public_key.strip_prefix("whpk_").expect("whpk_")).expect("base64");
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes.try_into().expect("32 bytes")).expect("a key");
-    let id = request.header("webhook-id").expect("webhook-id");
-    let timestamp = request.header("webhook-timestamp").expect("webhook-timestamp");
-    let message = [id.as_bytes(), b".", timestamp.as_bytes(), b".", &request.body].concat();
-    request
-        .header("webhook-signature")
-        .expect("webhook-signature")
-        .split(' ')
-        .filter_map(|e| e.strip_prefix("v1a,"))
-        .any(|encoded| {
-            let signature: [u8; 64] = STANDARD.decode(encoded).expect("base64").try_into().expect("64 bytes");
-            key.verify_strict(&message, &ed25519_dalek::Signature::from_bytes(&signature)).is_ok()
-        })
+    let header = |name: &str| request.header(name).unwrap_or_else(|| panic!("{name}")).to_owned();
+    docs_snippet::verify(
+        public_key,
+        &header("webhook-id"),
+        &header("webhook-timestamp"),
+        &header("webhook-signature"),
+        &request.body,
+    )
 }
 
 #[tokio::test]
