@@ -36,6 +36,9 @@ pub enum Scenario {
     /// 1,000 endpoints with payload filters, each event matching 10 of them (as many deliveries
     /// per event as fanout10), batch API: what filtering costs ingest.
     Filtered1000,
+    /// 1,000 endpoints each subscribed to one of 100 event types, each event reaching 10 of them:
+    /// filtered1000's fan-out without filters, to tell the filters' cost from the endpoints'.
+    Typed1000,
     /// Ten endpoints, one of which hangs until the timeout.
     Isolation,
     /// `--rate` events a second (1,000 by default), one request each: latency under a steady load.
@@ -464,7 +467,7 @@ async fn run_scenario(
         Scenario::Batch => (1, options.events, true),
         Scenario::Fanout10 | Scenario::Isolation => (10, options.events, true),
         Scenario::Fanout1000 => (1000, (options.events / 100).max(10), true),
-        Scenario::Filtered1000 => (1000, options.events, true),
+        Scenario::Filtered1000 | Scenario::Typed1000 => (1000, options.events, true),
         Scenario::Latency => (1, options.events.min(5000), false),
         Scenario::Backlog => (1, options.backlog, true),
     };
@@ -482,7 +485,7 @@ async fn run_scenario(
         setup(&api_server, endpoints, &healthy, &hanging, scenario).await?;
         let tenant = "bench";
         let started = Instant::now();
-        ingest_batches(&api_server, tenant, events).await?;
+        ingest_batches(&api_server, tenant, events, false).await?;
         let ingest_secs = started.elapsed().as_secs_f64();
         notes.push(format!(
             "backlog ingested at {:.0} events/s with the dispatcher off",
@@ -537,7 +540,7 @@ async fn run_scenario(
     // Deliveries each event gets.
     let healthy_endpoints = match scenario {
         Scenario::Isolation => endpoints - 1,
-        Scenario::Filtered1000 => endpoints / FILTER_SHARDS,
+        Scenario::Filtered1000 | Scenario::Typed1000 => endpoints / FILTER_SHARDS,
         _ => endpoints,
     };
     let expected = events * healthy_endpoints;
@@ -545,7 +548,7 @@ async fn run_scenario(
     let mark = CpuMark::take(&replicas_now, options.postgres.is_some());
     let begin = Instant::now();
     let accepted: HashMap<String, Accepted> = if batch {
-        ingest_batches(&server, tenant, events).await?
+        ingest_batches(&server, tenant, events, scenario == Scenario::Typed1000).await?
     } else if scenario == Scenario::Latency {
         ingest_paced(&server, tenant, events, options.rate).await?
     } else {
@@ -617,6 +620,11 @@ async fn setup(
     scenario: Scenario,
 ) -> anyhow::Result<()> {
     server.post("/v1/event-types", &json!({"name": "bench.event"})).await?;
+    if scenario == Scenario::Typed1000 {
+        for shard in 0..FILTER_SHARDS {
+            server.post("/v1/event-types", &json!({"name": event_type(true, shard)})).await?;
+        }
+    }
     server.post("/v1/tenants", &json!({"name": "Bench", "external_id": "bench"})).await?;
     for n in 0..endpoints {
         let url = if scenario == Scenario::Isolation && n == 0 {
@@ -624,10 +632,12 @@ async fn setup(
         } else {
             format!("{}/hook/{n}", healthy.url())
         };
-        let endpoint = if scenario == Scenario::Filtered1000 {
-            json!({"url": url, "filter": {"data.shard": n % FILTER_SHARDS, "data.n": {"$gte": 0}}})
-        } else {
-            json!({"url": url})
+        let endpoint = match scenario {
+            Scenario::Filtered1000 => {
+                json!({"url": url, "filter": {"data.shard": n % FILTER_SHARDS, "data.n": {"$gte": 0}}})
+            }
+            Scenario::Typed1000 => json!({"url": url, "event_types": [event_type(true, n)]}),
+            _ => json!({"url": url}),
         };
         server.post("/v1/tenants/bench/endpoints", &endpoint).await?;
     }
@@ -637,6 +647,11 @@ async fn setup(
 /// Shards of the filtered scenario: event `n` carries `shard: n % FILTER_SHARDS`, and endpoint
 /// `k` filters on `shard == k % FILTER_SHARDS`.
 const FILTER_SHARDS: usize = 100;
+
+/// The event type of event (or endpoint) `n`.
+fn event_type(typed: bool, n: usize) -> String {
+    if typed { format!("bench.t{}", n % FILTER_SHARDS) } else { "bench.event".to_owned() }
+}
 
 /// A 1 KiB `data` object.
 fn data(n: usize) -> Value {
@@ -721,17 +736,20 @@ async fn ingest_paced(
     Ok(accepted)
 }
 
+/// Sends `events` through the batch API; `typed` spreads them over the typed1000 scenario's
+/// event types (`bench.t{n % 100}`) instead of `bench.event`.
 async fn ingest_batches(
     server: &Server,
     tenant: &str,
     events: usize,
+    typed: bool,
 ) -> anyhow::Result<HashMap<String, Accepted>> {
     let mut accepted = HashMap::with_capacity(events);
     let mut n = 0;
     while n < events {
         let size = (events - n).min(1000);
         let batch: Vec<Value> =
-            (n..n + size).map(|i| json!({"event": "bench.event", "data": data(i)})).collect();
+            (n..n + size).map(|i| json!({"event": event_type(typed, i), "data": data(i)})).collect();
         let sent = now_micros();
         let body =
             server.post(&format!("/v1/tenants/{tenant}/events/batch"), &json!({"events": batch})).await?;
