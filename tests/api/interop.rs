@@ -142,12 +142,47 @@ async fn real_deliveries_verify_with_the_python_library_before_and_during_a_rota
     );
 }
 
-/// The Python `v1a` snippet of docs/receiving.md, as written there.
-fn docs_python_v1a_snippet() -> String {
+/// The code block in `language` of the ed25519 section of docs/receiving.md, as written there.
+fn docs_v1a_snippet(language: &str) -> String {
     let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/receiving.md")).unwrap();
     let section = docs.split("## ed25519 signatures").nth(1).expect("the ed25519 section");
-    let block = section.split("```python\n").nth(1).expect("a python block");
+    let block = section.split(&format!("```{language}\n")).nth(1).expect("the block");
     block.split("```").next().expect("its end").to_owned()
+}
+
+/// Makes a real ed25519 delivery and runs `interpreter flag script body headers.json key other`,
+/// where `script` verifies with `key`, with `other` and with a changed body and prints the three
+/// answers; returns what it printed.
+async fn run_v1a_snippet(interpreter: &str, flag: &str, script: &str) -> String {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) =
+        app.tenant_with_endpoint(&receiver.url("/hook"), json!({"signature_scheme": "ed25519"})).await;
+    let public_key = endpoint["public_key"].as_str().unwrap().to_owned();
+    app.emit(&tenant, "order.created", &json!({"n": 1})).await;
+    let request = receiver.wait_for("/hook", 1, Duration::from_secs(15)).await.remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("body"), &request.body).unwrap();
+    let headers: serde_json::Map<String, serde_json::Value> = request
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), json!(value.to_str().unwrap())))
+        .collect();
+    std::fs::write(dir.path().join("headers.json"), serde_json::to_vec(&headers).unwrap()).unwrap();
+    let run = tokio::process::Command::new(interpreter)
+        .arg(flag)
+        .arg(script)
+        .arg(dir.path().join("body"))
+        .arg(dir.path().join("headers.json"))
+        .arg(&public_key)
+        .arg("whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=")
+        .kill_on_drop(true)
+        .output();
+    let output =
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("it finishes").expect("it runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 /// The docs' Python verifier accepts a real ed25519 delivery with the endpoint's public key, and
@@ -156,90 +191,33 @@ fn docs_python_v1a_snippet() -> String {
 #[cfg_attr(not(herald_test_python), ignore = "needs a Python with `cryptography`: set HERALD_TEST_PYTHON")]
 async fn the_docs_python_snippet_verifies_a_real_ed25519_delivery() {
     let python = std::env::var(PYTHON_ENV).expect("HERALD_TEST_PYTHON");
-    let app = spawn_app().await;
-    let receiver = Receiver::start().await;
-    app.create_event_type("order.created").await;
-    let (tenant, endpoint) =
-        app.tenant_with_endpoint(&receiver.url("/hook"), json!({"signature_scheme": "ed25519"})).await;
-    let public_key = endpoint["public_key"].as_str().unwrap().to_owned();
-    app.emit(&tenant, "order.created", &json!({"n": 1})).await;
-    let request = receiver.wait_for("/hook", 1, Duration::from_secs(15)).await.remove(0);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("body"), &request.body).unwrap();
-    let headers: serde_json::Map<String, serde_json::Value> = request
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), json!(value.to_str().unwrap())))
-        .collect();
-    std::fs::write(dir.path().join("headers.json"), serde_json::to_vec(&headers).unwrap()).unwrap();
-    let other_key = "whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
     let script = format!(
         "{}\nimport json, sys\nheaders = json.load(open(sys.argv[2]))\nbody = open(sys.argv[1], 'rb').read()\n\
          print(verify_v1a(sys.argv[3], headers, body), verify_v1a(sys.argv[4], headers, body), \
          verify_v1a(sys.argv[3], headers, body + b' '))\n",
-        docs_python_v1a_snippet()
+        docs_v1a_snippet("python")
     );
-    let run = tokio::process::Command::new(&python)
-        .arg("-c")
-        .arg(&script)
-        .arg(dir.path().join("body"))
-        .arg(dir.path().join("headers.json"))
-        .arg(&public_key)
-        .arg(other_key)
-        .kill_on_drop(true)
-        .output();
-    let output =
-        tokio::time::timeout(Duration::from_secs(30), run).await.expect("python finishes").expect("runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(stdout.trim(), "True False False", "right key, other key, changed body");
+    assert_eq!(
+        run_v1a_snippet(&python, "-c", &script).await,
+        "True False False",
+        "right key, other key, changed body"
+    );
 }
 
-/// The Node `v1a` snippet of docs/receiving.md, as written there, verifies a real ed25519
-/// delivery with the endpoint's public key and refuses another key or a changed body.
+/// The docs' Node verifier does the same.
 #[tokio::test]
 #[cfg_attr(not(herald_test_node), ignore = "needs Node: set HERALD_TEST_NODE")]
 async fn the_docs_node_snippet_verifies_a_real_ed25519_delivery() {
     let node = std::env::var("HERALD_TEST_NODE").expect("HERALD_TEST_NODE");
-    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/receiving.md")).unwrap();
-    let section = docs.split("## ed25519 signatures").nth(1).expect("the ed25519 section");
-    let snippet = section.split("```js\n").nth(1).and_then(|b| b.split("```").next()).expect("a js block");
-    let app = spawn_app().await;
-    let receiver = Receiver::start().await;
-    app.create_event_type("order.created").await;
-    let (tenant, endpoint) =
-        app.tenant_with_endpoint(&receiver.url("/hook"), json!({"signature_scheme": "ed25519"})).await;
-    let public_key = endpoint["public_key"].as_str().unwrap().to_owned();
-    app.emit(&tenant, "order.created", &json!({"n": 1})).await;
-    let request = receiver.wait_for("/hook", 1, Duration::from_secs(15)).await.remove(0);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("body"), &request.body).unwrap();
-    let headers: serde_json::Map<String, serde_json::Value> = request
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), json!(value.to_str().unwrap())))
-        .collect();
-    std::fs::write(dir.path().join("headers.json"), serde_json::to_vec(&headers).unwrap()).unwrap();
     let script = format!(
-        "{snippet}\nconst fs = require('node:fs');\nconst [body, headerFile, key, other] = process.argv.slice(1);\n\
+        "{}\nconst fs = require('node:fs');\nconst [body, headerFile, key, other] = process.argv.slice(1);\n\
          const headers = JSON.parse(fs.readFileSync(headerFile));\nconst bytes = fs.readFileSync(body);\n\
          console.log(verifyV1a(key, headers, bytes), verifyV1a(other, headers, bytes), \
-         verifyV1a(key, headers, Buffer.concat([bytes, Buffer.from(' ')])));\n"
+         verifyV1a(key, headers, Buffer.concat([bytes, Buffer.from(' ')])));\n",
+        docs_v1a_snippet("js")
     );
-    let run = tokio::process::Command::new(&node)
-        .arg("-e")
-        .arg(&script)
-        .arg(dir.path().join("body"))
-        .arg(dir.path().join("headers.json"))
-        .arg(&public_key)
-        .arg("whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=")
-        .kill_on_drop(true)
-        .output();
-    let output =
-        tokio::time::timeout(Duration::from_secs(30), run).await.expect("node finishes").expect("runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
+        run_v1a_snippet(&node, "-e", &script).await,
         "true false false",
         "right key, other key, changed body"
     );
