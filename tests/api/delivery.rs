@@ -523,6 +523,17 @@ async fn during_a_rotation_both_secrets_sign_until_the_previous_one_is_dropped()
     assert!(verify(&old, &request).is_err(), "the old secret no longer signs");
 }
 
+/// A stepped app with one endpoint that answers 500, retried a minute after each failure.
+async fn failing_endpoint_retrying_in_a_minute() -> (TestApp, Receiver, String, Value) {
+    let app =
+        spawn_stepped_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/hook", Reply::status(500));
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    (app, receiver, tenant, endpoint)
+}
+
 /// Waits until the only delivery of `event` has made its first attempt and is waiting for the next.
 async fn first_attempt_recorded(app: &TestApp, tenant: &str, event: &str) -> String {
     let id = id_of(&app.only_delivery(tenant, event).await);
@@ -539,12 +550,7 @@ async fn first_attempt_recorded(app: &TestApp, tenant: &str, event: &str) -> Str
 
 #[tokio::test]
 async fn deleting_an_endpoint_fails_its_pending_deliveries() {
-    let app =
-        spawn_stepped_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
-    let receiver = Receiver::start().await;
-    receiver.respond("/hook", Reply::status(500));
-    app.create_event_type("order.created").await;
-    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let (app, _receiver, tenant, endpoint) = failing_endpoint_retrying_in_a_minute().await;
     let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
     let delivery_id = first_attempt_recorded(&app, &tenant, &event).await;
 
@@ -562,12 +568,7 @@ async fn deleting_an_endpoint_fails_its_pending_deliveries() {
 
 #[tokio::test]
 async fn disabling_an_endpoint_fails_its_pending_deliveries() {
-    let app =
-        spawn_stepped_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
-    let receiver = Receiver::start().await;
-    receiver.respond("/hook", Reply::status(500));
-    app.create_event_type("order.created").await;
-    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let (app, receiver, tenant, endpoint) = failing_endpoint_retrying_in_a_minute().await;
     let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
     let delivery_id = first_attempt_recorded(&app, &tenant, &event).await;
 
@@ -702,12 +703,7 @@ async fn claims_serve_endpoints_in_turn() {
 /// pending one was accepted, retries included.
 #[tokio::test]
 async fn stats_tell_delivery_lag_from_the_age_of_the_oldest_pending_delivery() {
-    let app =
-        spawn_stepped_app_with(|config| config.delivery.retry_schedule = vec![Duration::from_secs(60)]).await;
-    let receiver = Receiver::start().await;
-    receiver.respond("/hook", Reply::status(500));
-    app.create_event_type("order.created").await;
-    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let (app, _receiver, tenant, endpoint) = failing_endpoint_retrying_in_a_minute().await;
     let stats_path = format!("/v1/tenants/{tenant}/endpoints/{}/stats", id_of(&endpoint));
     let event = id_of(&app.emit(&tenant, "order.created", &json!({})).await);
 
