@@ -154,9 +154,17 @@ async fn ensure_admin_token(config: &Config, store: &Store) -> anyhow::Result<Op
 }
 
 /// The event types of operational events, registered when an operations tenant is configured.
-pub const OPERATIONAL_EVENT_TYPES: [(&str, &str); 3] = [
+pub const OPERATIONAL_EVENT_TYPES: [(&str, &str); 5] = [
     ("endpoint.disabled", "An endpoint was disabled: {tenant_id, endpoint_id, reason, disabled_at}."),
     ("endpoint.enabled", "An endpoint was enabled again: {tenant_id, endpoint_id}."),
+    (
+        "endpoint.circuit_opened",
+        "An endpoint's circuit opened; its backlog waits for a probe: {tenant_id, endpoint_id, opened_at, consecutive_failures, last_error}.",
+    ),
+    (
+        "endpoint.circuit_closed",
+        "An endpoint's circuit closed; its backlog flows again: {tenant_id, endpoint_id, closed_at, open_seconds}.",
+    ),
     (
         "delivery.exhausted",
         "A delivery failed for good: {tenant_id, endpoint_id, event_id, delivery_id, attempts, last_error, suppressed?}.",

@@ -107,8 +107,20 @@ pub struct DeliveryConfig {
     pub retry_schedule: Vec<Duration>,
     /// Attempts in flight at once in this process, across all endpoints (256).
     pub max_in_flight: usize,
-    /// Default cap on attempts in flight per endpoint, for endpoints created without one (10).
+    /// Cap on attempts in flight per endpoint, for endpoints whose `max_in_flight` is `null`
+    /// (100); the adaptive window grows up to it.
     pub max_in_flight_per_endpoint: i32,
+    /// Where an endpoint's adaptive in-flight window starts (10).
+    pub initial_in_flight: i32,
+    /// Consecutive failures on an endpoint's side that open its circuit (10); 0 turns the
+    /// breaker off.
+    pub breaker_failures: u32,
+    /// How long an open circuit waits before its first probe (`30s`); doubles on each failed probe.
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
+    pub breaker_cooldown: Duration,
+    /// The longest wait between probes (`10m`).
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
+    pub breaker_cooldown_max: Duration,
     /// How long a claim holds a delivery (`30s`); must be at least `timeout` + 5s.
     #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub lease: Duration,
@@ -145,6 +157,15 @@ impl DeliveryConfig {
         })
     }
 
+    /// The circuit breaker's settings.
+    pub fn breaker(&self) -> crate::domain::breaker::Breaker {
+        crate::domain::breaker::Breaker {
+            failures: self.breaker_failures,
+            cooldown: self.breaker_cooldown,
+            cooldown_max: self.breaker_cooldown_max,
+        }
+    }
+
     /// The server's values and bounds for endpoints' own delivery policies.
     pub fn policy_server(&self) -> crate::domain::policy::Server {
         crate::domain::policy::Server {
@@ -170,7 +191,11 @@ impl Default for DeliveryConfig {
                 Duration::from_secs(30 * 60),
             ],
             max_in_flight: 256,
-            max_in_flight_per_endpoint: 10,
+            max_in_flight_per_endpoint: 100,
+            initial_in_flight: 10,
+            breaker_failures: 10,
+            breaker_cooldown: Duration::from_secs(30),
+            breaker_cooldown_max: Duration::from_secs(600),
             lease: Duration::from_secs(30),
             shutdown_grace: None,
             retry_after_max: Duration::from_secs(3600),
@@ -460,6 +485,20 @@ impl Config {
         }
         if !(1..=1000).contains(&delivery.max_in_flight_per_endpoint) {
             bail!("invalid `delivery.max_in_flight_per_endpoint`: expected 1 to 1000");
+        }
+        if !(1..=1000).contains(&delivery.initial_in_flight) {
+            bail!("invalid `delivery.initial_in_flight`: expected 1 to 1000");
+        }
+        if delivery.breaker_failures > 1000 {
+            bail!("invalid `delivery.breaker_failures`: expected 0 (off) to 1000");
+        }
+        if delivery.breaker_cooldown.is_zero() || delivery.breaker_cooldown > delivery.breaker_cooldown_max {
+            bail!(
+                "invalid `delivery.breaker_cooldown`: expected more than 0 and at most `delivery.breaker_cooldown_max`"
+            );
+        }
+        if delivery.breaker_cooldown_max > Duration::from_secs(24 * 3600) {
+            bail!("invalid `delivery.breaker_cooldown_max`: expected at most 24h");
         }
         if delivery.poll_interval.is_zero() || delivery.poll_interval > Duration::from_secs(60) {
             bail!("invalid `delivery.poll_interval`: expected between 1ms and 60s");

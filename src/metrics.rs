@@ -29,6 +29,10 @@ pub const DELIVERY_LAG: &str = "herald_delivery_lag_seconds";
 pub const ENDPOINTS_DISABLED_TOTAL: &str = "herald_endpoints_disabled_total";
 /// Endpoints disabled now, from the store.
 pub const ENDPOINTS_DISABLED: &str = "herald_endpoints_disabled";
+/// Endpoints whose circuit is open or half-open now, from the store.
+pub const ENDPOINTS_CIRCUIT_OPEN: &str = "herald_endpoints_circuit_open";
+/// Circuit state changes, by `to` (`open`, `half_open`, `closed`).
+pub const CIRCUIT_TRANSITIONS: &str = "herald_circuit_transitions_total";
 /// 1 while this process's dispatcher runs.
 pub const DISPATCHER_UP: &str = "herald_dispatcher_up";
 /// Unix time of the dispatcher's last loop iteration.
@@ -101,6 +105,11 @@ fn describe() {
         }
     }
     metrics::describe_gauge!(ENDPOINTS_DISABLED, "Endpoints disabled now.");
+    metrics::describe_gauge!(ENDPOINTS_CIRCUIT_OPEN, "Endpoints whose circuit is open or half-open now.");
+    metrics::describe_counter!(CIRCUIT_TRANSITIONS, "Circuit state changes, by the state entered.");
+    for to in ["open", "half_open", "closed"] {
+        metrics::counter!(CIRCUIT_TRANSITIONS, "to" => to).absolute(0);
+    }
     metrics::describe_gauge!(DISPATCHER_UP, "1 while this process's dispatcher runs.");
     metrics::describe_gauge!(
         DISPATCHER_LAST_CLAIM,
@@ -142,6 +151,7 @@ pub async fn refresh_store_gauges(store: &Store) {
             metrics::gauge!(DELIVERIES_PENDING).set(gauges.pending as f64);
             metrics::gauge!(DELIVERY_LAG).set(gauges.lag_seconds);
             metrics::gauge!(ENDPOINTS_DISABLED).set(gauges.endpoints_disabled as f64);
+            metrics::gauge!(ENDPOINTS_CIRCUIT_OPEN).set(gauges.endpoints_circuit_open as f64);
         }
         Err(error) => tracing::warn!(%error, "could not read delivery gauges"),
     }

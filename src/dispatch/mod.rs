@@ -21,6 +21,7 @@ use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::domain::breaker::{after_probe, signal};
 use crate::domain::delivery::{after_interruption, run_budget};
 use crate::domain::retry::{ErrorKind, Outcome, jitter};
 use crate::domain::time::now_micros;
@@ -392,7 +393,9 @@ impl Attempts {
         let policy = claim.policy.effective(&self.server);
         let sent = sender.send(&claim, payload, policy.timeout).await;
         let budget = run_budget(claim.max_attempts, policy.retry.schedule.len());
-        let outcome = policy.retry.decide(&sent.result, claim.run_attempt as u32, budget, jitter());
+        let decided = policy.retry.decide(&sent.result, claim.run_attempt as u32, budget, jitter());
+        let outcome =
+            after_probe(claim.probe, signal(sent.result.status.map(i32::from), sent.result.error), decided);
         let label = match sent.result.error {
             None => "success",
             Some(kind) => kind.outcome_label(),
@@ -434,12 +437,13 @@ fn record(claim: &Claimed, sent: Sent, outcome: Outcome) -> AttemptRecord {
         finished_at: now_micros(),
         duration_ms: sent.duration.as_millis() as i64,
         status_code: sent.result.status.map(i32::from),
-        error_kind: sent.result.error.map(|k| k.as_str()),
+        error_kind: sent.result.error,
         last_error: sent.error.clone(),
         error: sent.error,
         response_body: sent.response_body,
         outcome,
         timeout_ms: None,
+        probe: claim.probe,
     }
 }
 

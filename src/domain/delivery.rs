@@ -176,6 +176,8 @@ pub struct Attempt {
     pub response_body: Option<String>,
     /// The timeout that applied, ms (`None` for attempts never sent or recorded before it was kept).
     pub timeout_ms: Option<i64>,
+    /// Whether it was its endpoint's circuit probe.
+    pub probe: bool,
 }
 
 #[cfg(test)]

@@ -59,8 +59,12 @@ pub struct Endpoint {
     pub disabled_at: Option<i64>,
     /// One delivery in flight at a time, in acceptance order.
     pub fifo: bool,
-    /// Cap on attempts in flight to this endpoint.
-    pub max_in_flight: i32,
+    /// Its owner's cap on attempts in flight; `None` = `[delivery] max_in_flight_per_endpoint`.
+    pub max_in_flight: Option<i32>,
+    /// Its adaptive in-flight window (`domain::concurrency`); `None` until first adapted.
+    pub in_flight_window: Option<i32>,
+    /// Its circuit breaker (`domain::breaker`).
+    pub circuit: crate::domain::breaker::Circuit,
     /// Optional cap on requests per second.
     pub rate_limit_per_second: Option<i32>,
     /// Its own timeout and retry rules; unset members inherit the server's.

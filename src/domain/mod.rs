@@ -1,6 +1,8 @@
 //! Pure domain types and rules: no I/O, no database or HTTP types.
 
+pub mod breaker;
 pub mod claim;
+pub mod concurrency;
 pub mod delivery;
 pub mod endpoint;
 pub mod event;

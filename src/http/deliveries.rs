@@ -91,6 +91,9 @@ pub struct AttemptOut {
     pub response_body: Option<String>,
     /// The timeout that applied to this attempt (the endpoint's own or the server's), ms.
     pub timeout_ms: Option<i64>,
+    /// Whether it was the circuit breaker's probe of an endpoint that was down: a failed probe
+    /// does not count toward its delivery's run.
+    pub probe: bool,
 }
 
 impl From<Attempt> for AttemptOut {
@@ -105,6 +108,7 @@ impl From<Attempt> for AttemptOut {
             error: a.error,
             response_body: a.response_body,
             timeout_ms: a.timeout_ms,
+            probe: a.probe,
         }
     }
 }

@@ -16,6 +16,8 @@ use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
 use super::extract::{ApiJson, ApiQuery, EndpointPath, PageParams, Pager, RawBody, TenantPath, TenantScope};
 use crate::config::parse_duration;
+use crate::domain::breaker::Circuit;
+use crate::domain::concurrency::effective_in_flight;
 use crate::domain::endpoint::{
     Endpoint, MAX_IN_FLIGHT_RANGE, RATE_LIMIT_RANGE, generate_secret, mask_header_value, parse_event_types,
     validate_headers, validate_secret, validate_url,
@@ -71,7 +73,8 @@ pub struct EndpointIn {
     /// Deliver one at a time, in acceptance order.
     #[serde(default)]
     pub fifo: bool,
-    /// Cap on attempts in flight, 1–1000 (default 10).
+    /// Cap on attempts in flight, 1–1000; absent or `null`: the server's
+    /// `[delivery] max_in_flight_per_endpoint` (100). The adaptive window grows up to it.
     #[schema(minimum = 1, maximum = 1000)]
     pub max_in_flight: Option<i32>,
     /// Optional cap on requests per second, 1–100000.
@@ -205,9 +208,10 @@ pub struct EndpointPatch {
     pub disabled_reason: Option<String>,
     /// FIFO delivery.
     pub fifo: Option<bool>,
-    /// Cap on attempts in flight.
-    #[schema(minimum = 1, maximum = 1000)]
-    pub max_in_flight: Option<i32>,
+    /// Cap on attempts in flight; `null`: the server's default.
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000)]
+    pub max_in_flight: Option<Option<i32>>,
     /// Requests per second; `null` removes the limit.
     #[serde(default, deserialize_with = "super::double_option")]
     #[schema(value_type = Option<i32>, minimum = 1, maximum = 100000)]
@@ -246,8 +250,13 @@ pub struct EndpointOut {
     pub headers: BTreeMap<String, String>,
     /// One at a time, in order.
     pub fifo: bool,
-    /// Cap on attempts in flight.
-    pub max_in_flight: i32,
+    /// Its own cap on attempts in flight; `null`: the server's `[delivery]
+    /// max_in_flight_per_endpoint`.
+    pub max_in_flight: Option<i32>,
+    /// Attempts it may have in flight now: its adaptive window within its cap (1 for FIFO).
+    pub effective_in_flight: i32,
+    /// Its circuit breaker.
+    pub circuit: CircuitOut,
     /// Requests per second, if limited.
     pub rate_limit_per_second: Option<i32>,
     /// Its own timeout and retry rules, and those in force.
@@ -279,6 +288,17 @@ impl EndpointOut {
             disabled_reason: e.disabled_reason,
             disabled_at: e.disabled_at.map(format_micros),
             headers: e.headers.into_iter().map(|(k, v)| (k, mask_header_value(&v))).collect(),
+            effective_in_flight: effective_in_flight(
+                e.fifo,
+                e.in_flight_window.unwrap_or(state.config.delivery.initial_in_flight),
+                e.max_in_flight.unwrap_or(state.config.delivery.max_in_flight_per_endpoint),
+            ),
+            circuit: CircuitOut {
+                state: e.circuit.state.as_str(),
+                opened_at: e.circuit.opened_at.map(format_micros),
+                next_probe_at: e.circuit.next_probe_at.map(format_micros),
+                consecutive_failures: e.circuit.consecutive_failures,
+            },
             fifo: e.fifo,
             max_in_flight: e.max_in_flight,
             rate_limit_per_second: e.rate_limit_per_second,
@@ -286,6 +306,21 @@ impl EndpointOut {
             updated_at: format_micros(e.updated_at),
         }
     }
+}
+
+/// An endpoint's circuit breaker (DESIGN §14).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CircuitOut {
+    /// `closed` (deliveries flow), `open` (the backlog waits for a probe) or `half_open` (a probe
+    /// is in flight).
+    #[schema(value_type = String, pattern = "^(closed|open|half_open)$")]
+    pub state: &'static str,
+    /// When it opened (RFC 3339), while not closed.
+    pub opened_at: Option<String>,
+    /// Open: when the next probe may go; half-open: the probe's deadline (RFC 3339).
+    pub next_probe_at: Option<String>,
+    /// Failures on the endpoint's side since its last 2xx.
+    pub consecutive_failures: i32,
 }
 
 /// A new endpoint: the only response besides `GET …/secret` that carries the secret.
@@ -404,8 +439,10 @@ async fn validate(
     }
     endpoint.event_types = normalised;
     validate_headers(invalid, &endpoint.headers, state.config.api.max_headers_per_endpoint);
-    if !MAX_IN_FLIGHT_RANGE.contains(&endpoint.max_in_flight) {
-        invalid.push("max_in_flight", "must be between 1 and 1000");
+    if let Some(max) = endpoint.max_in_flight
+        && !MAX_IN_FLIGHT_RANGE.contains(&max)
+    {
+        invalid.push("max_in_flight", "must be between 1 and 1000, or null for the server's default");
     }
     if let Some(rate) = endpoint.rate_limit_per_second
         && !RATE_LIMIT_RANGE.contains(&rate)
@@ -449,7 +486,9 @@ pub async fn create_endpoint(
         disabled_reason: (!enabled).then(|| "disabled on creation".to_owned()),
         disabled_at: (!enabled).then_some(now),
         fifo: body.fifo,
-        max_in_flight: body.max_in_flight.unwrap_or(state.config.delivery.max_in_flight_per_endpoint),
+        max_in_flight: body.max_in_flight,
+        in_flight_window: None,
+        circuit: Circuit::default(),
         rate_limit_per_second: body.rate_limit_per_second,
         delivery: DeliveryPolicy::default(),
         filter: body.filter.filter(|f| !f.is_null()),

@@ -5,10 +5,31 @@ use super::db::Commit;
 use super::rows::*;
 use super::sql::{Sql, Tx, sql};
 use super::*;
+use crate::domain::breaker::CircuitState;
 use crate::domain::claim::{fifo_head_ready, next_cursor};
 
 /// Most rows one multi-row claim statement carries (well under both backends' bind limits).
 pub(super) const CLAIM_CHUNK: usize = 500;
+
+/// The endpoint columns a [`CandidateRow`] reads (the endpoint aliased `e`).
+const SEND_COLUMNS: &str = "e.id, e.in_flight_limit, e.in_flight_window, e.fifo, e.rate_limit_per_second, \
+    e.rate_next_at, e.url, e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at, e.delivery_policy";
+
+/// Whether endpoint `e` has a delivery that is due now (`$1`) and not in flight.
+const HAS_DUE_WORK: &str = "exists (
+                select 1
+                from deliveries d
+                where d.endpoint_id = e.id
+                  and d.status = 'pending'
+                  and not d.bypass
+                  and d.next_attempt_at <= $1
+                  and d.lease_until is null
+              )";
+
+/// Endpoint `e`'s adaptive window within its cap (`domain::concurrency::effective_in_flight`),
+/// with `$5` the initial window and `$6` the cap of endpoints without their own.
+const WINDOW: &str = "case when coalesce(e.in_flight_window, $5) < coalesce(e.in_flight_limit, $6)
+                then coalesce(e.in_flight_window, $5) else coalesce(e.in_flight_limit, $6) end";
 
 impl Store {
     /// The dispatcher's one transaction per cycle: records finished attempts and their
@@ -43,10 +64,12 @@ impl Store {
         Ok(self.record_and_claim(records, 0, std::time::Duration::ZERO).await?.0)
     }
 
-    /// Up to `limit` enabled, unpaused endpoints with a due delivery and a free slot,
-    /// with ids in (`after`, `up_to`], in id order, locked (PostgreSQL, skipping rows
-    /// another process holds), with their attempts in flight.
+    /// Up to `limit` enabled, unpaused endpoints with a due delivery and a free slot in their
+    /// window, whose circuit is closed (or the breaker off), with ids in (`after`, `up_to`], in id
+    /// order, locked (PostgreSQL, skipping rows another process holds), with their attempts in
+    /// flight.
     pub(super) async fn candidates(
+        &self,
         tx: &mut Tx,
         now: i64,
         after: Option<&str>,
@@ -54,31 +77,114 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<CandidateRow>, StoreError> {
         let statement = format!(
-            r#"select e.id, e.max_in_flight, e.fifo, e.rate_limit_per_second, e.rate_next_at, e.url,
-                e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at, e.delivery_policy,
+            r#"select {SEND_COLUMNS},
                 (select count(*) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1) as in_flight
             from endpoints e
             where e.enabled
               and e.deleted_at is null
               and (e.paused_until is null or e.paused_until <= $1)
+              and (e.circuit_state = 'closed' or not $7)
               and ($2 is null or e.id > $2)
               and ($3 is null or e.id <= $3)
-              and exists (
-                select 1
-                from deliveries d
-                where d.endpoint_id = e.id
-                  and d.status = 'pending'
-                  and not d.bypass
-                  and d.next_attempt_at <= $1
-                  and d.lease_until is null
-              )
+              and {HAS_DUE_WORK}
               and (select count(*) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1)
-                  < case when e.fifo then 1 else e.max_in_flight end
+                  < case when e.fifo then 1 else {WINDOW} end
             order by e.id
             limit $4{}"#,
             tx.locking(" for update of e skip locked")
         );
-        Sql::build(&statement).bind(now).bind(after).bind(up_to).bind(limit).fetch_all(&mut *tx).await
+        Sql::build(&statement)
+            .bind(now)
+            .bind(after)
+            .bind(up_to)
+            .bind(limit)
+            .bind(self.stress.initial_in_flight)
+            .bind(self.stress.max_in_flight_per_endpoint)
+            .bind(self.stress.breaker.enabled())
+            .fetch_all(&mut *tx)
+            .await
+    }
+
+    /// Up to `limit` enabled, unpaused endpoints with due work whose open circuit is due a probe
+    /// (`Circuit::probe_due`), locked like [`Store::candidates`]; none when the breaker is off.
+    async fn probe_candidates(
+        &self,
+        tx: &mut Tx,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<CandidateRow>, StoreError> {
+        if !self.stress.breaker.enabled() {
+            return Ok(Vec::new());
+        }
+        let statement = format!(
+            r#"select {SEND_COLUMNS}, cast(0 as bigint) as in_flight
+            from endpoints e
+            where e.enabled
+              and e.deleted_at is null
+              and (e.paused_until is null or e.paused_until <= $1)
+              and e.circuit_state <> 'closed'
+              and (e.circuit_next_probe_at is null or e.circuit_next_probe_at <= $1)
+              and {HAS_DUE_WORK}
+            order by e.id
+            limit $2{}"#,
+            tx.locking(" for update of e skip locked")
+        );
+        Sql::build(&statement).bind(now).bind(limit).fetch_all(&mut *tx).await
+    }
+
+    /// The delivery an endpoint's probe sends: its FIFO head when that can start, else its
+    /// oldest due delivery.
+    async fn probe_row(
+        tx: &mut Tx,
+        endpoint: &CandidateRow,
+        now: i64,
+    ) -> Result<Option<ClaimRow>, StoreError> {
+        if endpoint.fifo {
+            return Self::fifo_head(tx, &endpoint.id, now).await;
+        }
+        sql(r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
+                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+            from deliveries d
+            join events ev on ev.id = d.event_id
+            where d.endpoint_id = $1 and d.status = 'pending' and not d.bypass
+              and d.next_attempt_at <= $2 and d.lease_until is null
+            order by d.next_attempt_at, d.id
+            limit 1"#)
+        .bind(&endpoint.id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+    }
+
+    /// A FIFO endpoint's head, when it can start now (`fifo_head_ready`).
+    async fn fifo_head(tx: &mut Tx, endpoint_id: &str, now: i64) -> Result<Option<ClaimRow>, StoreError> {
+        let head: Option<ClaimRow> =
+            sql(r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
+                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+            from deliveries d
+            join events ev on ev.id = d.event_id
+            where d.endpoint_id = $1 and d.status = 'pending' and not d.bypass
+            order by d.fifo_seq nulls first, d.id
+            limit 1"#)
+            .bind(endpoint_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        Ok(head.filter(|h| fifo_head_ready(h.next_attempt_at, h.lease_until.is_some(), now)))
+    }
+
+    /// Marks the circuits whose probes were just claimed half-open until `deadline`.
+    async fn start_probes(tx: &mut Tx, endpoints: &[&str], deadline: i64) -> Result<(), StoreError> {
+        if endpoints.is_empty() {
+            return Ok(());
+        }
+        let mut update = Sql::build("update endpoints set circuit_state = ");
+        update.push_bind(CircuitState::HalfOpen.as_str());
+        update.push(", circuit_next_probe_at = ").push_bind(deadline);
+        update.push(" where id in (").push_list(endpoints.iter().copied()).push(")");
+        update.execute(&mut *tx).await?;
+        metrics::counter!(crate::metrics::CIRCUIT_TRANSITIONS, "to" => CircuitState::HalfOpen.as_str())
+            .increment(endpoints.len() as u64);
+        Ok(())
     }
 
     /// Moves a rate-limited endpoint's next free time on by `n` claims.
@@ -88,7 +194,7 @@ impl Store {
         now: i64,
         n: i64,
     ) -> Result<(), StoreError> {
-        if let Some(rate) = endpoint.candidate().rate
+        if let Some(rate) = endpoint.rate()
             && n > 0
         {
             sql("update endpoints set rate_next_at = $2 where id = $1")
@@ -125,18 +231,35 @@ impl Store {
         );
         let bypass: Vec<ClaimRow> = Sql::build(&statement).bind(now).bind(limit).fetch_all(&mut *tx).await?;
         for row in bypass {
-            let endpoint: Option<CandidateRow> = sql(
-                r#"select id, max_in_flight, fifo, rate_limit_per_second, rate_next_at, url, headers, secret,
-                    previous_secret, previous_secret_expires_at, delivery_policy, cast(0 as bigint) as in_flight
-                from endpoints
-                where id = $1 and deleted_at is null"#,
-            )
-            .bind(&row.endpoint_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let statement = format!(
+                "select {SEND_COLUMNS}, cast(0 as bigint) as in_flight from endpoints e where e.id = $1 and e.deleted_at is null"
+            );
+            let endpoint: Option<CandidateRow> =
+                Sql::build(&statement).bind(&row.endpoint_id).fetch_optional(&mut *tx).await?;
             if let Some(endpoint) = endpoint {
                 picked.push((row, std::sync::Arc::new(endpoint)));
             }
+        }
+
+        // Open circuits due a probe: their oldest due delivery each, sent for real; the
+        // circuit is half-open until the probe is recorded or its lease lapses (DESIGN §14).
+        let mut probes: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let room = limit - picked.len() as i64;
+        if room > 0 {
+            let mut probing: Vec<String> = Vec::new();
+            for endpoint in self.probe_candidates(tx, now, room).await? {
+                if endpoint.candidate(&self.stress).room(now) <= 0 {
+                    continue;
+                }
+                if let Some(row) = Self::probe_row(tx, &endpoint, now).await? {
+                    Self::charge_rate(tx, &endpoint, now, 1).await?;
+                    probes.insert(row.id.clone());
+                    probing.push(endpoint.id.clone());
+                    picked.push((row, std::sync::Arc::new(endpoint)));
+                }
+            }
+            let probing: Vec<&str> = probing.iter().map(String::as_str).collect();
+            Self::start_probes(tx, &probing, lease_until).await?;
         }
 
         // Candidate endpoints: due work and a free slot, in id order from where this
@@ -144,12 +267,12 @@ impl Store {
         // and only as many as there are free slots, since each gives at least one row. So
         // a cycle reads a few endpoints past the cursor, not every endpoint there is.
         let cursor = self.claim_cursor.lock().ok().and_then(|c| c.clone());
-        let mut candidates = Self::candidates(tx, now, cursor.as_deref(), None, limit).await?;
+        let mut candidates = self.candidates(tx, now, cursor.as_deref(), None, limit).await?;
         if let Some(cursor) = cursor.as_deref()
             && (candidates.len() as i64) < limit
         {
             let rest = limit - candidates.len() as i64;
-            candidates.extend(Self::candidates(tx, now, None, Some(cursor), rest).await?);
+            candidates.extend(self.candidates(tx, now, None, Some(cursor), rest).await?);
         }
         let order: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
 
@@ -161,27 +284,13 @@ impl Store {
             if picked.len() as i64 >= limit {
                 break;
             }
-            let room = endpoint.candidate().room(now);
+            let room = endpoint.candidate(&self.stress).room(now);
             if room <= 0 {
                 continue;
             }
             let endpoint = std::sync::Arc::new(endpoint);
             if endpoint.fifo {
-                let head: Option<ClaimRow> = sql(
-                    r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
-                        d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
-                    from deliveries d
-                    join events ev on ev.id = d.event_id
-                    where d.endpoint_id = $1 and d.status = 'pending' and not d.bypass
-                    order by d.fifo_seq nulls first, d.id
-                    limit 1"#,
-                )
-                .bind(&endpoint.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(head) =
-                    head.filter(|h| fifo_head_ready(h.next_attempt_at, h.lease_until.is_some(), now))
-                {
+                if let Some(head) = Self::fifo_head(tx, &endpoint.id, now).await? {
                     Self::charge_rate(tx, &endpoint, now, 1).await?;
                     picked.push((head, endpoint));
                 }
@@ -234,6 +343,7 @@ impl Store {
         }
         let mut claimed = Vec::with_capacity(picked.len());
         for (row, endpoint) in picked {
+            let probe = probes.contains(&row.id);
             claimed.push(Claimed {
                 attempt_id: crate::domain::id::new_id(crate::domain::id::IdKind::Attempt),
                 attempt_number: row.attempt_count + 1,
@@ -251,18 +361,21 @@ impl Store {
                     endpoint.delivery_policy.as_deref(),
                 )
                 .map_err(corrupt)?,
+                probe,
                 payload: row.payload,
             });
         }
         for chunk in claimed.chunks(CLAIM_CHUNK) {
-            let mut insert =
-                Sql::build("insert into attempts (id, delivery_id, endpoint_id, number, started_at) values ");
+            let mut insert = Sql::build(
+                "insert into attempts (id, delivery_id, endpoint_id, number, started_at, probe) values ",
+            );
             insert.push_tuples(chunk, |row, claim| {
                 row.bind(&claim.attempt_id)
                     .bind(&claim.delivery_id)
                     .bind(&claim.endpoint_id)
                     .bind(claim.attempt_number)
-                    .bind(now);
+                    .bind(now)
+                    .bind(claim.probe);
             });
             insert.execute(&mut *tx).await?;
         }

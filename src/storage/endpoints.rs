@@ -7,6 +7,12 @@ use super::*;
 use crate::domain::delivery::Stopped;
 use crate::domain::endpoint::{Endpoint, Secrets};
 
+/// The columns an [`EndpointRow`] reads.
+const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, description, event_types, headers, enabled, disabled_reason, \
+    disabled_at, fifo, in_flight_limit, in_flight_window, rate_limit_per_second, delivery_policy, filter, \
+    signature_scheme, circuit_state, circuit_failures, circuit_opened_at, circuit_next_probe_at, \
+    circuit_failed_probes, created_at, updated_at";
+
 impl Store {
     /// Adds an endpoint with its first secret.
     /// Inserts an endpoint unless its tenant already has `max_per_tenant` live ones (then
@@ -26,7 +32,7 @@ impl Store {
             .await?;
         let inserted = sql(r#"insert into endpoints (
                 id, tenant_id, url, description, event_types, headers, enabled,
-                disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
+                disabled_reason, disabled_at, fifo, in_flight_limit, rate_limit_per_second,
                 delivery_policy, filter, secret, created_at, updated_at, signature_scheme
             )
             select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $19
@@ -48,15 +54,11 @@ impl Store {
 
     /// A live endpoint of a tenant.
     pub async fn get_endpoint(&self, tenant_id: &str, id: &str) -> Result<Endpoint, StoreError> {
-        let row: EndpointRow = sql(r#"select id, tenant_id, url, description, event_types, headers, enabled,
-                disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
-                delivery_policy, filter, signature_scheme, created_at, updated_at
-            from endpoints
-            where tenant_id = $1 and id = $2 and deleted_at is null"#)
-        .bind(tenant_id)
-        .bind(id)
-        .fetch_one(self.db.reader())
-        .await?;
+        let statement = format!(
+            "select {ENDPOINT_COLUMNS} from endpoints where tenant_id = $1 and id = $2 and deleted_at is null"
+        );
+        let row: EndpointRow =
+            Sql::build(&statement).bind(tenant_id).bind(id).fetch_one(self.db.reader()).await?;
         self.open_endpoint(row.try_into()?)
     }
 
@@ -66,20 +68,17 @@ impl Store {
         tenant_id: &str,
         page: &PageQuery,
     ) -> Result<Vec<Endpoint>, StoreError> {
-        let rows: Vec<EndpointRow> =
-            sql(r#"select id, tenant_id, url, description, event_types, headers, enabled,
-                disabled_reason, disabled_at, fifo, max_in_flight, rate_limit_per_second,
-                delivery_policy, filter, signature_scheme, created_at, updated_at
+        let statement = format!(
+            r#"select {ENDPOINT_COLUMNS}
             from endpoints
             where tenant_id = $1
               and deleted_at is null
               and ($2 is null or id < $2)
             order by id desc
-            limit $3"#)
-            .bind(tenant_id)
-            .page(page)
-            .fetch_all(self.db.reader())
-            .await?;
+            limit $3"#
+        );
+        let rows: Vec<EndpointRow> =
+            Sql::build(&statement).bind(tenant_id).page(page).fetch_all(self.db.reader()).await?;
         rows.into_iter().map(|row| self.open_endpoint(row.try_into()?)).collect()
     }
 
@@ -98,9 +97,14 @@ impl Store {
         };
         let update = sql(r#"update endpoints
             set url = $3, description = $4, event_types = $5, headers = $6, enabled = $7,
-                disabled_reason = $8, disabled_at = $9, fifo = $10, max_in_flight = $11,
+                disabled_reason = $8, disabled_at = $9, fifo = $10, in_flight_limit = $11,
                 rate_limit_per_second = $12, delivery_policy = $13, filter = $14, updated_at = $15,
-                failing_since = case when $7 and not enabled then null else failing_since end
+                failing_since = case when $7 and not enabled then null else failing_since end,
+                circuit_state = case when $7 and not enabled then 'closed' else circuit_state end,
+                circuit_failures = case when $7 and not enabled then 0 else circuit_failures end,
+                circuit_opened_at = case when $7 and not enabled then null else circuit_opened_at end,
+                circuit_next_probe_at = case when $7 and not enabled then null else circuit_next_probe_at end,
+                circuit_failed_probes = case when $7 and not enabled then 0 else circuit_failed_probes end
             where tenant_id = $1 and id = $2 and deleted_at is null"#)
         .bind(&endpoint.tenant_id)
         .bind(&endpoint.id);

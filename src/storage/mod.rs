@@ -106,6 +106,19 @@ pub struct Store {
     operations: RwLock<Option<String>>,
     /// Where this process's next claim starts looking for endpoints (round robin).
     claim_cursor: Mutex<Option<String>>,
+    /// The endpoints' circuit breaker and in-flight windows (`[delivery]`).
+    stress: Stress,
+}
+
+/// The `[delivery]` settings the claim and the recorder apply to every endpoint.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stress {
+    /// The circuit breaker.
+    pub(crate) breaker: crate::domain::breaker::Breaker,
+    /// Where a window starts.
+    pub(crate) initial_in_flight: i32,
+    /// The cap of an endpoint whose own is `null`.
+    pub(crate) max_in_flight_per_endpoint: i32,
 }
 
 /// Opens the store named by `config.database_url`, without migrating.
@@ -121,6 +134,11 @@ pub async fn connect(config: &Config) -> anyhow::Result<Arc<Store>> {
         cipher: config.cipher()?,
         operations: Default::default(),
         claim_cursor: Default::default(),
+        stress: Stress {
+            breaker: config.delivery.breaker(),
+            initial_in_flight: config.delivery.initial_in_flight,
+            max_in_flight_per_endpoint: config.delivery.max_in_flight_per_endpoint,
+        },
     }))
 }
 
@@ -235,6 +253,8 @@ pub struct DeliveryGauges {
     pub lag_seconds: f64,
     /// Endpoints disabled now.
     pub endpoints_disabled: i64,
+    /// Enabled endpoints whose circuit is open or half-open now.
+    pub endpoints_circuit_open: i64,
 }
 
 /// What an idempotency key says about a request.
@@ -350,6 +370,8 @@ pub struct Claimed {
     pub policy: crate::domain::policy::DeliveryPolicy,
     /// The envelope; `None` if retention removed it.
     pub payload: Option<String>,
+    /// Whether this attempt is its endpoint's circuit probe (DESIGN §14).
+    pub probe: bool,
 }
 
 /// One finished attempt to record.
@@ -372,7 +394,7 @@ pub struct AttemptRecord {
     /// Response status.
     pub status_code: Option<i32>,
     /// Failure kind.
-    pub error_kind: Option<&'static str>,
+    pub error_kind: Option<crate::domain::retry::ErrorKind>,
     /// Failure detail.
     pub error: Option<String>,
     /// Kept response body.
@@ -383,6 +405,17 @@ pub struct AttemptRecord {
     pub timeout_ms: Option<i64>,
     /// The delivery's `last_error` (none on success).
     pub last_error: Option<String>,
+    /// Whether the attempt was its endpoint's circuit probe.
+    pub probe: bool,
+}
+
+impl AttemptRecord {
+    /// Whether this attempt is taken back from its delivery's run (a failed probe,
+    /// `breaker::refunds_attempt`).
+    pub fn refunds_attempt(&self) -> bool {
+        use crate::domain::breaker::{refunds_attempt, signal};
+        refunds_attempt(self.probe, signal(self.status_code, self.error_kind))
+    }
 }
 
 #[cfg(test)]

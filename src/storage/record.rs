@@ -5,12 +5,27 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::claim::CLAIM_CHUNK;
+use super::rows::StressRow;
 use super::sql::{Sql, Tx, sql};
 use super::*;
+use crate::domain::breaker::{self, Circuit, CircuitState, Transition};
+use crate::domain::concurrency::{Observed, Window};
 use crate::domain::delivery::{Stopped, after_attempt_on};
 use crate::domain::endpoint::HealthChange;
-use crate::domain::retry::{Outcome, is_success};
+use crate::domain::retry::{ErrorKind, Outcome, is_success};
 use crate::domain::stats::{Rollup, histogram_json, merge_histogram};
+use crate::domain::time::format_micros;
+
+/// What one recorded batch does to one endpoint: its health, its circuit, its window.
+struct EndpointChange<'a> {
+    stored: StressRow,
+    health: HealthChange<'a>,
+    circuit: Circuit,
+    window: Window,
+    observed: Observed,
+    transitions: Vec<Transition>,
+    last_error: Option<&'a str>,
+}
 
 impl Store {
     /// Records finished attempts inside `tx`; returns how many were stale.
@@ -27,26 +42,26 @@ impl Store {
         ordered.sort_by(|a, b| (&a.endpoint_id, &a.delivery_id).cmp(&(&b.endpoint_id, &b.delivery_id)));
         // A delivery twice in one batch: the first result wins, the second is stale.
         ordered.dedup_by(|later, first| later.delivery_id == first.delivery_id);
+        let stored = self.lock_endpoint_stress(tx, &ordered).await?;
         let fresh = Self::record_deliveries(tx, now, &ordered).await?;
         ordered.retain(|record| fresh.contains(&record.delivery_id));
         let stale = (records.len() - ordered.len()) as u64;
         Self::record_attempt_rows(tx, &ordered).await?;
-        // endpoint → its health after this batch, written once per endpoint below
-        let mut health: BTreeMap<&str, HealthChange<'_>> = BTreeMap::new();
+        // Health and the circuit follow the attempts in the order they finished.
+        ordered.sort_by_key(|record| (record.endpoint_id.as_str(), record.finished_at));
+        let mut changes = self.endpoint_changes(stored, &ordered, now)?;
         let mut rollup = Rollup::default();
-        for record in ordered {
+        for record in &ordered {
             if matches!(record.outcome, Outcome::Retry { .. }) {
                 Self::fail_retry_if_stopped(tx, record, now).await?;
             }
-            let success = is_success(record.status_code);
             rollup.add(
                 &record.endpoint_id,
                 &record.tenant_id,
                 record.finished_at,
-                success,
+                is_success(record.status_code),
                 record.duration_ms,
             );
-            health.entry(record.endpoint_id.as_str()).or_default().add(success, record.error.as_deref());
             if let Some(pause) = record.outcome.pause() {
                 sql(r#"update endpoints set paused_until = $2
                     where id = $1 and (paused_until is null or paused_until < $2)"#)
@@ -59,32 +74,186 @@ impl Store {
                 let target = (record.tenant_id.as_str(), record.endpoint_id.as_str());
                 Self::disable_endpoint_tx(tx, operations.as_deref(), target, reason, now).await?;
             }
-            if record.outcome.status() == crate::domain::delivery::DeliveryStatus::Failed {
+            // An open circuit has reported the outage (`endpoint.circuit_opened`): the
+            // deliveries it leaves failed are not reported one by one.
+            let parked = changes
+                .get(record.endpoint_id.as_str())
+                .is_some_and(|change| change.circuit.state != CircuitState::Closed);
+            if record.outcome.status() == crate::domain::delivery::DeliveryStatus::Failed && !parked {
                 Self::emit_exhausted(tx, operations.as_deref(), &record.delivery_id, now).await?;
             }
         }
         Self::write_rollup(tx, &rollup).await?;
-        for (endpoint_id, health) in health {
-            sql(r#"update endpoints
-                set last_success_at = case when $2 then $5 else last_success_at end,
-                    last_error = case when $3 then $4 else last_error end,
-                    last_error_at = case when $3 then $5 else last_error_at end,
-                    failing_since = case $6
-                        when 'clear' then null
-                        when 'now' then $5
-                        else coalesce(failing_since, $5)
-                    end
-                where id = $1"#)
-            .bind(endpoint_id)
-            .bind(health.any_success)
-            .bind(health.last_failure.is_some())
-            .bind(health.last_failure.flatten())
-            .bind(now)
-            .bind(health.failing_since().as_str())
-            .execute(&mut *tx)
-            .await?;
+        for (endpoint_id, change) in &mut changes {
+            Self::write_endpoint_change(tx, endpoint_id, change, now).await?;
+            for transition in std::mem::take(&mut change.transitions) {
+                self.report_transition(
+                    tx,
+                    operations.as_deref(),
+                    &change.stored,
+                    change.last_error,
+                    transition,
+                )
+                .await?;
+            }
         }
         Ok(stale)
+    }
+
+    /// The stored circuit and window of every endpoint in `records`, locked, in id order.
+    async fn lock_endpoint_stress(
+        &self,
+        tx: &mut Tx,
+        records: &[&AttemptRecord],
+    ) -> Result<Vec<StressRow>, StoreError> {
+        let mut ids: Vec<&str> = records.iter().map(|record| record.endpoint_id.as_str()).collect();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut select = Sql::build(
+            r#"select id, tenant_id, in_flight_limit, in_flight_window, window_successes, window_backed_off,
+                latency_baseline_ms, circuit_state, circuit_failures, circuit_opened_at, circuit_next_probe_at,
+                circuit_failed_probes
+            from endpoints
+            where id in ("#,
+        );
+        select.push_list(ids).push(") order by id").push(tx.locking(" for update"));
+        select.fetch_all(&mut *tx).await
+    }
+
+    /// Applies `records` (sorted by endpoint, then as they finished) to their endpoints' health,
+    /// circuit (`Circuit::observe`) and window (`Window::adapt`).
+    fn endpoint_changes<'a>(
+        &self,
+        stored: Vec<StressRow>,
+        records: &[&'a AttemptRecord],
+        now: i64,
+    ) -> Result<BTreeMap<String, EndpointChange<'a>>, StoreError> {
+        let mut changes: BTreeMap<String, EndpointChange<'a>> = BTreeMap::new();
+        for row in stored {
+            let circuit = Circuit::try_from(&row.circuit)?;
+            let window = row.window(self.stress.initial_in_flight);
+            changes.insert(
+                row.id.clone(),
+                EndpointChange {
+                    stored: row,
+                    health: HealthChange::default(),
+                    circuit,
+                    window,
+                    observed: Observed::default(),
+                    transitions: Vec::new(),
+                    last_error: None,
+                },
+            );
+        }
+        for record in records {
+            let Some(change) = changes.get_mut(record.endpoint_id.as_str()) else { continue };
+            let success = is_success(record.status_code);
+            change.health.add(success, record.error.as_deref());
+            if !success {
+                change.last_error = record.error.as_deref();
+            }
+            let signal = breaker::signal(record.status_code, record.error_kind);
+            if let Some(transition) = change.circuit.observe(signal, record.probe, now, &self.stress.breaker)
+            {
+                change.transitions.push(transition);
+            }
+            change.observed.add(record.status_code, record.error_kind, record.duration_ms);
+        }
+        for change in changes.values_mut() {
+            let cap = change.stored.in_flight_limit.unwrap_or(self.stress.max_in_flight_per_endpoint);
+            change.window.adapt(&change.observed, cap);
+        }
+        Ok(changes)
+    }
+
+    /// Writes one endpoint's health, circuit and window after a batch.
+    async fn write_endpoint_change(
+        tx: &mut Tx,
+        endpoint_id: &str,
+        change: &EndpointChange<'_>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (health, circuit, window) = (&change.health, &change.circuit, &change.window);
+        sql(r#"update endpoints
+            set last_success_at = case when $2 then $5 else last_success_at end,
+                last_error = case when $3 then $4 else last_error end,
+                last_error_at = case when $3 then $5 else last_error_at end,
+                failing_since = case $6
+                    when 'clear' then null
+                    when 'now' then $5
+                    else coalesce(failing_since, $5)
+                end,
+                circuit_state = $7, circuit_failures = $8, circuit_opened_at = $9,
+                circuit_next_probe_at = $10, circuit_failed_probes = $11,
+                in_flight_window = $12, window_successes = $13, window_backed_off = $14,
+                latency_baseline_ms = $15
+            where id = $1"#)
+        .bind(endpoint_id)
+        .bind(health.any_success)
+        .bind(health.last_failure.is_some())
+        .bind(health.last_failure.flatten())
+        .bind(now)
+        .bind(health.failing_since().as_str())
+        .bind(circuit.state.as_str())
+        .bind(circuit.consecutive_failures)
+        .bind(circuit.opened_at)
+        .bind(circuit.next_probe_at)
+        .bind(circuit.failed_probes)
+        .bind(window.size)
+        .bind(window.successes)
+        .bind(window.backed_off)
+        .bind(window.baseline_ms)
+        .execute(&mut *tx)
+        .await?;
+        let before = CircuitState::parse(&change.stored.circuit.circuit_state);
+        if before != Some(circuit.state) {
+            metrics::counter!(crate::metrics::CIRCUIT_TRANSITIONS, "to" => circuit.state.as_str())
+                .increment(1);
+        }
+        Ok(())
+    }
+
+    /// Reports a circuit that opened or closed (`endpoint.circuit_opened`,
+    /// `endpoint.circuit_closed`, DESIGN §14).
+    async fn report_transition(
+        &self,
+        tx: &mut Tx,
+        operations: Option<&str>,
+        endpoint: &StressRow,
+        last_error: Option<&str>,
+        transition: Transition,
+    ) -> Result<(), StoreError> {
+        let (event_type, data) = match transition {
+            Transition::Opened { at, consecutive_failures } => {
+                tracing::warn!(endpoint.id = %endpoint.id, consecutive_failures, "circuit opened");
+                (
+                    "endpoint.circuit_opened",
+                    serde_json::json!({
+                        "tenant_id": endpoint.tenant_id,
+                        "endpoint_id": endpoint.id,
+                        "opened_at": format_micros(at),
+                        "consecutive_failures": consecutive_failures,
+                        "last_error": last_error,
+                    }),
+                )
+            }
+            Transition::Closed { at, opened_at } => {
+                tracing::info!(endpoint.id = %endpoint.id, "circuit closed");
+                (
+                    "endpoint.circuit_closed",
+                    serde_json::json!({
+                        "tenant_id": endpoint.tenant_id,
+                        "endpoint_id": endpoint.id,
+                        "closed_at": format_micros(at),
+                        "open_seconds": (at - opened_at).max(0) / 1_000_000,
+                    }),
+                )
+            }
+        };
+        Self::emit_operational(tx, operations, &endpoint.tenant_id, event_type, data).await?;
+        Ok(())
     }
 
     /// Writes the deliveries' new states with multi-row updates, only where the lease token still
@@ -99,6 +268,7 @@ impl Store {
             let mut update = Sql::build(
                 r#"update deliveries
                 set status = case when status = 'pending' then v.column3 else status end,
+                    run_attempts = run_attempts - v.column7,
                     next_attempt_at = coalesce(v.column4, next_attempt_at),
                     completed_at = case when status = 'pending' then v.column5 else completed_at end,
                     last_error = case when status = 'pending' then v.column6 else last_error end,
@@ -116,7 +286,8 @@ impl Store {
                     .bind(record.outcome.status().as_str())
                     .cast(next_attempt_at, "bigint")
                     .cast(completed_at, "bigint")
-                    .bind(&record.last_error);
+                    .bind(&record.last_error)
+                    .cast(i32::from(record.refunds_attempt()), "integer");
             });
             update.push(
                 ") as v where deliveries.id = v.column1 and deliveries.lease_token = v.column2 returning deliveries.id",
@@ -142,7 +313,7 @@ impl Store {
                     .cast(record.finished_at, "bigint")
                     .cast(record.duration_ms, "bigint")
                     .cast(record.status_code, "integer")
-                    .bind(record.error_kind)
+                    .bind(record.error_kind.map(ErrorKind::as_str))
                     .bind(&record.error)
                     .bind(&record.response_body)
                     .cast(record.timeout_ms, "bigint");

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use super::StoreError;
 use crate::crypto::Cipher;
+use crate::domain::breaker::{Circuit, CircuitState};
 use crate::domain::claim::{Candidate, Rate};
+use crate::domain::concurrency::{Window, effective_in_flight};
 use crate::domain::delivery::{Attempt, Delivery, DeliveryStatus, Event};
 use crate::domain::endpoint::{Endpoint, Secrets};
 use crate::domain::event_type::EventType;
@@ -98,13 +100,69 @@ pub(crate) struct EndpointRow {
     disabled_reason: Option<String>,
     disabled_at: Option<i64>,
     fifo: bool,
-    max_in_flight: i32,
+    in_flight_limit: Option<i32>,
+    in_flight_window: Option<i32>,
     rate_limit_per_second: Option<i32>,
     delivery_policy: Option<String>,
     filter: Option<String>,
     signature_scheme: String,
+    #[sqlx(flatten)]
+    circuit: CircuitRow,
     created_at: i64,
     updated_at: i64,
+}
+
+/// An endpoint's stored circuit.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CircuitRow {
+    pub(crate) circuit_state: String,
+    circuit_failures: i32,
+    circuit_opened_at: Option<i64>,
+    circuit_next_probe_at: Option<i64>,
+    circuit_failed_probes: i32,
+}
+
+impl TryFrom<&CircuitRow> for Circuit {
+    type Error = StoreError;
+    fn try_from(row: &CircuitRow) -> Result<Self, StoreError> {
+        Ok(Circuit {
+            state: CircuitState::parse(&row.circuit_state)
+                .ok_or_else(|| corrupt(format!("circuit state `{}`", row.circuit_state)))?,
+            consecutive_failures: row.circuit_failures,
+            opened_at: row.circuit_opened_at,
+            next_probe_at: row.circuit_next_probe_at,
+            failed_probes: row.circuit_failed_probes,
+        })
+    }
+}
+
+/// An endpoint's stored circuit and window, as the recorder reads them (locked).
+#[derive(sqlx::FromRow)]
+pub(crate) struct StressRow {
+    pub(crate) id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) in_flight_limit: Option<i32>,
+    pub(crate) in_flight_window: Option<i32>,
+    pub(crate) window_successes: i32,
+    pub(crate) window_backed_off: bool,
+    pub(crate) latency_baseline_ms: Option<i64>,
+    #[sqlx(flatten)]
+    pub(crate) circuit: CircuitRow,
+}
+
+impl StressRow {
+    /// The stored window, or a fresh one of `initial`.
+    pub(crate) fn window(&self, initial: i32) -> Window {
+        match self.in_flight_window {
+            Some(size) => Window {
+                size,
+                successes: self.window_successes,
+                backed_off: self.window_backed_off,
+                baseline_ms: self.latency_baseline_ms,
+            },
+            None => Window::new(initial),
+        }
+    }
 }
 
 impl TryFrom<EndpointRow> for Endpoint {
@@ -123,7 +181,9 @@ impl TryFrom<EndpointRow> for Endpoint {
             disabled_reason: row.disabled_reason,
             disabled_at: row.disabled_at,
             fifo: row.fifo,
-            max_in_flight: row.max_in_flight,
+            max_in_flight: row.in_flight_limit,
+            in_flight_window: row.in_flight_window,
+            circuit: (&row.circuit).try_into()?,
             rate_limit_per_second: row.rate_limit_per_second,
             delivery: crate::domain::policy::DeliveryPolicy::from_stored(row.delivery_policy.as_deref())
                 .map_err(corrupt)?,
@@ -222,6 +282,7 @@ pub(crate) struct AttemptRow {
     error: Option<String>,
     response_body: Option<String>,
     timeout_ms: Option<i64>,
+    probe: bool,
 }
 
 impl From<AttemptRow> for Attempt {
@@ -236,6 +297,7 @@ impl From<AttemptRow> for Attempt {
             error: row.error,
             response_body: row.response_body,
             timeout_ms: row.timeout_ms,
+            probe: row.probe,
         }
     }
 }
@@ -255,7 +317,10 @@ pub(crate) struct FanoutRow {
 #[derive(sqlx::FromRow)]
 pub(crate) struct CandidateRow {
     pub(crate) id: String,
-    pub(crate) max_in_flight: i32,
+    /// Its owner's cap, if any.
+    pub(crate) in_flight_limit: Option<i32>,
+    /// Its adaptive window, once adapted.
+    pub(crate) in_flight_window: Option<i32>,
     pub(crate) fifo: bool,
     pub(crate) rate_limit_per_second: Option<i32>,
     pub(crate) rate_next_at: Option<i64>,
@@ -284,16 +349,24 @@ impl CandidateRow {
         })
     }
 
-    /// The claim's view of this endpoint (`domain::claim`).
-    pub(crate) fn candidate(&self) -> Candidate {
+    /// The claim's view of this endpoint (`domain::claim`), its window and cap defaulting to
+    /// `stress`'s.
+    pub(crate) fn candidate(&self, stress: &super::Stress) -> Candidate {
         Candidate {
             fifo: self.fifo,
-            max_in_flight: self.max_in_flight,
+            max_in_flight: effective_in_flight(
+                self.fifo,
+                self.in_flight_window.unwrap_or(stress.initial_in_flight),
+                self.in_flight_limit.unwrap_or(stress.max_in_flight_per_endpoint),
+            ),
             in_flight: self.in_flight,
-            rate: self
-                .rate_limit_per_second
-                .map(|per_second| Rate { per_second, next_at: self.rate_next_at }),
+            rate: self.rate(),
         }
+    }
+
+    /// Its rate limit, if it has one.
+    pub(crate) fn rate(&self) -> Option<Rate> {
+        self.rate_limit_per_second.map(|per_second| Rate { per_second, next_at: self.rate_next_at })
     }
 }
 

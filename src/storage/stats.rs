@@ -129,22 +129,28 @@ impl Store {
         let (pending,): (i64,) = sql("select count(*) from deliveries where status = 'pending'")
             .fetch_one(self.db.reader())
             .await?;
+        // A parked backlog (open circuit) is not the dispatcher falling behind.
         let (oldest,): (Option<i64>,) = sql(r#"select min(next_attempt_at)
             from deliveries
             where status = 'pending'
               and next_attempt_at <= $1
-              and (lease_until is null or lease_until < $1)"#)
+              and (lease_until is null or lease_until < $1)
+              and endpoint_id not in (select id from endpoints where circuit_state <> 'closed')"#)
         .bind(now)
         .fetch_one(self.db.reader())
         .await?;
-        let (disabled,): (i64,) =
-            sql("select count(*) from endpoints where not enabled and deleted_at is null")
-                .fetch_one(self.db.reader())
-                .await?;
+        let (disabled, circuit_open): (i64, i64) = sql(r#"select
+                coalesce(sum(case when not enabled then 1 else 0 end), 0),
+                coalesce(sum(case when enabled and circuit_state <> 'closed' then 1 else 0 end), 0)
+            from endpoints
+            where deleted_at is null"#)
+        .fetch_one(self.db.reader())
+        .await?;
         Ok(DeliveryGauges {
             pending,
             lag_seconds: oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1e6),
             endpoints_disabled: disabled,
+            endpoints_circuit_open: circuit_open,
         })
     }
 

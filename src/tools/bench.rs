@@ -140,12 +140,52 @@ pub struct Report {
     pub cpu_ms_per_delivery: CpuPerDelivery,
     /// Cores Herald's processes kept busy on average (their CPU seconds ÷ wall seconds).
     pub herald_cores_busy: f64,
+    /// With `--receiver-delay`: how the endpoint's adaptive window ramped (`null` otherwise).
+    pub ramp: Option<Ramp>,
     /// Deliveries received more than once (0 without crashes).
     pub duplicates: usize,
     /// Deliveries never received within the limit.
     pub missing: usize,
     /// Notes (caps raised, scaled counts).
     pub notes: Vec<String>,
+}
+
+/// How fast deliveries ramped up to their steady rate: the arrivals counted in 250 ms buckets
+/// from the first one; ramped once a bucket reaches 80 % of the busiest bucket.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Ramp {
+    /// Seconds from the first arrival to the first ramped bucket.
+    pub seconds: f64,
+    /// Deliveries a second from the first ramped bucket to the last one.
+    pub ramped_per_second: f64,
+}
+
+/// Bucket width of [`Ramp`], µs.
+const RAMP_BUCKET: i64 = 250_000;
+
+impl Ramp {
+    /// The ramp of these arrival times (Unix µs, any order); `None` without arrivals.
+    pub fn of(arrivals: &[i64]) -> Option<Ramp> {
+        let first = *arrivals.iter().min()?;
+        let mut buckets = vec![0usize; 1];
+        for at in arrivals {
+            let index = ((at - first) / RAMP_BUCKET) as usize;
+            if index >= buckets.len() {
+                buckets.resize(index + 1, 0);
+            }
+            buckets[index] += 1;
+        }
+        let peak = *buckets.iter().max()?;
+        let ramped = |n: &usize| *n * 5 >= peak * 4;
+        let start = buckets.iter().position(ramped)?;
+        let end = buckets.iter().rposition(ramped)?;
+        let delivered: usize = buckets[start..=end].iter().sum();
+        let span = (end - start + 1) as f64 * RAMP_BUCKET as f64 / 1e6;
+        Some(Ramp {
+            seconds: start as f64 * RAMP_BUCKET as f64 / 1e6,
+            ramped_per_second: delivered as f64 / span,
+        })
+    }
 }
 
 /// CPU time (user + system), seconds, over one scenario's measured span.
@@ -423,7 +463,14 @@ fn print_report(r: &Report) {
         r.scenario,
         r.backend,
         r.replicas,
-        if r.receiver_delay_ms > 0 { format!(" delay={}ms", r.receiver_delay_ms) } else { String::new() },
+        match &r.ramp {
+            Some(ramp) => format!(
+                " delay={}ms ramped in {:.2}s to {:.0}/s",
+                r.receiver_delay_ms, ramp.seconds, ramp.ramped_per_second
+            ),
+            None if r.receiver_delay_ms > 0 => format!(" delay={}ms", r.receiver_delay_ms),
+            None => String::new(),
+        },
         r.events,
         r.deliveries,
         r.ingest_per_second,
@@ -482,7 +529,7 @@ async fn run_scenario(
         server.stop().await;
         let api: Vec<(&str, String)> = vec![("HERALD_INGEST__BATCH_BODY_LIMIT", "64MiB".into())];
         let mut api_server = Server::start(&database_url, "api", &api).await?;
-        setup(&api_server, endpoints, &healthy, &hanging, scenario).await?;
+        setup(&api_server, endpoints, &healthy, &hanging, scenario, pinned_cap(options)).await?;
         let tenant = "bench";
         let started = Instant::now();
         ingest_batches(&api_server, tenant, events, false).await?;
@@ -528,7 +575,7 @@ async fn run_scenario(
         server
     };
 
-    setup(&server, endpoints, &healthy, &hanging, scenario).await?;
+    setup(&server, endpoints, &healthy, &hanging, scenario, pinned_cap(options)).await?;
     let mut others = Vec::new();
     for _ in 1..replicas {
         others.push(Server::start(&database_url, "all", &env).await?);
@@ -599,6 +646,11 @@ async fn run_scenario(
         cpu_seconds,
         replicas,
         receiver_delay_ms: options.receiver_delay.as_millis() as u64,
+        ramp: if options.receiver_delay.is_zero() {
+            None
+        } else {
+            Ramp::of(&arrivals.iter().filter(|a| a.ok).map(|a| a.at).collect::<Vec<_>>())
+        },
         duplicates,
         missing: expected.saturating_sub(received),
         notes,
@@ -612,12 +664,20 @@ async fn run_scenario(
     Ok(report)
 }
 
+/// The per-endpoint cap the bench pins: 10 attempts in flight, so figures compare across
+/// versions; with `--receiver-delay` none (the server's cap), so the adaptive window shows how
+/// far and how fast it ramps for a slow endpoint.
+fn pinned_cap(options: &Options) -> Value {
+    if options.receiver_delay.is_zero() { json!(10) } else { Value::Null }
+}
+
 async fn setup(
     server: &Server,
     endpoints: usize,
     healthy: &Receiver,
     hanging: &Receiver,
     scenario: Scenario,
+    max_in_flight: Value,
 ) -> anyhow::Result<()> {
     server.post("/v1/event-types", &json!({"name": "bench.event"})).await?;
     if scenario == Scenario::Typed1000 {
@@ -632,13 +692,14 @@ async fn setup(
         } else {
             format!("{}/hook/{n}", healthy.url())
         };
-        let endpoint = match scenario {
+        let mut endpoint = match scenario {
             Scenario::Filtered1000 => {
                 json!({"url": url, "filter": {"data.shard": n % FILTER_SHARDS, "data.n": {"$gte": 0}}})
             }
             Scenario::Typed1000 => json!({"url": url, "event_types": [event_type(true, n)]}),
             _ => json!({"url": url}),
         };
+        endpoint["max_in_flight"] = max_in_flight.clone();
         server.post("/v1/tenants/bench/endpoints", &endpoint).await?;
     }
     Ok(())
@@ -762,4 +823,27 @@ async fn ingest_batches(
         n += size;
     }
     Ok(accepted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ramp_is_where_arrivals_first_reach_four_fifths_of_the_busiest_quarter_second() {
+        // 10 arrivals in the first quarter second, 40 in the second, then 100 a quarter
+        // second for a second, then a tail of 5.
+        let mut arrivals = Vec::new();
+        let at = |bucket: i64, i: i64, n: i64| bucket * RAMP_BUCKET + i * RAMP_BUCKET / n;
+        arrivals.extend((0..10).map(|i| at(0, i, 10)));
+        arrivals.extend((0..40).map(|i| at(1, i, 40)));
+        for bucket in 2..6 {
+            arrivals.extend((0..100).map(|i| at(bucket, i, 100)));
+        }
+        arrivals.extend((0..5).map(|i| at(6, i, 5)));
+        let ramp = Ramp::of(&arrivals).expect("arrivals");
+        assert_eq!(ramp.seconds, 0.5);
+        assert_eq!(ramp.ramped_per_second, 400.0);
+        assert_eq!(Ramp::of(&[]), None);
+    }
 }

@@ -353,7 +353,9 @@ fn the_default_delivery_settings_are_the_documented_ones() {
         [Duration::from_secs(5), Duration::from_secs(300), Duration::from_secs(1800)]
     );
     assert_eq!(delivery.lease, Duration::from_secs(30));
-    assert_eq!(delivery.max_in_flight_per_endpoint, 10);
+    assert_eq!(delivery.max_in_flight_per_endpoint, 100);
+    assert_eq!(delivery.initial_in_flight, 10);
+    assert_eq!(delivery.breaker_failures, 10);
     assert_eq!(delivery.retry_after_max, Duration::from_secs(3600));
     assert!(!delivery.retry_client_errors);
     assert_eq!(delivery.timeout_max(), Duration::from_secs(25), "endpoints may ask for up to 25 s");

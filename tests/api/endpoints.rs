@@ -49,7 +49,12 @@ async fn creating_an_endpoint_returns_it_with_defaults_and_a_secret() {
     assert!(endpoint["disabled_reason"].is_null());
     assert_eq!(endpoint["headers"], json!({}));
     assert_eq!(endpoint["fifo"], json!(false));
-    assert_eq!(endpoint["max_in_flight"], json!(10));
+    assert_eq!(endpoint["max_in_flight"], Value::Null, "null: the server's cap");
+    assert_eq!(endpoint["effective_in_flight"], json!(10), "the adaptive window starts at 10");
+    assert_eq!(
+        endpoint["circuit"],
+        json!({"state": "closed", "opened_at": null, "next_probe_at": null, "consecutive_failures": 0})
+    );
     assert!(endpoint["rate_limit_per_second"].is_null());
     assert!(endpoint["description"].is_string() || endpoint["description"].is_null());
     assert_time(&endpoint["created_at"]);

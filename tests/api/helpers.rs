@@ -201,6 +201,11 @@ pub async fn spawn_stepped_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp 
     launch(Arc::new(TestDatabase::for_suite().await), tweak, true).await
 }
 
+/// A stepped Herald (`spawn_stepped_app_with`) on an existing test database: a second replica.
+pub async fn spawn_stepped_app_on(db: Arc<TestDatabase>, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    launch(db, tweak, true).await
+}
+
 async fn launch(db: Arc<TestDatabase>, tweak: impl FnOnce(&mut Config), stepped: bool) -> TestApp {
     announce_backend(db.backend);
     let mut config = test_config(&db);

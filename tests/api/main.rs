@@ -29,6 +29,7 @@ mod scenario;
 mod security;
 mod signatures;
 mod storage;
+mod stress;
 mod tenants;
 mod tokens;
 mod tools;

@@ -46,6 +46,7 @@ async fn deliver_all(store: &Store) -> usize {
             outcome: Outcome::Delivered,
             timeout_ms: None,
             last_error: None,
+            probe: false,
         })
         .collect();
     store.record_attempts(&records).await.unwrap();

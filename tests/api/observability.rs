@@ -44,7 +44,12 @@ async fn stats_equal_what_the_recorded_attempts_say_and_stay_within_the_tenant()
     receiver.respond("/ok", Reply::ok().delayed(Duration::from_millis(3)));
     receiver.respond_statuses("/flaky", &[500, 200]);
     receiver.respond("/down", Reply::status(503));
-    let app = spawn_app_with(|c| c.delivery.retry_schedule = vec![Duration::from_millis(20); 3]).await;
+    // The breaker off: /down's deliveries run their whole schedule, which the stats count.
+    let app = spawn_app_with(|c| {
+        c.delivery.retry_schedule = vec![Duration::from_millis(20); 3];
+        c.delivery.breaker_failures = 0;
+    })
+    .await;
     app.create_event_type("order.paid").await;
     let (tenant, token) = app.create_tenant_and_token().await;
     let (other, other_token) = app.create_tenant_and_token().await;
@@ -164,12 +169,13 @@ async fn stats_windows_leave_out_attempts_older_than_the_window() {
             finished_at: if i < 2 { now - 2 * 3_600_000_000 } else { now },
             duration_ms: 10 * (i as i64 + 1),
             status_code: Some(if i == 0 { 500 } else { 200 }),
-            error_kind: (i == 0).then_some("http_status"),
+            error_kind: (i == 0).then_some(herald::domain::retry::ErrorKind::HttpStatus),
             error: (i == 0).then(|| "HTTP 500".to_owned()),
             response_body: None,
             outcome: if i == 0 { Outcome::GiveUp { disable_endpoint: false } } else { Outcome::Delivered },
             timeout_ms: None,
             last_error: (i == 0).then(|| "HTTP 500".to_owned()),
+            probe: false,
         })
         .collect();
     assert_eq!(store.record_attempts(&records).await.unwrap(), 0);
@@ -234,6 +240,8 @@ async fn metrics_count_exactly_the_attempts_that_happened() {
         .env("HERALD_DELIVERY__TIMEOUT", "300ms")
         .env("HERALD_DELIVERY__LEASE", "6s")
         .env("HERALD_DELIVERY__RETRY_SCHEDULE", "20ms,20ms,20ms")
+        // The breaker off: every run goes to its end, and the counts below are exact.
+        .env("HERALD_DELIVERY__BREAKER_FAILURES", "0")
         .stdout(Stdio::piped());
     let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

@@ -72,7 +72,9 @@ fn endpoint(tenant_id: &str) -> Endpoint {
         disabled_reason: None,
         disabled_at: None,
         fifo: false,
-        max_in_flight: 10,
+        max_in_flight: None,
+        in_flight_window: None,
+        circuit: Default::default(),
         rate_limit_per_second: Some(100),
         delivery: Default::default(),
         filter: None,
@@ -323,7 +325,7 @@ async fn endpoints_round_trip_within_their_tenant() {
         ep.disabled_reason = Some("manual".into());
         ep.disabled_at = Some(now_micros());
         ep.fifo = true;
-        ep.max_in_flight = 1;
+        ep.max_in_flight = Some(1);
         ep.rate_limit_per_second = None;
         ep.updated_at += 1;
         store.update_endpoint(&ep).await.unwrap();
