@@ -10,8 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::events::parse_time;
-use super::extract::{ApiQuery, ItemPath, PageParams, Pager, TenantPath, TenantScope};
+use super::extract::{ApiQuery, ItemPath, PageParams, Pager, TenantPath, TenantScope, TimeRange};
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::delivery::{Attempt, Delivery};
 use crate::domain::time::format_micros;
@@ -133,12 +132,9 @@ pub struct DeliveryQuery {
     pub endpoint_id: Option<String>,
     /// Only this event.
     pub event_id: Option<String>,
-    /// Created at or after (RFC 3339 with offset).
-    #[param(format = DateTime)]
-    pub since: Option<String>,
-    /// Created before (RFC 3339 with offset).
-    #[param(format = DateTime)]
-    pub until: Option<String>,
+    #[serde(flatten)]
+    #[param(ignore)]
+    range: TimeRange,
     #[serde(flatten)]
     #[param(ignore)]
     page: PageParams,
@@ -146,7 +142,7 @@ pub struct DeliveryQuery {
 
 /// List a tenant's deliveries, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/deliveries", tag = "deliveries",
-    params(TenantPath, DeliveryQuery, PageParams),
+    params(TenantPath, DeliveryQuery, TimeRange, PageParams),
     responses((status = 200, description = "A page of deliveries, newest first", body = DeliveryList), ErrorResponses))]
 pub async fn list_deliveries(
     TenantScope { state, tenant, .. }: TenantScope,
@@ -159,12 +155,13 @@ pub async fn list_deliveries(
                 .ok_or_else(|| ApiError::invalid("status", "must be `pending`, `delivered` or `failed`"))?,
         ),
     };
+    let (since, until) = query.range.parse()?;
     let filter = DeliveryFilter {
         status,
         endpoint_id: query.endpoint_id.clone(),
         event_id: query.event_id.clone(),
-        since: parse_time("since", query.since.as_deref())?,
-        until: parse_time("until", query.until.as_deref())?,
+        since,
+        until,
     };
     let pager = Pager::new(&query.page, &format!("deliveries|{}|{:?}", tenant.id, filter))?;
     let rows = state.store.list_deliveries(&tenant.id, &filter, &pager.query()).await?;

@@ -14,12 +14,14 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{ApiJson, ApiQuery, ItemPath, PageParams, Pager, TenantPath, TenantScope, body_limit};
+use super::extract::{
+    ApiJson, ApiQuery, ItemPath, PageParams, Pager, TenantPath, TenantScope, TimeRange, body_limit,
+};
 use crate::domain::Invalid;
 use crate::domain::delivery::{Delivery, Event};
 use crate::domain::event::{data_of_envelope, envelope, minify, parse_data, validate_idempotency_key};
 use crate::domain::id::{IdKind, new_id};
-use crate::domain::time::{format_micros, now_micros, parse_rfc3339};
+use crate::domain::time::{format_micros, now_micros};
 use crate::storage::{EventFilter, IngestOutcome, NewEvent, StoreError};
 
 /// Most events in one batch request.
@@ -428,35 +430,24 @@ pub async fn create_events_batch(
 pub struct EventQuery {
     /// Only this event type.
     pub event_type: Option<String>,
-    /// Accepted at or after (RFC 3339 with offset).
-    #[param(format = DateTime)]
-    pub since: Option<String>,
-    /// Accepted before (RFC 3339 with offset).
-    #[param(format = DateTime)]
-    pub until: Option<String>,
+    #[serde(flatten)]
+    #[param(ignore)]
+    range: TimeRange,
     #[serde(flatten)]
     #[param(ignore)]
     page: PageParams,
 }
 
-/// Parses an optional RFC 3339 query parameter.
-pub(crate) fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
-    value.map(|v| parse_rfc3339(v).map_err(|why| ApiError::invalid(field, why))).transpose()
-}
-
 /// List a tenant's events, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events",
-    params(TenantPath, EventQuery, PageParams),
+    params(TenantPath, EventQuery, TimeRange, PageParams),
     responses((status = 200, description = "A page of events, newest first", body = EventList), ErrorResponses))]
 pub async fn list_events(
     TenantScope { state, tenant, .. }: TenantScope,
     ApiQuery(query): ApiQuery<EventQuery>,
 ) -> Result<Json<EventList>, ApiError> {
-    let filter = EventFilter {
-        event_type: query.event_type.clone(),
-        since: parse_time("since", query.since.as_deref())?,
-        until: parse_time("until", query.until.as_deref())?,
-    };
+    let (since, until) = query.range.parse()?;
+    let filter = EventFilter { event_type: query.event_type.clone(), since, until };
     let pager = Pager::new(&query.page, &format!("events|{}|{:?}", tenant.id, filter))?;
     let rows = state.store.list_events(&tenant.id, &filter, &pager.query()).await?;
     let (rows, next_cursor) = pager.finish(rows, |e| &e.id);

@@ -17,7 +17,7 @@ use utoipa::IntoParams;
 use super::AppState;
 use super::error::{ApiError, OrNotFound};
 use crate::domain::tenant::Tenant;
-use crate::domain::time::now_micros;
+use crate::domain::time::{now_micros, parse_rfc3339};
 use crate::domain::token::{Scope, hash_token, shown_prefix};
 use crate::storage::PageQuery;
 
@@ -328,6 +328,30 @@ pub struct PageParams {
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+/// `?since=&until=` on the lists of events and deliveries: a window on creation time.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TimeRange {
+    /// Created at or after (RFC 3339 with offset).
+    #[param(format = DateTime)]
+    pub since: Option<String>,
+    /// Created before (RFC 3339 with offset).
+    #[param(format = DateTime)]
+    pub until: Option<String>,
+}
+
+impl TimeRange {
+    /// Both bounds in Unix microseconds, each `None` when absent; 422 naming a malformed one.
+    pub fn parse(&self) -> Result<(Option<i64>, Option<i64>), ApiError> {
+        Ok((parse_time("since", self.since.as_deref())?, parse_time("until", self.until.as_deref())?))
+    }
+}
+
+/// Parses an optional RFC 3339 query parameter.
+fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value.map(|v| parse_rfc3339(v).map_err(|why| ApiError::invalid(field, why))).transpose()
 }
 
 /// A validated page request, bound to the filters it was made with.
