@@ -156,27 +156,36 @@ pub struct Delivery {
 }
 
 /// One HTTP request of a delivery.
-#[derive(Clone, Debug, PartialEq)]
+// Also the API's body (`AttemptOut`), so the field docs speak of the API: times are Unix µs here
+// and RFC 3339 there.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = AttemptOut)]
 pub struct Attempt {
     /// `att_…`
     pub id: String,
-    /// 1, 2, 3… never reset.
+    /// 1, 2, 3… never reset by replays.
     pub number: i32,
-    /// Unix µs.
+    /// RFC 3339.
+    #[serde(serialize_with = "super::time::serialize")]
+    #[schema(value_type = String)]
     pub started_at: i64,
-    /// Milliseconds; `None` while under way.
+    /// `null` while under way.
     pub duration_ms: Option<i64>,
     /// The response status, if one came.
     pub status_code: Option<i32>,
-    /// Why it failed (see `retry::ErrorKind`).
+    /// `http_status`, `timeout`, `connect`, `tls`, `dns`, `blocked_address`, `interrupted` or `other`.
+    // The names of `retry::ErrorKind`.
     pub error_kind: Option<String>,
     /// Failure detail.
     pub error: Option<String>,
-    /// Up to 8 KiB of the response body, lossy UTF-8.
+    /// Up to 8 KiB of the response body.
+    // Lossy UTF-8.
     pub response_body: Option<String>,
-    /// The timeout that applied, ms (`None` for attempts never sent or recorded before it was kept).
+    /// The timeout that applied to this attempt (the endpoint's own or the server's), ms.
+    // `None` for attempts never sent, or recorded before it was kept.
     pub timeout_ms: Option<i64>,
-    /// Whether it was its endpoint's circuit probe.
+    /// Whether it was the circuit breaker's probe of an endpoint that was down: a failed probe
+    /// does not count toward its delivery's run.
     pub probe: bool,
 }
 

@@ -48,7 +48,7 @@ pub struct DeliveryOut {
     pub completed_at: Option<String>,
     /// Every attempt (single-delivery route only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempts: Option<Vec<AttemptOut>>,
+    pub attempts: Option<Vec<Attempt>>,
 }
 
 impl From<Delivery> for DeliveryOut {
@@ -65,49 +65,6 @@ impl From<Delivery> for DeliveryOut {
             created_at: format_micros(d.created_at),
             completed_at: d.completed_at.map(format_micros),
             attempts: None,
-        }
-    }
-}
-
-/// One HTTP request of a delivery.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AttemptOut {
-    /// `att_…`
-    pub id: String,
-    /// 1, 2, 3… never reset by replays.
-    pub number: i32,
-    /// RFC 3339.
-    pub started_at: String,
-    /// `null` while under way.
-    pub duration_ms: Option<i64>,
-    /// The response status, if one came.
-    pub status_code: Option<i32>,
-    /// `http_status`, `timeout`, `connect`, `tls`, `dns`, `blocked_address`, `interrupted` or `other`.
-    pub error_kind: Option<String>,
-    /// Failure detail.
-    pub error: Option<String>,
-    /// Up to 8 KiB of the response body.
-    pub response_body: Option<String>,
-    /// The timeout that applied to this attempt (the endpoint's own or the server's), ms.
-    pub timeout_ms: Option<i64>,
-    /// Whether it was the circuit breaker's probe of an endpoint that was down: a failed probe
-    /// does not count toward its delivery's run.
-    pub probe: bool,
-}
-
-impl From<Attempt> for AttemptOut {
-    fn from(a: Attempt) -> Self {
-        AttemptOut {
-            id: a.id,
-            number: a.number,
-            started_at: format_micros(a.started_at),
-            duration_ms: a.duration_ms,
-            status_code: a.status_code,
-            error_kind: a.error_kind,
-            error: a.error,
-            response_body: a.response_body,
-            timeout_ms: a.timeout_ms,
-            probe: a.probe,
         }
     }
 }
@@ -173,7 +130,7 @@ async fn load(state: &AppState, tenant_id: &str, id: &str) -> Result<DeliveryOut
     let delivery = state.store.get_delivery(tenant_id, id).await.or_not_found("delivery", id)?;
     let attempts = state.store.list_attempts(&delivery.id).await?;
     let mut out = DeliveryOut::from(delivery);
-    out.attempts = Some(attempts.into_iter().map(Into::into).collect());
+    out.attempts = Some(attempts);
     Ok(out)
 }
 
