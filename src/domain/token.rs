@@ -18,22 +18,31 @@ pub enum Scope {
     Tenant(String),
 }
 
-/// A stored token, without the secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A token, without its secret.
+// Also the API's body (`TokenOut`), so the field docs speak of the API: times are Unix µs here
+// and RFC 3339 there.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = TokenOut)]
 pub struct Token {
     /// `tok_…`
     pub id: String,
     /// Label.
     pub name: String,
-    /// `None` for admin tokens.
+    /// The tenant it is confined to; `null` for admin tokens.
     pub tenant_id: Option<String>,
-    /// The first characters of the token, to recognise it.
+    /// First characters of the token, to recognise it.
     pub prefix: String,
-    /// Unix µs.
+    /// RFC 3339.
+    #[serde(serialize_with = "super::time::serialize")]
+    #[schema(value_type = String)]
     pub created_at: i64,
-    /// Unix µs.
+    /// RFC 3339, to the minute.
+    #[serde(serialize_with = "super::time::serialize_opt")]
+    #[schema(value_type = Option<String>)]
     pub last_used_at: Option<i64>,
-    /// Unix µs after which the token is refused like a revoked one; `None` = never.
+    /// RFC 3339: refused with 401 from then on; `null` = until revoked.
+    #[serde(serialize_with = "super::time::serialize_opt")]
+    #[schema(value_type = Option<String>)]
     pub expires_at: Option<i64>,
 }
 

@@ -271,45 +271,12 @@ fn expiry(
     Some(now + lifetime.as_micros() as i64)
 }
 
-/// A token, without its secret.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TokenOut {
-    /// `tok_…`
-    pub id: String,
-    /// Label.
-    pub name: String,
-    /// The tenant it is confined to; `null` for admin tokens.
-    pub tenant_id: Option<String>,
-    /// First characters of the token, to recognise it.
-    pub prefix: String,
-    /// RFC 3339.
-    pub created_at: String,
-    /// RFC 3339, to the minute.
-    pub last_used_at: Option<String>,
-    /// RFC 3339: refused with 401 from then on; `null` = until revoked.
-    pub expires_at: Option<String>,
-}
-
-impl From<Token> for TokenOut {
-    fn from(t: Token) -> Self {
-        TokenOut {
-            id: t.id,
-            name: t.name,
-            tenant_id: t.tenant_id,
-            prefix: t.prefix,
-            created_at: format_micros(t.created_at),
-            last_used_at: t.last_used_at.map(format_micros),
-            expires_at: t.expires_at.map(format_micros),
-        }
-    }
-}
-
 /// A new token: the only time `token` is shown.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenCreatedOut {
     #[serde(flatten)]
     /// The stored token.
-    pub token_info: TokenOut,
+    pub token_info: Token,
     /// The bearer token, `hrld_…`; store it now, it is not shown again.
     pub token: String,
 }
@@ -318,7 +285,7 @@ pub struct TokenCreatedOut {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenList {
     /// Newest first.
-    pub data: Vec<TokenOut>,
+    pub data: Vec<Token>,
     /// Cursor of the next page, `null` on the last.
     pub next_cursor: Option<String>,
 }
@@ -358,7 +325,7 @@ pub async fn create_tenant_token(
     let expires_at = expiry(&mut invalid, body.expires_in.as_deref(), None, TOKEN_LIFETIME_MAX, now_micros());
     invalid.into_result().map_err(ApiError::Invalid)?;
     let (token, secret) = issue_token(state.store.as_ref(), body.name, Some(tenant.id), expires_at).await?;
-    Ok((StatusCode::CREATED, Json(TokenCreatedOut { token_info: token.into(), token: secret })))
+    Ok((StatusCode::CREATED, Json(TokenCreatedOut { token_info: token, token: secret })))
 }
 
 /// Body of `POST …/portal-links`.
@@ -456,7 +423,7 @@ pub async fn list_tokens(
     let pager = Pager::new(&filter.page, &format!("tokens|{}", tenant_id.as_deref().unwrap_or("")))?;
     let rows = state.store.list_tokens(tenant_id.as_deref(), now_micros(), &pager.query()).await?;
     let (rows, next_cursor) = pager.finish(rows, |t| &t.id);
-    Ok(Json(TokenList { data: rows.into_iter().map(Into::into).collect(), next_cursor }))
+    Ok(Json(TokenList { data: rows, next_cursor }))
 }
 
 /// Revoke a token; it stops working at once.
