@@ -65,18 +65,23 @@ impl Window {
     }
 }
 
-/// One bucket of a time series.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One bucket of a series.
+// Also the API's body (`PointOut`), so the field docs speak of the API: `at` is Unix µs here and
+// RFC 3339 there.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = PointOut)]
 pub struct Point {
-    /// Start of the bucket (Unix µs).
+    /// Start of the bucket (RFC 3339, UTC).
+    #[serde(serialize_with = "super::time::serialize")]
+    #[schema(value_type = String)]
     pub at: i64,
-    /// Attempts finished in it.
+    /// Attempts finished in the bucket.
     pub attempts: i64,
     /// Those that failed.
     pub failures: i64,
-    /// Median latency (ms); `None` without attempts.
+    /// Median latency, ms (`null` without attempts).
     pub p50: Option<i64>,
-    /// 95th percentile latency (ms); `None` without attempts.
+    /// 95th percentile latency, ms (`null` without attempts).
     pub p95: Option<i64>,
 }
 

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
 use super::extract::{Admin, ApiQuery, Auth, EndpointPath, TenantPath, TenantScope};
-use crate::domain::stats::{Window, percentile};
+use crate::domain::stats::{Point, Window, percentile};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::token::Scope;
 use crate::storage::EndpointHealth;
@@ -195,21 +195,6 @@ pub async fn get_endpoint_stats(
     Ok(Json(stats_out(health, window, now)))
 }
 
-/// One bucket of a series.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PointOut {
-    /// Start of the bucket (RFC 3339, UTC).
-    pub at: String,
-    /// Attempts finished in the bucket.
-    pub attempts: i64,
-    /// Those that failed.
-    pub failures: i64,
-    /// Median latency, ms (`null` without attempts).
-    pub p50: Option<i64>,
-    /// 95th percentile latency, ms (`null` without attempts).
-    pub p95: Option<i64>,
-}
-
 /// Attempts, failures and latency per rollup bucket over a window.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SeriesOut {
@@ -218,7 +203,7 @@ pub struct SeriesOut {
     /// Bucket width: `1m` up to the 1-hour window, `1h` beyond.
     pub step: String,
     /// One point per bucket, oldest first, quiet buckets included.
-    pub points: Vec<PointOut>,
+    pub points: Vec<Point>,
 }
 
 async fn series_out(
@@ -228,16 +213,7 @@ async fn series_out(
 ) -> Result<SeriesOut, ApiError> {
     let now = now_micros();
     let rows = state.store.stats_buckets(endpoint_id, window.period(), window.since(now)).await?;
-    let points = crate::domain::stats::series(window, now, &rows)
-        .into_iter()
-        .map(|p| PointOut {
-            at: format_micros(p.at),
-            attempts: p.attempts,
-            failures: p.failures,
-            p50: p.p50,
-            p95: p.p95,
-        })
-        .collect();
+    let points = crate::domain::stats::series(window, now, &rows);
     let step = if window.step() == crate::domain::stats::MINUTE { "1m" } else { "1h" };
     Ok(SeriesOut { window: window.as_str().to_owned(), step: step.to_owned(), points })
 }
