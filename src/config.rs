@@ -644,45 +644,37 @@ fn opt_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Dur
     duration(deserializer).map(Some)
 }
 
-fn redacted_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Redacted>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrText {
-        List(Vec<String>),
-        Text(String),
-    }
-    Ok(
-        match ListOrText::deserialize(deserializer)
-            .map_err(|_| de::Error::custom("expected a list of keys"))?
-        {
-            ListOrText::List(items) => items.into_iter().map(Redacted).collect(),
-            ListOrText::Text(text) => text
-                .split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(|k| Redacted(k.to_owned()))
-                .collect(),
-        },
-    )
+/// A TOML array of strings, or one comma-separated string (the environment's form).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListOrText {
+    List(Vec<String>),
+    Text(String),
 }
 
-/// A TOML array of strings, or one comma-separated string (the environment's form).
-fn text_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrText {
-        List(Vec<String>),
-        Text(String),
+impl ListOrText {
+    /// Reads either form; `expected` is the whole error for anything else.
+    fn read<'de, D: Deserializer<'de>>(deserializer: D, expected: &str) -> Result<ListOrText, D::Error> {
+        ListOrText::deserialize(deserializer).map_err(|_| de::Error::custom(expected))
     }
-    Ok(
-        match ListOrText::deserialize(deserializer)
-            .map_err(|_| de::Error::custom("expected a list of strings"))?
-        {
-            ListOrText::List(items) => items.into_iter().map(|item| item.trim().to_owned()).collect(),
-            ListOrText::Text(text) if text.trim().is_empty() => Vec::new(),
-            ListOrText::Text(text) => text.split(',').map(|item| item.trim().to_owned()).collect(),
-        },
-    )
+}
+
+fn redacted_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Redacted>, D::Error> {
+    Ok(match ListOrText::read(deserializer, "expected a list of keys")? {
+        ListOrText::List(items) => items.into_iter().map(Redacted).collect(),
+        ListOrText::Text(text) => {
+            text.split(',').map(str::trim).filter(|k| !k.is_empty()).map(|k| Redacted(k.to_owned())).collect()
+        }
+    })
+}
+
+/// A [`ListOrText`] of strings, each trimmed.
+fn text_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    Ok(match ListOrText::read(deserializer, "expected a list of strings")? {
+        ListOrText::List(items) => items.into_iter().map(|item| item.trim().to_owned()).collect(),
+        ListOrText::Text(text) if text.trim().is_empty() => Vec::new(),
+        ListOrText::Text(text) => text.split(',').map(|item| item.trim().to_owned()).collect(),
+    })
 }
 
 fn cidr_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
