@@ -36,6 +36,16 @@ impl<T: Clone> Copies<T> {
         }
     }
 
+    /// The fresh copy under `key`, else what `read` finds, kept (nothing is kept on an error).
+    async fn get_or_read<E>(&self, key: &str, read: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        if let Some(value) = self.get(key) {
+            return Ok(value);
+        }
+        let value = read.await?;
+        self.keep(key, &value);
+        Ok(value)
+    }
+
     fn forget(&self) {
         if let Ok(mut copies) = self.0.lock() {
             copies.clear();
@@ -59,22 +69,12 @@ pub struct Lookups {
 impl Lookups {
     /// A live tenant by id or external id.
     pub async fn tenant(&self, store: &Store, key: &str) -> Result<Tenant, StoreError> {
-        if let Some(tenant) = self.tenants.get(key) {
-            return Ok(tenant);
-        }
-        let tenant = store.get_tenant(key).await?;
-        self.tenants.keep(key, &tenant);
-        Ok(tenant)
+        self.tenants.get_or_read(key, store.get_tenant(key)).await
     }
 
     /// An event type, archived or not.
     pub async fn event_type(&self, store: &Store, name: &str) -> Result<EventType, StoreError> {
-        if let Some(event_type) = self.event_types.get(name) {
-            return Ok(event_type);
-        }
-        let event_type = store.get_event_type(name).await?;
-        self.event_types.keep(name, &event_type);
-        Ok(event_type)
+        self.event_types.get_or_read(name, store.get_event_type(name)).await
     }
 
     /// A tenant changed or went (a tenant is kept under its id and its external id, so all go).
