@@ -7,12 +7,6 @@ use super::*;
 use crate::domain::delivery::Stopped;
 use crate::domain::endpoint::{Endpoint, Secrets};
 
-/// The columns an [`EndpointRow`] reads.
-const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, description, event_types, headers, enabled, disabled_reason, \
-    disabled_at, fifo, in_flight_limit, in_flight_window, rate_limit_per_second, delivery_policy, filter, \
-    signature_scheme, circuit_state, circuit_failures, circuit_opened_at, circuit_next_probe_at, \
-    circuit_failed_probes, created_at, updated_at";
-
 impl Store {
     /// Adds an endpoint with its first secret.
     /// Inserts an endpoint unless its tenant already has `max_per_tenant` live ones (then
@@ -54,11 +48,15 @@ impl Store {
 
     /// A live endpoint of a tenant.
     pub async fn get_endpoint(&self, tenant_id: &str, id: &str) -> Result<Endpoint, StoreError> {
-        let statement = format!(
-            "select {ENDPOINT_COLUMNS} from endpoints where tenant_id = $1 and id = $2 and deleted_at is null"
-        );
-        let row: EndpointRow =
-            Sql::build(&statement).bind(tenant_id).bind(id).fetch_one(self.db.reader()).await?;
+        let row: EndpointRow = Sql::build(&format!(
+            r#"select {ENDPOINT_COLUMNS}
+            from endpoints
+            where tenant_id = $1 and id = $2 and deleted_at is null"#
+        ))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_one(self.db.reader())
+        .await?;
         self.open_endpoint(row.try_into()?)
     }
 
@@ -68,7 +66,7 @@ impl Store {
         tenant_id: &str,
         page: &PageQuery,
     ) -> Result<Vec<Endpoint>, StoreError> {
-        let statement = format!(
+        let rows: Vec<EndpointRow> = Sql::build(&format!(
             r#"select {ENDPOINT_COLUMNS}
             from endpoints
             where tenant_id = $1
@@ -76,9 +74,11 @@ impl Store {
               and ($2 is null or id < $2)
             order by id desc
             limit $3"#
-        );
-        let rows: Vec<EndpointRow> =
-            Sql::build(&statement).bind(tenant_id).page(page).fetch_all(self.db.reader()).await?;
+        ))
+        .bind(tenant_id)
+        .page(page)
+        .fetch_all(self.db.reader())
+        .await?;
         rows.into_iter().map(|row| self.open_endpoint(row.try_into()?)).collect()
     }
 

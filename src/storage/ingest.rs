@@ -109,11 +109,11 @@ impl Store {
                         outcomes.push(IngestOutcome::KeyConflict);
                         continue;
                     }
-                    let first: Option<EventRow> = sql(
-                        r#"select id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at
+                    let first: Option<EventRow> = Sql::build(&format!(
+                        r#"select {EVENT_COLUMNS}
                         from events
-                        where id = $1"#,
-                    )
+                        where id = $1"#
+                    ))
                     .bind(resource_id)
                     .fetch_optional(&mut *tx)
                     .await?;

@@ -12,14 +12,15 @@ use crate::domain::policy::DeliveryPolicy;
 impl Store {
     /// One event of a tenant.
     pub async fn get_event(&self, tenant_id: &str, id: &str) -> Result<Event, StoreError> {
-        let row: EventRow =
-            sql(r#"select id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at
+        let row: EventRow = Sql::build(&format!(
+            r#"select {EVENT_COLUMNS}
             from events
-            where tenant_id = $1 and id = $2"#)
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_one(self.db.reader())
-            .await?;
+            where tenant_id = $1 and id = $2"#
+        ))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_one(self.db.reader())
+        .await?;
         Ok(row.into())
     }
 
@@ -30,8 +31,8 @@ impl Store {
         filter: &EventFilter,
         page: &PageQuery,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows: Vec<EventRow> =
-            sql(r#"select id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at
+        let rows: Vec<EventRow> = Sql::build(&format!(
+            r#"select {EVENT_COLUMNS}
             from events
             where tenant_id = $1
               and ($2 is null or event_type = $2)
@@ -39,25 +40,27 @@ impl Store {
               and ($4 is null or created_at < $4)
               and ($5 is null or id < $5)
             order by id desc
-            limit $6"#)
-            .bind(tenant_id)
-            .bind(&filter.event_type)
-            .bind(filter.since)
-            .bind(filter.until)
-            .page(page)
-            .fetch_all(self.db.reader())
-            .await?;
+            limit $6"#
+        ))
+        .bind(tenant_id)
+        .bind(&filter.event_type)
+        .bind(filter.since)
+        .bind(filter.until)
+        .page(page)
+        .fetch_all(self.db.reader())
+        .await?;
         Ok(rows.into_iter().map(Event::from).collect())
     }
 
     /// The deliveries of one event.
     pub async fn list_event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
         self.read_deliveries(
-            sql(r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
-                last_error, created_at, completed_at
-            from deliveries
-            where event_id = $1
-            order by id"#)
+            Sql::build(&format!(
+                r#"select {DELIVERY_COLUMNS}
+                from deliveries
+                where event_id = $1
+                order by id"#
+            ))
             .bind(event_id),
         )
         .await
@@ -70,9 +73,8 @@ impl Store {
         filter: &DeliveryFilter,
         page: &PageQuery,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let statement =
-            sql(r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
-                last_error, created_at, completed_at
+        let statement = Sql::build(&format!(
+            r#"select {DELIVERY_COLUMNS}
             from deliveries
             where tenant_id = $1
               and ($2 is null or status = $2)
@@ -82,26 +84,27 @@ impl Store {
               and ($6 is null or created_at < $6)
               and ($7 is null or id < $7)
             order by id desc
-            limit $8"#)
-            .bind(tenant_id)
-            .bind(filter.status.map(DeliveryStatus::as_str))
-            .bind(&filter.endpoint_id)
-            .bind(&filter.event_id)
-            .bind(filter.since)
-            .bind(filter.until)
-            .page(page);
+            limit $8"#
+        ))
+        .bind(tenant_id)
+        .bind(filter.status.map(DeliveryStatus::as_str))
+        .bind(&filter.endpoint_id)
+        .bind(&filter.event_id)
+        .bind(filter.since)
+        .bind(filter.until)
+        .page(page);
         self.read_deliveries(statement).await
     }
 
     /// One delivery of a tenant.
     pub async fn get_delivery(&self, tenant_id: &str, id: &str) -> Result<Delivery, StoreError> {
-        let statement =
-            sql(r#"select id, event_id, endpoint_id, status, attempt_count, next_attempt_at, lease_until,
-                last_error, created_at, completed_at
+        let statement = Sql::build(&format!(
+            r#"select {DELIVERY_COLUMNS}
             from deliveries
-            where tenant_id = $1 and id = $2"#)
-            .bind(tenant_id)
-            .bind(id);
+            where tenant_id = $1 and id = $2"#
+        ))
+        .bind(tenant_id)
+        .bind(id);
         self.read_deliveries(statement).await?.pop().ok_or(StoreError::NotFound)
     }
 

@@ -88,6 +88,12 @@ impl TryFrom<TenantRow> for Tenant {
     }
 }
 
+/// The columns an [`EndpointRow`] reads (`select {ENDPOINT_COLUMNS} from endpoints …`).
+pub(crate) const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, description, event_types, headers, enabled,
+    disabled_reason, disabled_at, fifo, in_flight_limit, in_flight_window, rate_limit_per_second,
+    delivery_policy, filter, signature_scheme, circuit_state, circuit_failures, circuit_opened_at,
+    circuit_next_probe_at, circuit_failed_probes, created_at, updated_at";
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct EndpointRow {
     id: String,
@@ -213,6 +219,10 @@ impl From<SecretsRow> for Secrets {
     }
 }
 
+/// The columns an [`EventRow`] reads (`select {EVENT_COLUMNS} from events …`).
+pub(crate) const EVENT_COLUMNS: &str =
+    "id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at";
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
     id: String,
@@ -237,6 +247,10 @@ impl From<EventRow> for Event {
         }
     }
 }
+
+/// The columns a [`DeliveryRow`] reads (`select {DELIVERY_COLUMNS} from deliveries …`).
+pub(crate) const DELIVERY_COLUMNS: &str = "id, event_id, endpoint_id, status, attempt_count, next_attempt_at,
+    lease_until, last_error, created_at, completed_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct DeliveryRow {
