@@ -719,6 +719,24 @@ fn data(n: usize) -> Value {
     json!({"n": n, "shard": n % FILTER_SHARDS, "padding": "x".repeat(1000)})
 }
 
+/// Sends event `n` through the single-event route at `url`: its id, with when it was sent and
+/// when it was accepted.
+async fn post_event(client: &reqwest::Client, url: &str, n: usize) -> anyhow::Result<(String, Accepted)> {
+    let sent = now_micros();
+    let response = client
+        .post(url)
+        .bearer_auth(TOKEN)
+        .json(&json!({"event": "bench.event", "data": data(n)}))
+        .send()
+        .await?;
+    let at = now_micros();
+    if !response.status().is_success() {
+        bail!("ingest answered {}", response.status());
+    }
+    let body: Value = response.json().await?;
+    Ok((body["id"].as_str().unwrap_or_default().to_owned(), Accepted { sent, at }))
+}
+
 async fn ingest_single(
     server: &Server,
     tenant: &str,
@@ -738,19 +756,7 @@ async fn ingest_single(
                 if n >= events {
                     return Ok::<_, anyhow::Error>(accepted);
                 }
-                let sent = now_micros();
-                let response = client
-                    .post(&url)
-                    .bearer_auth(TOKEN)
-                    .json(&json!({"event": "bench.event", "data": data(n)}))
-                    .send()
-                    .await?;
-                let at = now_micros();
-                if !response.status().is_success() {
-                    bail!("ingest answered {}", response.status());
-                }
-                let body: Value = response.json().await?;
-                accepted.push((body["id"].as_str().unwrap_or_default().to_owned(), Accepted { sent, at }));
+                accepted.push(post_event(&client, &url, n).await?);
             }
         }));
     }
@@ -773,21 +779,7 @@ async fn ingest_paced(
         interval.tick().await;
         let client = server.client.clone();
         let url = format!("{}/v1/tenants/{tenant}/events", server.base);
-        tasks.push(tokio::spawn(async move {
-            let sent = now_micros();
-            let response = client
-                .post(&url)
-                .bearer_auth(TOKEN)
-                .json(&json!({"event": "bench.event", "data": data(n)}))
-                .send()
-                .await?;
-            let at = now_micros();
-            let body: Value = response.json().await?;
-            Ok::<_, anyhow::Error>((
-                body["id"].as_str().unwrap_or_default().to_owned(),
-                Accepted { sent, at },
-            ))
-        }));
+        tasks.push(tokio::spawn(async move { post_event(&client, &url, n).await }));
     }
     let mut accepted = HashMap::with_capacity(events);
     for task in tasks {
