@@ -2,7 +2,8 @@
 //! It verifies signatures when given the secret, records when each event arrived, and can
 //! misbehave on purpose: an error rate, a fixed status, a delay, hanging, or resetting the
 //! connection before any status line is written (the sender sees a connection error, as when a
-//! load balancer or a crashing server drops it).
+//! load balancer or a crashing server drops it); and it can be taken down for a while, answering
+//! 503 to everything (an outage on the receiving side).
 
 use std::io;
 use std::net::SocketAddr;
@@ -53,6 +54,8 @@ pub struct Counters {
     pub accepted: AtomicU64,
     /// Requests whose signature did not verify (only with a secret).
     pub invalid: AtomicU64,
+    /// Requests answered 503 because the receiver was down ([`Receiver::set_down`]).
+    pub refused: AtomicU64,
     /// Every request, in arrival order.
     pub arrivals: Mutex<Vec<Arrival>>,
 }
@@ -74,6 +77,7 @@ struct Shared {
     behaviour: Behaviour,
     counters: Arc<Counters>,
     verifier: Option<standard_verifier::Verifier>,
+    down: Arc<AtomicBool>,
 }
 
 /// A running receiver.
@@ -83,6 +87,7 @@ pub struct Receiver {
     /// What it has seen.
     pub counters: Arc<Counters>,
     stop: CancellationToken,
+    down: Arc<AtomicBool>,
 }
 
 impl Drop for Receiver {
@@ -98,7 +103,8 @@ impl Receiver {
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
         let verifier = behaviour.secret.as_deref().map(standard_verifier::Verifier::new);
-        let shared = Arc::new(Shared { behaviour, counters: counters.clone(), verifier });
+        let down = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared { behaviour, counters: counters.clone(), verifier, down: down.clone() });
         let router = Router::new().fallback(receive).with_state(shared);
         let stop = CancellationToken::new();
         let signal = stop.clone();
@@ -108,7 +114,7 @@ impl Receiver {
                 .with_graceful_shutdown(async move { signal.cancelled().await })
                 .await;
         });
-        Ok(Receiver { addr, counters, stop })
+        Ok(Receiver { addr, counters, stop, down })
     }
 
     /// The receiver's base URL.
@@ -119,6 +125,12 @@ impl Receiver {
     /// Stops listening.
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Takes the receiver down (every request answered 503 at once, as an outage would) or
+    /// brings it back to its [`Behaviour`].
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
     }
 }
 
@@ -138,6 +150,16 @@ async fn receive(
     let verified = shared.verifier.as_ref().map(|v| v.verify(&headers, &body));
     if verified == Some(false) {
         counters.invalid.fetch_add(1, Ordering::Relaxed);
+    }
+    if shared.down.load(Ordering::Relaxed) {
+        counters.refused.fetch_add(1, Ordering::Relaxed);
+        if behaviour.print {
+            println!("{id} down answer=503");
+        }
+        if let Ok(mut arrivals) = counters.arrivals.lock() {
+            arrivals.push(Arrival { id, path: uri.path().to_owned(), at: arrived, ok: false });
+        }
+        return (StatusCode::SERVICE_UNAVAILABLE, "").into_response();
     }
     let roll = |rate: f64| rate > 0.0 && rand::random::<f64>() < rate;
     let hang = roll(behaviour.hang_rate);
