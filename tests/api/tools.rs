@@ -68,7 +68,8 @@ async fn herald_records_a_reset_connection_as_a_failed_attempt_without_a_status(
     assert_eq!(receiver.counters.requests.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
 
-/// `herald soak` against the backend under test, small and bounded.
+/// `herald soak` against the backend under test, small and bounded: one kill while events go in,
+/// one while the retries drain, an endpoint down for a stretch, and on PostgreSQL two replicas.
 #[tokio::test]
 async fn a_soak_with_kills_and_a_misbehaving_receiver_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,9 +80,13 @@ async fn a_soak_with_kills_and_a_misbehaving_receiver_loses_nothing() {
         .kill_on_drop(true)
         .stdin(Stdio::null())
         .env("NO_COLOR", "1");
-    if let Some(url) = crate::helpers::suite_postgres_url() {
-        command.args(["--postgres", &url]);
-    }
+    let replicas = match crate::helpers::suite_postgres_url() {
+        Some(url) => {
+            command.args(["--postgres", &url, "--replicas", "2"]);
+            2
+        }
+        None => 1,
+    };
     let output = tokio::time::timeout(Duration::from_secs(180), command.output())
         .await
         .expect("the soak ends within its limit")
@@ -94,17 +99,23 @@ async fn a_soak_with_kills_and_a_misbehaving_receiver_loses_nothing() {
     let start = lines.iter().position(|l| *l == "{").expect("a JSON report");
     let end = lines.iter().rposition(|l| *l == "}").expect("a JSON report");
     let report: Value = serde_json::from_str(&lines[start..=end].join("\n")).expect("the report is JSON");
+    assert_eq!(report["replicas"], json!(replicas), "{report}");
     assert_eq!(report["kills"], json!(2), "{report}");
+    let draining = report["kills_while_draining"].as_u64().unwrap();
+    assert!(draining >= 1, "the second kill waits for the last event: {report}");
     assert_eq!(report["events"], json!(300), "{report}");
-    assert_eq!(report["deliveries"], json!(600), "{report}");
+    // Two endpoints on the misbehaving receiver and the outage endpoint.
+    assert_eq!(report["deliveries"], json!(900), "{report}");
     for zero in ["lost", "over_limit", "unrecorded", "unfinished", "invalid_signatures"] {
         assert_eq!(report[zero], json!(0), "{zero}: {report}");
     }
     let received = report["received"].as_u64().unwrap();
     let exhausted = report["exhausted"].as_u64().unwrap();
-    assert_eq!(received + exhausted, 600, "{report}");
-    assert!(received > 500, "most deliveries get through a 26 % failure rate in four attempts: {report}");
-    assert!(report["requests"].as_u64().unwrap() > 600, "failures were retried: {report}");
+    assert_eq!(received + exhausted, 900, "{report}");
+    let by_failures = exhausted - report["outage_exhausted"].as_u64().unwrap();
+    assert!(by_failures < 60, "most deliveries get through a 26 % failure rate in four attempts: {report}");
+    assert!(report["outage_refused"].as_u64().unwrap() > 0, "the outage endpoint was down: {report}");
+    assert!(report["requests"].as_u64().unwrap() > 900, "failures were retried: {report}");
     assert!(report["attempts"].as_u64().unwrap() >= report["requests"].as_u64().unwrap(), "{report}");
 }
 
@@ -125,6 +136,14 @@ async fn refused(args: &[&str]) -> String {
 async fn soak_refuses_a_rate_outside_zero_to_one_and_names_the_flag() {
     let stderr = refused(&["soak", "--reset-rate", "1.5"]).await;
     assert!(stderr.contains("`--reset-rate` must be at least 0 and below 1"), "{stderr}");
+}
+
+#[tokio::test]
+async fn soak_refuses_replicas_without_postgres_and_names_the_flag() {
+    let stderr = refused(&["soak", "--replicas", "3"]).await;
+    assert!(stderr.contains("`--replicas` above 1 needs `--postgres`"), "{stderr}");
+    let stderr = refused(&["soak", "--replicas", "0"]).await;
+    assert!(stderr.contains("`--replicas` must be between 1 and 16"), "{stderr}");
 }
 
 #[tokio::test]
