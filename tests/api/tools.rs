@@ -68,7 +68,7 @@ async fn herald_records_a_reset_connection_as_a_failed_attempt_without_a_status(
     assert_eq!(receiver.counters.requests.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
 
-/// `herald soak` against the backend under test, small and bounded: one kill while events go in,
+/// `herald soak` against the backend under test, small and bounded: one kill aimed at the emission,
 /// one while the retries drain, an endpoint down for a stretch, and on PostgreSQL two replicas.
 #[tokio::test]
 async fn a_soak_with_kills_and_a_misbehaving_receiver_loses_nothing() {
