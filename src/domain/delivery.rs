@@ -189,6 +189,16 @@ pub struct Attempt {
     pub probe: bool,
 }
 
+impl Attempt {
+    /// Whether this attempt counts toward its delivery's run: every attempt but a circuit probe
+    /// that failed on the endpoint's side (`breaker::refunds_attempt`).
+    pub fn counts_toward_run(&self) -> bool {
+        use crate::domain::breaker::{refunds_attempt, signal};
+        let kind = self.error_kind.as_deref().and_then(crate::domain::retry::ErrorKind::parse);
+        !refunds_attempt(self.probe, signal(self.status_code, kind))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -50,6 +50,22 @@ impl ErrorKind {
         }
     }
 
+    /// Parses a stored name.
+    pub fn parse(text: &str) -> Option<ErrorKind> {
+        [
+            ErrorKind::HttpStatus,
+            ErrorKind::Timeout,
+            ErrorKind::Connect,
+            ErrorKind::Tls,
+            ErrorKind::Dns,
+            ErrorKind::BlockedAddress,
+            ErrorKind::Interrupted,
+            ErrorKind::Other,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+    }
+
     /// The metrics `outcome` label for a failure of this kind.
     pub fn outcome_label(self) -> &'static str {
         match self {
@@ -193,6 +209,16 @@ mod tests {
 
     fn status(code: u16) -> AttemptResult {
         AttemptResult { status: Some(code), error: Some(ErrorKind::HttpStatus), retry_after: None }
+    }
+
+    #[test]
+    fn error_kinds_round_trip_through_their_names() {
+        for name in
+            ["http_status", "timeout", "connect", "tls", "dns", "blocked_address", "interrupted", "other"]
+        {
+            assert_eq!(ErrorKind::parse(name).map(ErrorKind::as_str), Some(name));
+        }
+        assert_eq!(ErrorKind::parse("nope"), None);
     }
 
     #[test]

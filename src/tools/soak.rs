@@ -56,12 +56,12 @@ const MAX_REPLICAS: usize = 16;
 const DRAIN_KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// The circuit breaker's settings for the soak's servers (DESIGN §14): short, so that the outage
-/// endpoint's circuit opens, probes and closes within the run. This is the one place to add them
-/// as `("HERALD_DELIVERY__BREAKER_FAILURES", "5")`, `("HERALD_DELIVERY__BREAKER_COOLDOWN",
-/// "300ms")` and `("HERALD_DELIVERY__BREAKER_COOLDOWN_MAX", "1s")` once `[delivery]` has
-/// `breaker_failures`, `breaker_cooldown` and `breaker_cooldown_max`; until then it is empty, as
-/// a server must not be started with keys its configuration does not know.
-const BREAKER_ENV: [(&str, &str); 0] = [];
+/// endpoint's circuit opens, probes and closes within the run.
+const BREAKER_ENV: [(&str, &str); 3] = [
+    ("HERALD_DELIVERY__BREAKER_FAILURES", "5"),
+    ("HERALD_DELIVERY__BREAKER_COOLDOWN", "300ms"),
+    ("HERALD_DELIVERY__BREAKER_COOLDOWN_MAX", "1s"),
+];
 
 /// What to run (the `herald soak` flags).
 #[derive(Clone, Debug, clap::Args)]
@@ -155,6 +155,8 @@ pub struct Report {
     pub outage_refused: usize,
     /// The outage endpoint's deliveries that failed by the rules (included in `exhausted`).
     pub outage_exhausted: usize,
+    /// Circuit probes among the attempts (a failed one does not count toward its run).
+    pub probes: usize,
     /// Deliveries neither received nor failed by the rules. Must be 0.
     pub lost: usize,
     /// Deliveries with more attempts than a run allows. Must be 0.
@@ -376,9 +378,8 @@ async fn soak(options: &Options, database_url: &str, backend: String) -> anyhow:
         entry.0 += 1;
         entry.1 += usize::from(arrival.ok);
     }
-    // Once attempts carry `probe` (the circuit breaker, DESIGN §14), a failed probe does not
-    // count toward its delivery's run: this limit and the exhausted check below must then count
-    // only the attempts that are not probes.
+    // A circuit probe that failed does not count toward its delivery's run (DESIGN §14): this
+    // limit and the exhausted check below count the attempts that do (`counts_toward_run`).
     let max_attempts = RETRY_SCHEDULE.len() + 1;
     report.events = accepted.len();
     report.deliveries = accepted.len() * paths.len();
@@ -398,7 +399,9 @@ async fn soak(options: &Options, database_url: &str, backend: String) -> anyhow:
             report.unfinished += attempts.iter().filter(|a| a.duration_ms.is_none()).count();
             report.interrupted +=
                 attempts.iter().filter(|a| a.error_kind.as_deref() == Some("interrupted")).count();
-            if attempts.len() > max_attempts {
+            let run_attempts = attempts.iter().filter(|a| a.counts_toward_run()).count();
+            report.probes += attempts.iter().filter(|a| a.probe).count();
+            if run_attempts > max_attempts {
                 report.over_limit += 1;
             }
             if requests > attempts.len() {
@@ -408,9 +411,7 @@ async fn soak(options: &Options, database_url: &str, backend: String) -> anyhow:
             if ok > 0 {
                 report.received += 1;
                 report.received_twice += usize::from(ok > 1);
-            } else if delivery.status == DeliveryStatus::Failed
-                && attempts.len() == max_attempts
-                && all_failed
+            } else if delivery.status == DeliveryStatus::Failed && run_attempts == max_attempts && all_failed
             {
                 report.exhausted += 1;
                 report.outage_exhausted += usize::from(path == OUTAGE_PATH);
