@@ -21,6 +21,7 @@ use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::domain::batch;
 use crate::domain::breaker::{after_probe, signal};
 use crate::domain::delivery::{after_interruption, run_budget};
 use crate::domain::retry::{ErrorKind, Outcome, jitter};
@@ -93,9 +94,9 @@ pub struct Dispatcher {
     max_in_flight: usize,
     wakeup: Arc<Notify>,
     /// One task per attempt on the wire; each returns its record.
-    tasks: JoinSet<AttemptRecord>,
+    tasks: JoinSet<Vec<AttemptRecord>>,
     /// Attempts on the wire: task → (claim, when it started).
-    in_flight: HashMap<Id, (Claimed, Instant)>,
+    in_flight: HashMap<Id, (Vec<Claimed>, Instant)>,
     /// Finished attempts not yet recorded.
     finished: Vec<AttemptRecord>,
     last_reap: Option<Instant>,
@@ -241,20 +242,22 @@ impl Dispatcher {
             metrics::counter!(crate::metrics::STALE_RESULTS).increment(stale);
             tracing::warn!(count = stale, "dropped results whose lease was taken over");
         }
-        let count = claimed.len();
-        for claim in claimed {
-            self.start(claim).await;
+        let requests = requests(claimed);
+        let count = requests.len();
+        for request in requests {
+            self.start(request).await;
         }
         Ok(Dispatched { recorded: records, started: count, room: free })
     }
 
-    /// Starts one claimed attempt in a task of its own.
-    async fn start(&mut self, claim: Claimed) {
-        let operations = self.operations.is(&self.store, &claim.tenant_id).await;
+    /// Starts one request (a claimed delivery, or a batch's members) in a task of its own.
+    async fn start(&mut self, claims: Vec<Claimed>) {
+        let Some(first) = claims.first() else { return };
+        let operations = self.operations.is(&self.store, &first.tenant_id).await;
         let attempts = self.attempts.clone();
-        let task = claim.clone();
+        let task = claims.clone();
         let handle = self.tasks.spawn(async move { attempts.attempt(task, operations).await });
-        self.in_flight.insert(handle.id(), (claim, Instant::now()));
+        self.in_flight.insert(handle.id(), (claims, Instant::now()));
     }
 
     /// Moves the results of finished tasks into `self.finished`, without waiting.
@@ -264,11 +267,11 @@ impl Dispatcher {
         }
     }
 
-    fn finished_task(&mut self, joined: Result<(Id, AttemptRecord), tokio::task::JoinError>) {
+    fn finished_task(&mut self, joined: Result<(Id, Vec<AttemptRecord>), tokio::task::JoinError>) {
         match joined {
             Ok((id, record)) => {
                 self.in_flight.remove(&id);
-                self.finished.push(record);
+                self.finished.extend(record);
             }
             Err(error) => {
                 // Its lease lapses and the reaper closes the attempt as interrupted.
@@ -350,8 +353,8 @@ impl Dispatcher {
             }
         }
         let retries = self.retries();
-        for (_, (claim, _)) in self.in_flight.drain() {
-            self.finished.push(interrupted(&claim, retries));
+        for (_, (claims, _)) in self.in_flight.drain() {
+            self.finished.extend(claims.iter().map(|claim| interrupted(claim, retries)));
         }
         while !self.finished.is_empty() {
             let mut tries = 0;
@@ -383,47 +386,85 @@ impl Dispatcher {
 }
 
 impl Attempts {
-    /// Sends one claimed delivery and decides its next state.
-    async fn attempt(&self, claim: Claimed, operations: bool) -> AttemptRecord {
-        let Some(payload) = claim.payload.clone() else {
-            return record(&claim, gone(), Outcome::GiveUp { disable_endpoint: false });
-        };
+    /// Sends one request — one claimed delivery, or the members of a batch in one array body
+    /// (DESIGN §14) — and decides each delivery's next state: the members of a batch share its
+    /// outcome and, when they retry, one next due time.
+    async fn attempt(&self, claims: Vec<Claimed>, operations: bool) -> Vec<AttemptRecord> {
+        let (sendable, removed): (Vec<Claimed>, Vec<Claimed>) =
+            claims.into_iter().partition(|claim| claim.payload.is_some());
+        let mut records: Vec<AttemptRecord> = removed
+            .iter()
+            .map(|claim| record(claim, gone(), Outcome::GiveUp { disable_endpoint: false }))
+            .collect();
+        let Some(first) = sendable.first() else { return records };
         let sender = if operations { &self.operations_sender } else { &self.sender };
         // The endpoint's policy as claimed decides this attempt's timeout and what follows it.
-        let policy = claim.policy.effective(&self.server);
-        let sent = sender.send(&claim, payload, policy.timeout).await;
-        let budget = run_budget(claim.max_attempts, policy.retry.schedule.len());
-        let decided = policy.retry.decide(&sent.result, claim.run_attempt as u32, budget, jitter());
-        let outcome =
-            after_probe(claim.probe, signal(sent.result.status.map(i32::from), sent.result.error), decided);
+        let policy = first.policy.effective(&self.server);
+        let (webhook_id, body) = match &first.batch_id {
+            Some(batch_id) => {
+                (batch_id.as_str(), batch::body(sendable.iter().filter_map(|c| c.payload.as_deref())))
+            }
+            None => (first.event_id.as_str(), first.payload.clone().unwrap_or_default()),
+        };
+        let sent = sender.send(first, webhook_id, body, policy.timeout).await;
         let label = match sent.result.error {
             None => "success",
             Some(kind) => kind.outcome_label(),
         };
-        metrics::counter!(crate::metrics::ATTEMPTS, "outcome" => label).increment(1);
+        metrics::counter!(crate::metrics::ATTEMPTS, "outcome" => label).increment(sendable.len() as u64);
         metrics::histogram!(crate::metrics::ATTEMPT_DURATION).record(sent.duration.as_secs_f64());
-        match &outcome {
-            Outcome::Delivered => {
-                metrics::counter!(crate::metrics::DELIVERIES_COMPLETED, "result" => "delivered").increment(1)
-            }
-            Outcome::GiveUp { disable_endpoint } => {
-                metrics::counter!(crate::metrics::DELIVERIES_COMPLETED, "result" => "failed").increment(1);
-                if *disable_endpoint {
-                    metrics::counter!(crate::metrics::ENDPOINTS_DISABLED_TOTAL).increment(1);
-                }
-            }
-            Outcome::Retry { .. } => {}
+        let said = signal(sent.result.status.map(i32::from), sent.result.error);
+        let jitter = jitter();
+        let mut outcomes: Vec<Outcome> = sendable
+            .iter()
+            .map(|claim| {
+                let budget = run_budget(claim.max_attempts, policy.retry.schedule.len());
+                let decided = policy.retry.decide(&sent.result, claim.run_attempt as u32, budget, jitter);
+                after_probe(claim.probe, said, decided)
+            })
+            .collect();
+        batch::retry_together(&mut outcomes);
+        if outcomes.iter().any(|outcome| outcome.disables_endpoint().is_some()) {
+            metrics::counter!(crate::metrics::ENDPOINTS_DISABLED_TOTAL).increment(1);
         }
         tracing::debug!(
-            delivery.id = %claim.delivery_id,
-            endpoint.id = %claim.endpoint_id,
-            attempt.number = claim.attempt_number,
+            webhook.id = webhook_id,
+            endpoint.id = %first.endpoint_id,
+            deliveries = sendable.len(),
+            attempt.number = first.attempt_number,
             status = sent.result.status,
             duration_ms = sent.duration.as_millis() as u64,
             "attempt finished"
         );
-        AttemptRecord { timeout_ms: Some(policy.timeout.as_millis() as i64), ..record(&claim, sent, outcome) }
+        for (claim, outcome) in sendable.iter().zip(outcomes) {
+            match &outcome {
+                Outcome::Delivered => {
+                    metrics::counter!(crate::metrics::DELIVERIES_COMPLETED, "result" => "delivered")
+                        .increment(1)
+                }
+                Outcome::GiveUp { .. } => {
+                    metrics::counter!(crate::metrics::DELIVERIES_COMPLETED, "result" => "failed").increment(1)
+                }
+                Outcome::Retry { .. } => {}
+            }
+            let timeout_ms = Some(policy.timeout.as_millis() as i64);
+            records.push(AttemptRecord { timeout_ms, ..record(claim, sent.clone(), outcome) });
+        }
+        records
     }
+}
+
+/// Groups claimed deliveries into requests: a batch's members together (they were claimed
+/// one after another), every other delivery alone.
+fn requests(claimed: Vec<Claimed>) -> Vec<Vec<Claimed>> {
+    let mut requests: Vec<Vec<Claimed>> = Vec::new();
+    for claim in claimed {
+        match requests.last_mut() {
+            Some(last) if claim.batch_id.is_some() && last[0].batch_id == claim.batch_id => last.push(claim),
+            _ => requests.push(vec![claim]),
+        }
+    }
+    requests
 }
 
 /// The record of a finished attempt.
@@ -444,6 +485,7 @@ fn record(claim: &Claimed, sent: Sent, outcome: Outcome) -> AttemptRecord {
         outcome,
         timeout_ms: None,
         probe: claim.probe,
+        batch_id: claim.batch_id.clone(),
     }
 }
 

@@ -26,7 +26,7 @@ pub struct Sender {
 }
 
 /// What one attempt produced.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Sent {
     /// Status and error classification.
     pub result: AttemptResult,
@@ -63,9 +63,17 @@ impl Sender {
         Ok(Sender { client, guard, user_agent, hex_header })
     }
 
-    /// The headers of one attempt: content type, user agent, the Standard Webhooks trio, the
-    /// optional classic header, then the endpoint's custom headers (which cannot replace ours).
-    pub fn headers(&self, claimed: &Claimed, body: &[u8], unix_seconds: i64, now_micros: i64) -> HeaderMap {
+    /// The headers of one attempt: content type, user agent, the Standard Webhooks trio (its
+    /// `webhook-id` the event's id, or a batch request's `bat_…` id), the optional classic header,
+    /// then the endpoint's custom headers (which cannot replace ours).
+    pub fn headers(
+        &self,
+        claimed: &Claimed,
+        webhook_id: &str,
+        body: &[u8],
+        unix_seconds: i64,
+        now_micros: i64,
+    ) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, self.user_agent.clone());
@@ -76,9 +84,9 @@ impl Sender {
         {
             active.push(previous);
         }
-        let signature = signature_header(&active, &claimed.event_id, unix_seconds, body);
+        let signature = signature_header(&active, webhook_id, unix_seconds, body);
         for (name, value) in [
-            ("webhook-id", claimed.event_id.clone()),
+            ("webhook-id", webhook_id.to_owned()),
             ("webhook-timestamp", unix_seconds.to_string()),
             ("webhook-signature", signature),
         ] {
@@ -105,8 +113,9 @@ impl Sender {
         headers
     }
 
-    /// Makes one attempt. Never fails: every problem is an outcome.
-    pub async fn send(&self, claimed: &Claimed, body: String, timeout: Duration) -> Sent {
+    /// Makes one attempt: `body` (an envelope, or a batch's array of them) to `claimed`'s
+    /// endpoint as it was claimed. Never fails: every problem is an outcome.
+    pub async fn send(&self, claimed: &Claimed, webhook_id: &str, body: String, timeout: Duration) -> Sent {
         if let Err(blocked) = self.guard.check_url(&claimed.url) {
             return Sent {
                 result: AttemptResult {
@@ -120,7 +129,8 @@ impl Sender {
             };
         }
         let now = chrono::Utc::now();
-        let headers = self.headers(claimed, body.as_bytes(), now.timestamp(), now.timestamp_micros());
+        let headers =
+            self.headers(claimed, webhook_id, body.as_bytes(), now.timestamp(), now.timestamp_micros());
         let started = Instant::now();
         let request = self.client.post(&claimed.url).headers(headers).body(body);
         let attempt = async {

@@ -187,6 +187,9 @@ pub struct Attempt {
     /// Whether it was the circuit breaker's probe of an endpoint that was down: a failed probe
     /// does not count toward its delivery's run.
     pub probe: bool,
+    /// The batch request it was part of (`bat_…`, the request's `webhook-id`), for an endpoint
+    /// that receives batches; `null` otherwise.
+    pub batch_id: Option<String>,
 }
 
 impl Attempt {

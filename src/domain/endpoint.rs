@@ -65,6 +65,8 @@ pub struct Endpoint {
     pub in_flight_window: Option<i32>,
     /// Its circuit breaker (`domain::breaker`).
     pub circuit: crate::domain::breaker::Circuit,
+    /// Batched delivery (`domain::batch`); `None` = one event per request.
+    pub batch: Option<crate::domain::batch::Batching>,
     /// Optional cap on requests per second.
     pub rate_limit_per_second: Option<i32>,
     /// Its own timeout and retry rules; unset members inherit the server's.

@@ -20,6 +20,8 @@ pub enum IdKind {
     Delivery,
     /// `att_`
     Attempt,
+    /// `bat_`: one batch request (its `webhook-id`).
+    Batch,
 }
 
 impl IdKind {
@@ -32,6 +34,7 @@ impl IdKind {
             IdKind::Event => "evt_",
             IdKind::Delivery => "dlv_",
             IdKind::Attempt => "att_",
+            IdKind::Batch => "bat_",
         }
     }
 }

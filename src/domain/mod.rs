@@ -1,5 +1,6 @@
 //! Pure domain types and rules: no I/O, no database or HTTP types.
 
+pub mod batch;
 pub mod breaker;
 pub mod claim;
 pub mod concurrency;

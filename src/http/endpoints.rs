@@ -16,6 +16,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
 use super::extract::{ApiJson, ApiQuery, EndpointPath, PageParams, Pager, RawBody, TenantPath, TenantScope};
 use crate::config::parse_duration;
+use crate::domain::batch::{Batching, DEFAULT_MAX_BYTES};
 use crate::domain::breaker::Circuit;
 use crate::domain::concurrency::effective_in_flight;
 use crate::domain::endpoint::{
@@ -94,6 +95,66 @@ pub struct EndpointIn {
     /// events of its types. See the filter dialect in the delivery docs.
     #[schema(value_type = Option<Object>, example = json!({"data.customer.tier": {"$in": ["gold", "platinum"]}}))]
     pub filter: Option<Value>,
+    /// Batched delivery: JSON arrays of envelopes in one signed request; absent or `null` = one
+    /// event per request.
+    pub batch: Option<BatchIn>,
+}
+
+/// `batch` on an endpoint (DESIGN §14).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchIn {
+    /// Most events in one request, 2–1000.
+    #[schema(minimum = 2, maximum = 1000)]
+    pub max_events: u32,
+    /// Longest a due event waits for its batch to fill, `"0ms"`–`"10s"` (default `"0ms"`: a
+    /// batch goes with whatever is due).
+    #[schema(example = "100ms")]
+    pub max_wait: Option<String>,
+    /// Most body bytes in one request, 1024–16777216 (default 1 MiB); a larger event goes alone.
+    #[schema(minimum = 1024, maximum = 16777216)]
+    pub max_bytes: Option<u64>,
+}
+
+impl BatchIn {
+    /// The batching asked for, its problems recorded under `batch.…`.
+    fn read(self, invalid: &mut Invalid) -> Option<Batching> {
+        let max_wait = match parse_duration(self.max_wait.as_deref().unwrap_or("0ms")) {
+            Ok(wait) => wait,
+            Err(why) => {
+                invalid.push("batch.max_wait", why);
+                return None;
+            }
+        };
+        let batching = Batching {
+            max_events: self.max_events,
+            max_wait_ms: max_wait.as_millis() as u64,
+            max_bytes: self.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+        };
+        batching.check(invalid);
+        Some(batching)
+    }
+}
+
+/// An endpoint's batching.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchOut {
+    /// Most events in one request.
+    pub max_events: u32,
+    /// Longest a due event waits for its batch to fill.
+    pub max_wait: String,
+    /// Most body bytes in one request.
+    pub max_bytes: u64,
+}
+
+impl From<Batching> for BatchOut {
+    fn from(batching: Batching) -> Self {
+        BatchOut {
+            max_events: batching.max_events,
+            max_wait: duration_text(batching.max_wait()),
+            max_bytes: batching.max_bytes,
+        }
+    }
 }
 
 /// `delivery` on an endpoint: each member absent or `null` inherits the server's `[delivery]`
@@ -225,6 +286,10 @@ pub struct EndpointPatch {
     #[serde(default, deserialize_with = "super::double_option")]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Option<Value>>,
+    /// New batching, from the next claim on; `null` = one event per request.
+    #[serde(default, deserialize_with = "super::double_option")]
+    #[schema(value_type = Option<BatchIn>)]
+    pub batch: Option<Option<BatchIn>>,
 }
 
 /// An endpoint. Custom header values are masked.
@@ -264,6 +329,8 @@ pub struct EndpointOut {
     /// Payload filter; `null` = every event of its types.
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
+    /// Batched delivery; `null` = one event per request.
+    pub batch: Option<BatchOut>,
     /// `hmac-sha256` or `ed25519`.
     pub signature_scheme: String,
     /// RFC 3339.
@@ -279,6 +346,7 @@ impl EndpointOut {
             delivery: DeliveryPolicyOut::new(&e.delivery, &state.config.delivery.policy_server()),
             signature_scheme: e.signature_scheme.as_str().to_owned(),
             filter: e.filter,
+            batch: e.batch.map(BatchOut::from),
             id: e.id,
             tenant_id: e.tenant_id,
             url: e.url,
@@ -489,6 +557,7 @@ pub async fn create_endpoint(
         max_in_flight: body.max_in_flight,
         in_flight_window: None,
         circuit: Circuit::default(),
+        batch: None,
         rate_limit_per_second: body.rate_limit_per_second,
         delivery: DeliveryPolicy::default(),
         filter: body.filter.filter(|f| !f.is_null()),
@@ -502,6 +571,7 @@ pub async fn create_endpoint(
     if let Some(delivery) = body.delivery {
         delivery.apply(&mut endpoint.delivery, &mut invalid);
     }
+    endpoint.batch = body.batch.and_then(|batch| batch.read(&mut invalid));
     validate(&state, &mut invalid, &mut endpoint, true).await?;
     if let Some(secret) = &body.secret {
         check_imported(endpoint.signature_scheme, secret, &mut invalid);
@@ -586,6 +656,9 @@ pub async fn update_endpoint(
     }
     if let Some(filter) = patch.filter {
         endpoint.filter = filter.filter(|f| !f.is_null());
+    }
+    if let Some(batch) = patch.batch {
+        endpoint.batch = batch.and_then(|batch| batch.read(&mut invalid));
     }
     match patch.enabled {
         Some(true) => {

@@ -5,6 +5,7 @@ use super::db::Commit;
 use super::rows::*;
 use super::sql::{Sql, Tx, sql};
 use super::*;
+use crate::domain::batch::Batching;
 use crate::domain::breaker::CircuitState;
 use crate::domain::claim::{fifo_head_ready, next_cursor};
 
@@ -13,7 +14,8 @@ pub(super) const CLAIM_CHUNK: usize = 500;
 
 /// The endpoint columns a [`CandidateRow`] reads (the endpoint aliased `e`).
 const SEND_COLUMNS: &str = "e.id, e.in_flight_limit, e.in_flight_window, e.fifo, e.rate_limit_per_second, \
-    e.rate_next_at, e.url, e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at, e.delivery_policy";
+    e.rate_next_at, e.url, e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at, e.delivery_policy, \
+    e.batch";
 
 /// Whether endpoint `e` has a delivery that is due now (`$1`) and not in flight.
 const HAS_DUE_WORK: &str = "exists (
@@ -78,7 +80,7 @@ impl Store {
     ) -> Result<Vec<CandidateRow>, StoreError> {
         let statement = format!(
             r#"select {SEND_COLUMNS},
-                (select count(*) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1) as in_flight
+                (select count(distinct coalesce(l.lease_batch, l.id)) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1) as in_flight
             from endpoints e
             where e.enabled
               and e.deleted_at is null
@@ -87,7 +89,7 @@ impl Store {
               and ($2 is null or e.id > $2)
               and ($3 is null or e.id <= $3)
               and {HAS_DUE_WORK}
-              and (select count(*) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1)
+              and (select count(distinct coalesce(l.lease_batch, l.id)) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1)
                   < case when e.fifo then 1 else {WINDOW} end
             order by e.id
             limit $4{}"#,
@@ -206,7 +208,8 @@ impl Store {
         Ok(())
     }
 
-    /// Claims up to `limit` deliveries inside `tx`, opening an attempt for each.
+    /// Claims deliveries for up to `limit` requests inside `tx`, opening an attempt for each
+    /// delivery (a batch request carries several deliveries, DESIGN §14).
     pub(super) async fn claim_tx(
         &self,
         tx: &mut Tx,
@@ -215,9 +218,9 @@ impl Store {
         lease: std::time::Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
         let lease_until = now + lease.as_micros() as i64;
-        let mut picked: Vec<(ClaimRow, std::sync::Arc<CandidateRow>)> = Vec::new();
+        let mut picks = Picks::default();
 
-        // Test deliveries skip the endpoint's enabled flag, FIFO lane and pause.
+        // Test deliveries skip the endpoint's enabled flag, FIFO lane, pause and circuit.
         let statement = format!(
             r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
                 d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
@@ -237,14 +240,13 @@ impl Store {
             let endpoint: Option<CandidateRow> =
                 Sql::build(&statement).bind(&row.endpoint_id).fetch_optional(&mut *tx).await?;
             if let Some(endpoint) = endpoint {
-                picked.push((row, std::sync::Arc::new(endpoint)));
+                picks.alone(row, std::sync::Arc::new(endpoint), false)?;
             }
         }
 
         // Open circuits due a probe: their oldest due delivery each, sent for real; the
         // circuit is half-open until the probe is recorded or its lease lapses (DESIGN §14).
-        let mut probes: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let room = limit - picked.len() as i64;
+        let room = limit - picks.requests;
         if room > 0 {
             let mut probing: Vec<String> = Vec::new();
             for endpoint in self.probe_candidates(tx, now, room).await? {
@@ -253,9 +255,8 @@ impl Store {
                 }
                 if let Some(row) = Self::probe_row(tx, &endpoint, now).await? {
                     Self::charge_rate(tx, &endpoint, now, 1).await?;
-                    probes.insert(row.id.clone());
                     probing.push(endpoint.id.clone());
-                    picked.push((row, std::sync::Arc::new(endpoint)));
+                    picks.alone(row, std::sync::Arc::new(endpoint), true)?;
                 }
             }
             let probing: Vec<&str> = probing.iter().map(String::as_str).collect();
@@ -264,8 +265,8 @@ impl Store {
 
         // Candidate endpoints: due work and a free slot, in id order from where this
         // process's last claim stopped, wrapping around (round robin over every endpoint),
-        // and only as many as there are free slots, since each gives at least one row. So
-        // a cycle reads a few endpoints past the cursor, not every endpoint there is.
+        // and only as many as there are free slots, since each gives at least one request.
+        // So a cycle reads a few endpoints past the cursor, not every endpoint there is.
         let cursor = self.claim_cursor.lock().ok().and_then(|c| c.clone());
         let mut candidates = self.candidates(tx, now, cursor.as_deref(), None, limit).await?;
         if let Some(cursor) = cursor.as_deref()
@@ -276,33 +277,36 @@ impl Store {
         }
         let order: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
 
-        // FIFO heads one by one; every other endpoint's due rows in one read (`due_rows`).
+        // FIFO heads and batches one endpoint at a time; every other endpoint's due rows in one
+        // read (`due_rows`).
         let mut plan: Vec<(String, i64)> = Vec::new();
         let mut by_id: std::collections::HashMap<String, std::sync::Arc<CandidateRow>> =
             std::collections::HashMap::new();
         for endpoint in candidates {
-            if picked.len() as i64 >= limit {
+            if picks.requests >= limit {
                 break;
             }
-            let room = endpoint.candidate(&self.stress).room(now);
+            let room = endpoint.candidate(&self.stress).room(now).min(limit - picks.requests);
             if room <= 0 {
                 continue;
             }
             let endpoint = std::sync::Arc::new(endpoint);
-            if endpoint.fifo {
+            if let Some(batching) = endpoint.batching()? {
+                self.claim_batches(tx, &mut picks, &endpoint, batching, room, now).await?;
+            } else if endpoint.fifo {
                 if let Some(head) = Self::fifo_head(tx, &endpoint.id, now).await? {
                     Self::charge_rate(tx, &endpoint, now, 1).await?;
-                    picked.push((head, endpoint));
+                    picks.alone(head, endpoint, false)?;
                 }
             } else {
                 // Every endpoint's room is planned in full: `due_rows` stops at the
                 // cycle's limit, and endpoints with fewer due rows than room leave the
                 // rest to the others.
-                plan.push((endpoint.id.clone(), room.min(limit)));
+                plan.push((endpoint.id.clone(), room));
                 by_id.insert(endpoint.id.clone(), endpoint);
             }
         }
-        let room = limit - picked.len() as i64;
+        let room = limit - picks.requests;
         if !plan.is_empty() && room > 0 {
             let rows = tx.due_rows(&plan, now, room).await?;
             let mut taken: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
@@ -317,33 +321,118 @@ impl Store {
             for row in rows {
                 if let Some(endpoint) = by_id.get(&row.endpoint_id) {
                     let endpoint = endpoint.clone();
-                    picked.push((row, endpoint));
+                    picks.alone(row, endpoint, false)?;
                 }
             }
         }
 
         let served: std::collections::HashSet<&str> =
-            picked.iter().map(|(row, _)| row.endpoint_id.as_str()).collect();
+            picks.rows.iter().map(|pick| pick.row.endpoint_id.as_str()).collect();
         if let Ok(mut cursor) = self.claim_cursor.lock() {
-            *cursor = next_cursor(&order, &served, (picked.len() as i64) < limit).cloned();
+            *cursor = next_cursor(&order, &served, picks.requests < limit).cloned();
         }
-        if picked.is_empty() {
+        self.open_attempts(tx, picks.rows, now, lease_until).await
+    }
+
+    /// Claims up to `room` batch requests for a batching endpoint (DESIGN §14): its due
+    /// deliveries in order (a FIFO endpoint's ready head and those after it), when a full batch
+    /// is due or the oldest has waited `max_wait`, split by `Batching::split`. A batch not ready
+    /// yet leaves its deadline for the dispatcher's wait (`next_due_after`).
+    async fn claim_batches(
+        &self,
+        tx: &mut Tx,
+        picks: &mut Picks,
+        endpoint: &std::sync::Arc<CandidateRow>,
+        batching: Batching,
+        room: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let per_request = i64::from(batching.max_events);
+        let (rows, requests) = if endpoint.fifo {
+            (Self::fifo_run(tx, &endpoint.id, now, per_request).await?, 1)
+        } else {
+            let rows = room * per_request;
+            (tx.due_rows(&[(endpoint.id.clone(), rows)], now, rows).await?, room as usize)
+        };
+        let Some(oldest) = rows.iter().map(|row| row.next_attempt_at).min() else { return Ok(()) };
+        if !batching.ready(rows.len(), oldest, now) {
+            self.wake_at(oldest + batching.max_wait().as_micros() as i64);
+            return Ok(());
+        }
+        let sizes: Vec<usize> = rows.iter().map(|row| row.payload.as_ref().map_or(0, String::len)).collect();
+        let batches = batching.split(&sizes, requests);
+        Self::charge_rate(tx, endpoint, now, batches.len() as i64).await?;
+        let mut rows = rows.into_iter();
+        for range in batches {
+            let batch_id = crate::domain::id::new_id(crate::domain::id::IdKind::Batch);
+            let members: Vec<ClaimRow> = rows.by_ref().take(range.len()).collect();
+            picks.batch(members, endpoint, &batch_id);
+        }
+        Ok(())
+    }
+
+    /// A FIFO endpoint's head and the deliveries after it, in acceptance order, up to `limit`,
+    /// as long as each can start now: the next batch of its lane.
+    async fn fifo_run(
+        tx: &mut Tx,
+        endpoint_id: &str,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimRow>, StoreError> {
+        let lane: Vec<ClaimRow> =
+            sql(r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
+                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+            from deliveries d
+            join events ev on ev.id = d.event_id
+            where d.endpoint_id = $1 and d.status = 'pending' and not d.bypass
+            order by d.fifo_seq nulls first, d.id
+            limit $2"#)
+            .bind(endpoint_id)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        Ok(lane
+            .into_iter()
+            .take_while(|row| fifo_head_ready(row.next_attempt_at, row.lease_until.is_some(), now))
+            .collect())
+    }
+
+    /// Leases the picked deliveries and opens an attempt for each.
+    async fn open_attempts(
+        &self,
+        tx: &mut Tx,
+        picks: Vec<Pick>,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        if picks.is_empty() {
             return Ok(Vec::new());
         }
         // One lease token per claim: a later claim of the same delivery has another, so a
         // result recorded under this one after a takeover is recognised as stale.
         let lease_token = uuid::Uuid::new_v4().simple().to_string();
-        for chunk in picked.chunks(CLAIM_CHUNK) {
+        for chunk in picks.chunks(CLAIM_CHUNK) {
             let mut update = Sql::build(
                 "update deliveries set attempt_count = attempt_count + 1, run_attempts = run_attempts + 1, lease_until = ",
             );
             update.push_bind(lease_until).push(", lease_token = ").push_bind(&lease_token);
-            update.push(" where id in (").push_list(chunk.iter().map(|(row, _)| &row.id)).push(")");
+            update.push(", lease_batch = null where id in (");
+            update.push_list(chunk.iter().map(|pick| &pick.row.id)).push(")");
             update.execute(&mut *tx).await?;
         }
-        let mut claimed = Vec::with_capacity(picked.len());
-        for (row, endpoint) in picked {
-            let probe = probes.contains(&row.id);
+        let mut batches: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+        for pick in &picks {
+            if let Some(batch_id) = &pick.batch_id {
+                batches.entry(batch_id).or_default().push(&pick.row.id);
+            }
+        }
+        for (batch_id, members) in batches {
+            let mut update = Sql::build("update deliveries set lease_batch = ");
+            update.push_bind(batch_id).push(" where id in (").push_list(members).push(")");
+            update.execute(&mut *tx).await?;
+        }
+        let mut claimed = Vec::with_capacity(picks.len());
+        for Pick { row, endpoint, probe, batch_id } in picks {
             claimed.push(Claimed {
                 attempt_id: crate::domain::id::new_id(crate::domain::id::IdKind::Attempt),
                 attempt_number: row.attempt_count + 1,
@@ -362,12 +451,13 @@ impl Store {
                 )
                 .map_err(corrupt)?,
                 probe,
+                batch_id,
                 payload: row.payload,
             });
         }
         for chunk in claimed.chunks(CLAIM_CHUNK) {
             let mut insert = Sql::build(
-                "insert into attempts (id, delivery_id, endpoint_id, number, started_at, probe) values ",
+                "insert into attempts (id, delivery_id, endpoint_id, number, started_at, probe, batch_id) values ",
             );
             insert.push_tuples(chunk, |row, claim| {
                 row.bind(&claim.attempt_id)
@@ -375,10 +465,57 @@ impl Store {
                     .bind(&claim.endpoint_id)
                     .bind(claim.attempt_number)
                     .bind(now)
-                    .bind(claim.probe);
+                    .bind(claim.probe)
+                    .bind(&claim.batch_id);
             });
             insert.execute(&mut *tx).await?;
         }
         Ok(claimed)
+    }
+}
+
+/// One delivery a claim picked: the endpoint as it is now, whether it is the circuit's probe,
+/// and the batch request it goes in, if any.
+struct Pick {
+    row: ClaimRow,
+    endpoint: std::sync::Arc<CandidateRow>,
+    probe: bool,
+    batch_id: Option<String>,
+}
+
+/// What a claim picked, and how many requests that makes (a batch is one request).
+#[derive(Default)]
+struct Picks {
+    rows: Vec<Pick>,
+    requests: i64,
+}
+
+impl Picks {
+    /// One delivery in a request of its own; a batching endpoint gets it as a batch of one, so
+    /// that it always receives arrays.
+    fn alone(
+        &mut self,
+        row: ClaimRow,
+        endpoint: std::sync::Arc<CandidateRow>,
+        probe: bool,
+    ) -> Result<(), StoreError> {
+        let batch_id =
+            endpoint.batching()?.map(|_| crate::domain::id::new_id(crate::domain::id::IdKind::Batch));
+        self.rows.push(Pick { row, endpoint, probe, batch_id });
+        self.requests += 1;
+        Ok(())
+    }
+
+    /// A batch request of `members`.
+    fn batch(&mut self, members: Vec<ClaimRow>, endpoint: &std::sync::Arc<CandidateRow>, batch_id: &str) {
+        for row in members {
+            self.rows.push(Pick {
+                row,
+                endpoint: endpoint.clone(),
+                probe: false,
+                batch_id: Some(batch_id.to_owned()),
+            });
+        }
+        self.requests += 1;
     }
 }

@@ -27,10 +27,10 @@ impl Store {
         let inserted = sql(r#"insert into endpoints (
                 id, tenant_id, url, description, event_types, headers, enabled,
                 disabled_reason, disabled_at, fifo, in_flight_limit, rate_limit_per_second,
-                delivery_policy, filter, secret, created_at, updated_at, signature_scheme
+                delivery_policy, filter, batch, secret, created_at, updated_at, signature_scheme
             )
-            select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $19
-            where (select count(*) from endpoints where tenant_id = $2 and deleted_at is null) < $18"#)
+            select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $20
+            where (select count(*) from endpoints where tenant_id = $2 and deleted_at is null) < $19"#)
         .bind(&endpoint.id)
         .bind(&endpoint.tenant_id);
         let inserted = self
@@ -98,7 +98,7 @@ impl Store {
         let update = sql(r#"update endpoints
             set url = $3, description = $4, event_types = $5, headers = $6, enabled = $7,
                 disabled_reason = $8, disabled_at = $9, fifo = $10, in_flight_limit = $11,
-                rate_limit_per_second = $12, delivery_policy = $13, filter = $14, updated_at = $15,
+                rate_limit_per_second = $12, delivery_policy = $13, filter = $14, batch = $15, updated_at = $16,
                 failing_since = case when $7 and not enabled then null else failing_since end,
                 circuit_state = case when $7 and not enabled then 'closed' else circuit_state end,
                 circuit_failures = case when $7 and not enabled then 0 else circuit_failures end,
@@ -209,9 +209,9 @@ impl Store {
     }
 
     /// Secrets read from the store, decrypted.
-    /// Binds `$3`…`$14`, the fields a create and an edit both write: url, description, event
+    /// Binds `$3`…`$15`, the fields a create and an edit both write: url, description, event
     /// types, headers (sealed), enabled, disabled reason and time, FIFO, in-flight cap, rate
-    /// limit, delivery policy, filter.
+    /// limit, delivery policy, filter, batching.
     fn bind_editable<'a>(&self, statement: Sql<'a>, endpoint: &'a Endpoint) -> Sql<'a> {
         statement
             .bind(&endpoint.url)
@@ -226,6 +226,7 @@ impl Store {
             .bind(endpoint.rate_limit_per_second)
             .bind(endpoint.delivery.to_stored())
             .bind(endpoint.filter.as_ref().map(serde_json::Value::to_string))
+            .bind(endpoint.batch.as_ref().map(crate::domain::batch::Batching::to_stored))
     }
 
     pub(super) fn open_secrets(&self, secrets: Secrets) -> Result<Secrets, StoreError> {

@@ -108,6 +108,9 @@ pub struct Store {
     claim_cursor: Mutex<Option<String>>,
     /// The endpoints' circuit breaker and in-flight windows (`[delivery]`).
     stress: Stress,
+    /// The earliest time a batch the last claims left to fill must go (Unix µs): the
+    /// dispatcher's wait ends then at the latest (`next_due_after`).
+    batch_deadline: Mutex<Option<i64>>,
 }
 
 /// The `[delivery]` settings the claim and the recorder apply to every endpoint.
@@ -134,6 +137,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Arc<Store>> {
         cipher: config.cipher()?,
         operations: Default::default(),
         claim_cursor: Default::default(),
+        batch_deadline: Default::default(),
         stress: Stress {
             breaker: config.delivery.breaker(),
             initial_in_flight: config.delivery.initial_in_flight,
@@ -372,6 +376,8 @@ pub struct Claimed {
     pub payload: Option<String>,
     /// Whether this attempt is its endpoint's circuit probe (DESIGN §14).
     pub probe: bool,
+    /// The batch request it goes in (`bat_…`, its `webhook-id`), for a batching endpoint.
+    pub batch_id: Option<String>,
 }
 
 /// One finished attempt to record.
@@ -407,6 +413,9 @@ pub struct AttemptRecord {
     pub last_error: Option<String>,
     /// Whether the attempt was its endpoint's circuit probe.
     pub probe: bool,
+    /// The batch request it was part of, if any: a batch is one outcome for the endpoint's
+    /// circuit and window.
+    pub batch_id: Option<String>,
 }
 
 impl AttemptRecord {

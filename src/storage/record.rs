@@ -147,12 +147,19 @@ impl Store {
                 },
             );
         }
+        // A batch request is one outcome for the circuit and the window.
+        let mut batches: HashSet<&str> = HashSet::new();
         for record in records {
             let Some(change) = changes.get_mut(record.endpoint_id.as_str()) else { continue };
             let success = is_success(record.status_code);
             change.health.add(success, record.error.as_deref());
             if !success {
                 change.last_error = record.error.as_deref();
+            }
+            if let Some(batch_id) = &record.batch_id
+                && !batches.insert(batch_id)
+            {
+                continue;
             }
             let signal = breaker::signal(record.status_code, record.error_kind);
             if let Some(transition) = change.circuit.observe(signal, record.probe, now, &self.stress.breaker)

@@ -119,7 +119,7 @@ impl Store {
     pub async fn list_attempts(&self, delivery_id: &str) -> Result<Vec<Attempt>, StoreError> {
         let rows: Vec<AttemptRow> = sql(
             r#"select id, number, started_at, duration_ms, status_code, error_kind, error, response_body,
-                timeout_ms, probe
+                timeout_ms, probe, batch_id
             from attempts
             where delivery_id = $1
             order by number"#,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::StoreError;
 use crate::crypto::Cipher;
+use crate::domain::batch::Batching;
 use crate::domain::breaker::{Circuit, CircuitState};
 use crate::domain::claim::{Candidate, Rate};
 use crate::domain::concurrency::{Window, effective_in_flight};
@@ -92,7 +93,7 @@ impl TryFrom<TenantRow> for Tenant {
 pub(crate) const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, description, event_types, headers, enabled,
     disabled_reason, disabled_at, fifo, in_flight_limit, in_flight_window, rate_limit_per_second,
     delivery_policy, filter, signature_scheme, circuit_state, circuit_failures, circuit_opened_at,
-    circuit_next_probe_at, circuit_failed_probes, created_at, updated_at";
+    circuit_next_probe_at, circuit_failed_probes, batch, created_at, updated_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct EndpointRow {
@@ -114,6 +115,7 @@ pub(crate) struct EndpointRow {
     signature_scheme: String,
     #[sqlx(flatten)]
     circuit: CircuitRow,
+    batch: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
@@ -190,6 +192,7 @@ impl TryFrom<EndpointRow> for Endpoint {
             max_in_flight: row.in_flight_limit,
             in_flight_window: row.in_flight_window,
             circuit: (&row.circuit).try_into()?,
+            batch: row.batch.as_deref().map(Batching::from_stored).transpose().map_err(corrupt)?,
             rate_limit_per_second: row.rate_limit_per_second,
             delivery: crate::domain::policy::DeliveryPolicy::from_stored(row.delivery_policy.as_deref())
                 .map_err(corrupt)?,
@@ -297,6 +300,7 @@ pub(crate) struct AttemptRow {
     response_body: Option<String>,
     timeout_ms: Option<i64>,
     probe: bool,
+    batch_id: Option<String>,
 }
 
 impl From<AttemptRow> for Attempt {
@@ -312,6 +316,7 @@ impl From<AttemptRow> for Attempt {
             response_body: row.response_body,
             timeout_ms: row.timeout_ms,
             probe: row.probe,
+            batch_id: row.batch_id,
         }
     }
 }
@@ -345,8 +350,10 @@ pub(crate) struct CandidateRow {
     pub(crate) previous_secret_expires_at: Option<i64>,
     /// The endpoint's own delivery policy, stored form.
     pub(crate) delivery_policy: Option<String>,
-    /// Attempts in flight now (leases not lapsed), across every process.
+    /// Attempts in flight now (leases not lapsed; a batch counts once), across every process.
     pub(crate) in_flight: i64,
+    /// Its batching, stored form (`domain::batch`); `None`: one event per request.
+    pub(crate) batch: Option<String>,
 }
 
 impl CandidateRow {
@@ -376,6 +383,11 @@ impl CandidateRow {
             in_flight: self.in_flight,
             rate: self.rate(),
         }
+    }
+
+    /// Its batching, if it asked for batches.
+    pub(crate) fn batching(&self) -> Result<Option<Batching>, StoreError> {
+        self.batch.as_deref().map(Batching::from_stored).transpose().map_err(corrupt)
     }
 
     /// Its rate limit, if it has one.

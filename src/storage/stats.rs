@@ -154,7 +154,8 @@ impl Store {
         })
     }
 
-    /// When the earliest pending delivery due after `now` falls due (Unix µs), if any.
+    /// When the earliest pending delivery due after `now` falls due (Unix µs), if any, or a batch
+    /// left to fill must go, whichever is first.
     pub async fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError> {
         let (next,): (Option<i64>,) = sql(
             "select min(next_attempt_at) from deliveries where status = 'pending' and next_attempt_at > $1",
@@ -162,6 +163,15 @@ impl Store {
         .bind(now)
         .fetch_one(self.db.reader())
         .await?;
-        Ok(next)
+        let batch =
+            self.batch_deadline.lock().ok().and_then(|mut deadline| deadline.take()).filter(|at| *at > now);
+        Ok(next.into_iter().chain(batch).min())
+    }
+
+    /// Remembers that a batch left to fill must go at `at` (see `next_due_after`).
+    pub(super) fn wake_at(&self, at: i64) {
+        if let Ok(mut deadline) = self.batch_deadline.lock() {
+            *deadline = Some(deadline.map_or(at, |earlier| earlier.min(at)));
+        }
     }
 }

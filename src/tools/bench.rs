@@ -45,6 +45,9 @@ pub enum Scenario {
     Latency,
     /// A backlog ingested with the dispatcher off, then drained; RSS sampled throughout.
     Backlog,
+    /// One endpoint that receives batches of up to 50 events (`max_wait` 10ms), batch API:
+    /// deliveries and requests a second.
+    Batched,
 }
 
 /// What to run (the `herald bench` flags).
@@ -126,6 +129,9 @@ pub struct Report {
     pub ingest_per_second: f64,
     /// Deliveries received per second, from the first accept to the last arrival.
     pub deliveries_per_second: f64,
+    /// Requests the receiver got per second over the same span (below the deliveries for an
+    /// endpoint that receives batches).
+    pub requests_per_second: f64,
     /// Accepted (the producer has its 202) → received, milliseconds.
     pub latency_ms: Latencies,
     /// Sent (the producer starts its request) → received, milliseconds: the 202's own wait
@@ -459,7 +465,7 @@ pub async fn run(options: Options) -> anyhow::Result<Vec<Report>> {
 
 fn print_report(r: &Report) {
     println!(
-        "{:<11} {:<8} x{}{} events={:<8} deliveries={:<8} ingest={:>9.0}/s delivery={:>9.0}/s p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms send→arrival p50={:.1}ms p99={:.1}ms rss={:>6.1}MiB cpu=herald {:.1}s+pg {:.1}s+bench {:.1}s/{:.1}s cpu/delivery=herald {:.3}ms+pg {:.3}ms herald-cores={:.2} missing={} duplicates={}{}",
+        "{:<11} {:<8} x{}{} events={:<8} deliveries={:<8} ingest={:>9.0}/s delivery={:>9.0}/s requests={:>9.0}/s p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms send→arrival p50={:.1}ms p99={:.1}ms rss={:>6.1}MiB cpu=herald {:.1}s+pg {:.1}s+bench {:.1}s/{:.1}s cpu/delivery=herald {:.3}ms+pg {:.3}ms herald-cores={:.2} missing={} duplicates={}{}",
         r.scenario,
         r.backend,
         r.replicas,
@@ -475,6 +481,7 @@ fn print_report(r: &Report) {
         r.deliveries,
         r.ingest_per_second,
         r.deliveries_per_second,
+        r.requests_per_second,
         r.latency_ms.p50,
         r.latency_ms.p95,
         r.latency_ms.p99,
@@ -511,7 +518,7 @@ async fn run_scenario(
         Receiver::start("127.0.0.1:0".parse()?, Behaviour { hang_rate: 1.0, ..Behaviour::default() }).await?;
     let (endpoints, events, batch) = match scenario {
         Scenario::Single => (1, options.events, false),
-        Scenario::Batch => (1, options.events, true),
+        Scenario::Batch | Scenario::Batched => (1, options.events, true),
         Scenario::Fanout10 | Scenario::Isolation => (10, options.events, true),
         Scenario::Fanout1000 => (1000, (options.events / 100).max(10), true),
         Scenario::Filtered1000 | Scenario::Typed1000 => (1000, options.events, true),
@@ -640,6 +647,7 @@ async fn run_scenario(
         deliveries: expected,
         ingest_per_second: events as f64 / ingest_secs,
         deliveries_per_second: received as f64 / delivery_secs,
+        requests_per_second: healthy.counters.requests.load(Ordering::Relaxed) as f64 / delivery_secs,
         latency_ms: Latencies::of(latencies),
         send_latency_ms: Latencies::of(send_latencies),
         server_peak_rss_mib: others.iter().map(Server::peak_rss_mib).fold(server.peak_rss_mib(), f64::max),
@@ -697,6 +705,7 @@ async fn setup(
                 json!({"url": url, "filter": {"data.shard": n % FILTER_SHARDS, "data.n": {"$gte": 0}}})
             }
             Scenario::Typed1000 => json!({"url": url, "event_types": [event_type(true, n)]}),
+            Scenario::Batched => json!({"url": url, "batch": {"max_events": 50, "max_wait": "10ms"}}),
             _ => json!({"url": url}),
         };
         endpoint["max_in_flight"] = max_in_flight.clone();

@@ -50,8 +50,10 @@ pub struct Behaviour {
 pub struct Counters {
     /// Requests received.
     pub requests: AtomicU64,
-    /// Requests answered 2xx.
+    /// Events answered 2xx (a batch request counts each of its events).
     pub accepted: AtomicU64,
+    /// Batch requests received (a JSON array of envelopes, `webhook-id` `bat_…`).
+    pub batches: AtomicU64,
     /// Requests whose signature did not verify (only with a secret).
     pub invalid: AtomicU64,
     /// Requests answered 503 because the receiver was down ([`Receiver::set_down`]).
@@ -60,10 +62,10 @@ pub struct Counters {
     pub arrivals: Mutex<Vec<Arrival>>,
 }
 
-/// One request the receiver saw.
+/// One event the receiver saw: a request, or one event of a batch request.
 #[derive(Clone, Debug)]
 pub struct Arrival {
-    /// Its `webhook-id` (the event id).
+    /// The event id (a request's `webhook-id`, or the `id` of an envelope in a batch).
     pub id: String,
     /// The request path (tells endpoints sharing a receiver apart).
     pub path: String,
@@ -151,14 +153,27 @@ async fn receive(
     if verified == Some(false) {
         counters.invalid.fetch_add(1, Ordering::Relaxed);
     }
+    let batch = batch_ids(&id, &body);
+    if batch.is_some() {
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+    }
+    let events = batch.unwrap_or_else(|| vec![id.clone()]);
+    let arrive = |ok: bool| {
+        if let Ok(mut arrivals) = counters.arrivals.lock() {
+            arrivals.extend(events.iter().map(|event| Arrival {
+                id: event.clone(),
+                path: uri.path().to_owned(),
+                at: arrived,
+                ok,
+            }));
+        }
+    };
     if shared.down.load(Ordering::Relaxed) {
         counters.refused.fetch_add(1, Ordering::Relaxed);
         if behaviour.print {
             println!("{id} down answer=503");
         }
-        if let Ok(mut arrivals) = counters.arrivals.lock() {
-            arrivals.push(Arrival { id, path: uri.path().to_owned(), at: arrived, ok: false });
-        }
+        arrive(false);
         return (StatusCode::SERVICE_UNAVAILABLE, "").into_response();
     }
     let roll = |rate: f64| rate > 0.0 && rand::random::<f64>() < rate;
@@ -174,14 +189,18 @@ async fn receive(
     };
     let ok = status.is_success() && !reset && !hang;
     if ok {
-        counters.accepted.fetch_add(1, Ordering::Relaxed);
+        counters.accepted.fetch_add(events.len() as u64, Ordering::Relaxed);
     }
-    if let Ok(mut arrivals) = counters.arrivals.lock() {
-        arrivals.push(Arrival { id: id.clone(), path: uri.path().to_owned(), at: arrived, ok });
-    }
+    arrive(ok);
     if behaviour.print {
-        let envelope: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let event = envelope["event"].as_str().unwrap_or("-");
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        // A batch: its first envelope stands for it.
+        let envelope = if parsed.is_array() { &parsed[0] } else { &parsed };
+        let event = if parsed.is_array() {
+            format!("batch of {} ({})", events.len(), envelope["event"].as_str().unwrap_or("-"))
+        } else {
+            envelope["event"].as_str().unwrap_or("-").to_owned()
+        };
         let latency = envelope["timestamp"]
             .as_str()
             .and_then(|t| crate::domain::time::parse_rfc3339(t).ok())
@@ -213,6 +232,16 @@ async fn receive(
         switch.0.store(true, Ordering::Relaxed);
     }
     (status, "").into_response()
+}
+
+/// The event ids of a batch request (`webhook-id` `bat_…`, a JSON array of envelopes), in
+/// order; `None` for a request of one event.
+pub fn batch_ids(webhook_id: &str, body: &[u8]) -> Option<Vec<String>> {
+    if !webhook_id.starts_with("bat_") {
+        return None;
+    }
+    let envelopes: Vec<serde_json::Value> = serde_json::from_slice(body).ok()?;
+    Some(envelopes.iter().map(|envelope| envelope["id"].as_str().unwrap_or("-").to_owned()).collect())
 }
 
 /// Accepts connections whose socket the handler can order reset.

@@ -2,8 +2,9 @@
 //!
 //! It starts `--replicas` `herald serve` processes on a fresh database, a receiver that
 //! misbehaves on purpose (random 500s, resets before the status line, hangs past the timeout, a
-//! delay on every answer) and one more endpoint whose receiver goes down for a stretch mid-run
-//! (503 to everything once every event is in: the outage that trips a circuit breaker). It emits
+//! delay on every answer; the first of its endpoints receives batches of up to 25 events) and one
+//! more endpoint whose receiver goes down for a stretch mid-run (503 to everything once every
+//! event is in: the outage that trips a circuit breaker). It emits
 //! events and SIGKILLs a server `--kills` times, the replicas in turn, each restarted at once while
 //! the others keep delivering: the first half of the kills aimed at the emission, the rest while
 //! the retries, the outage's backlog and the drain run. Once every kill is made it waits until
@@ -274,9 +275,12 @@ async fn soak(options: &Options, database_url: &str, backend: String) -> anyhow:
         .map(|n| (receiver.url(), format!("/hook/{n}")))
         .chain(std::iter::once((outage.url(), OUTAGE_PATH.to_owned())));
     for (url, path) in targets {
-        let created = first
-            .post("/v1/tenants/soak/endpoints", &json!({"url": format!("{url}{path}"), "secret": secret}))
-            .await?;
+        let mut endpoint = json!({"url": format!("{url}{path}"), "secret": secret});
+        // The first endpoint receives batches: a kill mid-batch must lose none of its members.
+        if path == "/hook/0" {
+            endpoint["batch"] = json!({"max_events": 25, "max_wait": "20ms"});
+        }
+        let created = first.post("/v1/tenants/soak/endpoints", &endpoint).await?;
         let id = created["id"].as_str().context("the endpoint has no id")?.to_owned();
         paths.insert(id, path);
     }

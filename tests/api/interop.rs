@@ -222,3 +222,63 @@ async fn the_docs_node_snippet_verifies_a_real_ed25519_delivery() {
         "right key, other key, changed body"
     );
 }
+
+/// The docs' Python batch handler verifies a real batch request and keeps each event once: the
+/// same request again yields nothing new, and a changed body is refused.
+#[tokio::test]
+#[cfg_attr(
+    not(herald_test_python),
+    ignore = "needs a Python with `standardwebhooks`: set HERALD_TEST_PYTHON"
+)]
+async fn the_docs_python_batch_handler_verifies_a_real_batch_and_dedupes_by_event_id() {
+    let python = std::env::var(PYTHON_ENV).expect("HERALD_TEST_PYTHON");
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/receiving.md")).unwrap();
+    let section = docs.split("## Batches").nth(1).expect("the batches section");
+    let handler = section.split("```python\n").nth(1).and_then(|b| b.split("```").next()).expect("the block");
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app
+        .tenant_with_endpoint(
+            &receiver.url("/batch"),
+            json!({"batch": {"max_events": 10, "max_wait": "200ms"}}),
+        )
+        .await;
+    let secret = endpoint["secret"].as_str().unwrap().to_owned();
+    let events: Vec<serde_json::Value> =
+        (0..3).map(|n| json!({"event": "order.created", "data": {"n": n}})).collect();
+    app.post(&format!("/v1/tenants/{tenant}/events/batch"), &app.admin_token, &json!({"events": events}))
+        .await
+        .expect(202);
+    let request = receiver.wait_for("/batch", 1, Duration::from_secs(15)).await.remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("body"), &request.body).unwrap();
+    let headers: serde_json::Map<String, serde_json::Value> = request
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), json!(value.to_str().unwrap())))
+        .collect();
+    std::fs::write(dir.path().join("headers.json"), serde_json::to_vec(&headers).unwrap()).unwrap();
+    let script = format!(
+        "{handler}\nimport json, sys\nheaders = json.load(open(sys.argv[2]))\nbody = open(sys.argv[1], 'rb').read()\n\
+         first = handle(sys.argv[3], headers, body)\nagain = handle(sys.argv[3], headers, body)\n\
+         try:\n    handle(sys.argv[3], headers, body + b' ')\n    changed = 'accepted'\nexcept Exception:\n    changed = 'refused'\n\
+         print(len(first), len(again), changed)\n"
+    );
+    let run = tokio::process::Command::new(&python)
+        .arg("-c")
+        .arg(&script)
+        .arg(dir.path().join("body"))
+        .arg(dir.path().join("headers.json"))
+        .arg(&secret)
+        .kill_on_drop(true)
+        .output();
+    let output =
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("it finishes").expect("it runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "3 0 refused",
+        "three new, none again, a changed body refused"
+    );
+}

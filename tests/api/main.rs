@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod batch;
 mod cli;
 mod crash;
 mod dashboard;

@@ -47,6 +47,7 @@ async fn deliver_all(store: &Store) -> usize {
             timeout_ms: None,
             last_error: None,
             probe: false,
+            batch_id: None,
         })
         .collect();
     store.record_attempts(&records).await.unwrap();

@@ -176,6 +176,7 @@ async fn stats_windows_leave_out_attempts_older_than_the_window() {
             timeout_ms: None,
             last_error: (i == 0).then(|| "HTTP 500".to_owned()),
             probe: false,
+            batch_id: None,
         })
         .collect();
     assert_eq!(store.record_attempts(&records).await.unwrap(), 0);

@@ -75,6 +75,7 @@ fn endpoint(tenant_id: &str) -> Endpoint {
         max_in_flight: None,
         in_flight_window: None,
         circuit: Default::default(),
+        batch: None,
         rate_limit_per_second: Some(100),
         delivery: Default::default(),
         filter: None,
