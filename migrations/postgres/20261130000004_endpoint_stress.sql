@@ -8,6 +8,9 @@ alter table endpoints add column circuit_opened_at bigint;
 alter table endpoints add column circuit_next_probe_at bigint;
 alter table endpoints add column circuit_failed_probes integer not null default 0;
 alter table attempts add column probe boolean not null default false;
+-- The claim looks for circuits due a probe every cycle: an index holding only the open ones keeps
+-- that look free while every circuit is closed.
+create index endpoints_circuit_open on endpoints (circuit_next_probe_at) where circuit_state <> 'closed';
 
 -- Adaptive concurrency (DESIGN §14): the owner's cap becomes optional. in_flight_limit null means
 -- the server's [delivery] max_in_flight_per_endpoint; an endpoint that stored the old default

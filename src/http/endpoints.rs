@@ -97,13 +97,13 @@ pub struct EndpointIn {
     pub filter: Option<Value>,
     /// Batched delivery: JSON arrays of envelopes in one signed request; absent or `null` = one
     /// event per request.
-    pub batch: Option<BatchIn>,
+    pub batch: Option<BatchingIn>,
 }
 
 /// `batch` on an endpoint (DESIGN §14).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BatchIn {
+pub struct BatchingIn {
     /// Most events in one request, 2–1000.
     #[schema(minimum = 2, maximum = 1000)]
     pub max_events: u32,
@@ -116,7 +116,7 @@ pub struct BatchIn {
     pub max_bytes: Option<u64>,
 }
 
-impl BatchIn {
+impl BatchingIn {
     /// The batching asked for, its problems recorded under `batch.…`.
     fn read(self, invalid: &mut Invalid) -> Option<Batching> {
         let max_wait = match parse_duration(self.max_wait.as_deref().unwrap_or("0ms")) {
@@ -138,7 +138,7 @@ impl BatchIn {
 
 /// An endpoint's batching.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct BatchOut {
+pub struct BatchingOut {
     /// Most events in one request.
     pub max_events: u32,
     /// Longest a due event waits for its batch to fill.
@@ -147,9 +147,9 @@ pub struct BatchOut {
     pub max_bytes: u64,
 }
 
-impl From<Batching> for BatchOut {
+impl From<Batching> for BatchingOut {
     fn from(batching: Batching) -> Self {
-        BatchOut {
+        BatchingOut {
             max_events: batching.max_events,
             max_wait: duration_text(batching.max_wait()),
             max_bytes: batching.max_bytes,
@@ -288,8 +288,8 @@ pub struct EndpointPatch {
     pub filter: Option<Option<Value>>,
     /// New batching, from the next claim on; `null` = one event per request.
     #[serde(default, deserialize_with = "super::double_option")]
-    #[schema(value_type = Option<BatchIn>)]
-    pub batch: Option<Option<BatchIn>>,
+    #[schema(value_type = Option<BatchingIn>)]
+    pub batch: Option<Option<BatchingIn>>,
 }
 
 /// An endpoint. Custom header values are masked.
@@ -330,7 +330,7 @@ pub struct EndpointOut {
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
     /// Batched delivery; `null` = one event per request.
-    pub batch: Option<BatchOut>,
+    pub batch: Option<BatchingOut>,
     /// `hmac-sha256` or `ed25519`.
     pub signature_scheme: String,
     /// RFC 3339.
@@ -346,7 +346,7 @@ impl EndpointOut {
             delivery: DeliveryPolicyOut::new(&e.delivery, &state.config.delivery.policy_server()),
             signature_scheme: e.signature_scheme.as_str().to_owned(),
             filter: e.filter,
-            batch: e.batch.map(BatchOut::from),
+            batch: e.batch.map(BatchingOut::from),
             id: e.id,
             tenant_id: e.tenant_id,
             url: e.url,

@@ -160,18 +160,7 @@ impl Store {
 
     /// A FIFO endpoint's head, when it can start now (`fifo_head_ready`).
     async fn fifo_head(tx: &mut Tx, endpoint_id: &str, now: i64) -> Result<Option<ClaimRow>, StoreError> {
-        let head: Option<ClaimRow> =
-            sql(r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
-                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
-            from deliveries d
-            join events ev on ev.id = d.event_id
-            where d.endpoint_id = $1 and d.status = 'pending' and not d.bypass
-            order by d.fifo_seq nulls first, d.id
-            limit 1"#)
-            .bind(endpoint_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        Ok(head.filter(|h| fifo_head_ready(h.next_attempt_at, h.lease_until.is_some(), now)))
+        Ok(Self::fifo_run(tx, endpoint_id, now, 1).await?.into_iter().next())
     }
 
     /// Marks the circuits whose probes were just claimed half-open until `deadline`.

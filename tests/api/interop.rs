@@ -142,6 +142,20 @@ async fn real_deliveries_verify_with_the_python_library_before_and_during_a_rota
     );
 }
 
+/// A directory holding `request`'s body (`body`) and its headers as a JSON object
+/// (`headers.json`), for a script to verify.
+fn saved(request: &Recorded) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("body"), &request.body).unwrap();
+    let headers: serde_json::Map<String, serde_json::Value> = request
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), json!(value.to_str().unwrap())))
+        .collect();
+    std::fs::write(dir.path().join("headers.json"), serde_json::to_vec(&headers).unwrap()).unwrap();
+    dir
+}
+
 /// The code block in `language` of the ed25519 section of docs/receiving.md, as written there.
 fn docs_v1a_snippet(language: &str) -> String {
     let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/receiving.md")).unwrap();
@@ -162,14 +176,7 @@ async fn run_v1a_snippet(interpreter: &str, flag: &str, script: &str) -> String 
     let public_key = endpoint["public_key"].as_str().unwrap().to_owned();
     app.emit(&tenant, "order.created", &json!({"n": 1})).await;
     let request = receiver.wait_for("/hook", 1, Duration::from_secs(15)).await.remove(0);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("body"), &request.body).unwrap();
-    let headers: serde_json::Map<String, serde_json::Value> = request
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), json!(value.to_str().unwrap())))
-        .collect();
-    std::fs::write(dir.path().join("headers.json"), serde_json::to_vec(&headers).unwrap()).unwrap();
+    let dir = saved(&request);
     let run = tokio::process::Command::new(interpreter)
         .arg(flag)
         .arg(script)
@@ -251,14 +258,7 @@ async fn the_docs_python_batch_handler_verifies_a_real_batch_and_dedupes_by_even
         .await
         .expect(202);
     let request = receiver.wait_for("/batch", 1, Duration::from_secs(15)).await.remove(0);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("body"), &request.body).unwrap();
-    let headers: serde_json::Map<String, serde_json::Value> = request
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), json!(value.to_str().unwrap())))
-        .collect();
-    std::fs::write(dir.path().join("headers.json"), serde_json::to_vec(&headers).unwrap()).unwrap();
+    let dir = saved(&request);
     let script = format!(
         "{handler}\nimport json, sys\nheaders = json.load(open(sys.argv[2]))\nbody = open(sys.argv[1], 'rb').read()\n\
          first = handle(sys.argv[3], headers, body)\nagain = handle(sys.argv[3], headers, body)\n\
