@@ -11,6 +11,7 @@ use super::net_guard::{Guard, GuardedResolver};
 use crate::config::Config;
 use crate::domain::retry::{AttemptResult, ErrorKind, parse_retry_after};
 use crate::domain::signing::{Scheme, hex_signature, signature_header};
+use crate::domain::trace::new_span_id;
 use crate::storage::Claimed;
 
 /// Most response body bytes kept.
@@ -101,6 +102,16 @@ impl Sender {
             && let Ok(value) = HeaderValue::from_str(&hex_signature(hmac, body, prefix))
         {
             headers.insert(name.clone(), value);
+        }
+        // The producer's trace, continued by a new span for this attempt (DESIGN §16).
+        if let Some(trace) = &claimed.trace {
+            let traceparent = trace.parent.child(&new_span_id());
+            if let Ok(value) = HeaderValue::from_str(&traceparent) {
+                headers.insert(HeaderName::from_static("traceparent"), value);
+            }
+            if let Some(Ok(value)) = trace.state.as_deref().map(HeaderValue::from_str) {
+                headers.insert(HeaderName::from_static("tracestate"), value);
+            }
         }
         for (name, value) in &claimed.headers {
             if let (Ok(name), Ok(value)) =

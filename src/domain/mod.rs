@@ -19,6 +19,7 @@ pub mod stats;
 pub mod tenant;
 pub mod time;
 pub mod token;
+pub mod trace;
 
 use std::fmt;
 

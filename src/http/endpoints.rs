@@ -890,6 +890,7 @@ pub async fn test_endpoint(
         idempotency: None,
         created_at,
         only_endpoint: Some(endpoint.id),
+        trace: None,
     };
     state.store.ingest(std::slice::from_ref(&event), created_at).await?;
     state.wakeup.notify_one();

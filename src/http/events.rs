@@ -22,6 +22,7 @@ use crate::domain::delivery::{Delivery, Event};
 use crate::domain::event::{data_of_envelope, envelope, minify, parse_data, validate_idempotency_key};
 use crate::domain::id::{IdKind, new_id};
 use crate::domain::time::{format_micros, now_micros};
+use crate::domain::trace::TraceContext;
 use crate::storage::{EventFilter, IngestOutcome, NewEvent, StoreError};
 
 /// Most events in one batch request.
@@ -204,6 +205,7 @@ async fn prepare(
     tenant_id: &str,
     input: EventIn,
     header_key: Option<&str>,
+    trace: Option<&TraceContext>,
 ) -> Result<NewEvent, Refusal> {
     let mut invalid = Invalid::default();
     let raw = input.data.get();
@@ -266,7 +268,14 @@ async fn prepare(
         idempotency,
         created_at,
         only_endpoint: None,
+        trace: trace.cloned(),
     })
+}
+
+/// The W3C trace context of an ingest request (`traceparent`, `tracestate`), if it has a valid one.
+fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    TraceContext::from_headers(header("traceparent"), header("tracestate"))
 }
 
 fn commit_error(error: crate::ingest::CommitError) -> ApiError {
@@ -330,7 +339,8 @@ pub async fn create_event(
 ) -> Result<Response, ApiError> {
     auth.require_admin()?;
     let header_key = idempotency_header(&headers)?;
-    let event = prepare(&state, &tenant.id, input, header_key).await?;
+    let trace = trace_context(&headers);
+    let event = prepare(&state, &tenant.id, input, header_key, trace.as_ref()).await?;
     let outcome =
         state.committer.ingest(vec![event.clone()], idempotency_since(&state)).await.map_err(commit_error)?;
     match outcome.into_iter().next() {
@@ -360,17 +370,19 @@ pub async fn create_event(
     responses((status = 202, description = "Processed: one result per event, in input order", body = BatchOut), ErrorResponses))]
 pub async fn create_events_batch(
     TenantScope { state, auth, tenant }: TenantScope,
+    headers: HeaderMap,
     ApiJson(batch): ApiJson<BatchIn>,
 ) -> Result<(StatusCode, Json<BatchOut>), ApiError> {
     auth.require_admin()?;
     if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
         return Err(ApiError::invalid("events", format!("must hold between 1 and {MAX_BATCH} events")));
     }
+    let trace = trace_context(&headers);
     let mut results: Vec<BatchItemOut> = Vec::with_capacity(batch.events.len());
     let mut ready: Vec<(usize, NewEvent)> = Vec::new();
     for (index, raw) in batch.events.into_iter().enumerate() {
         let refusal = match serde_json::from_str::<EventIn>(raw.get()) {
-            Ok(input) => match prepare(&state, &tenant.id, input, None).await {
+            Ok(input) => match prepare(&state, &tenant.id, input, None, trace.as_ref()).await {
                 Ok(event) => {
                     ready.push((index, event));
                     None

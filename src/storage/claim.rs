@@ -8,6 +8,7 @@ use super::*;
 use crate::domain::batch::Batching;
 use crate::domain::breaker::CircuitState;
 use crate::domain::claim::{fifo_head_ready, next_cursor};
+use crate::domain::trace::TraceContext;
 
 /// Most rows one multi-row claim statement carries (well under both backends' bind limits).
 pub(super) const CLAIM_CHUNK: usize = 500;
@@ -145,7 +146,7 @@ impl Store {
             return Self::fifo_head(tx, &endpoint.id, now).await;
         }
         sql(r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
-                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload, ev.traceparent, ev.tracestate
             from deliveries d
             join events ev on ev.id = d.event_id
             where d.endpoint_id = $1 and d.status = 'pending' and not d.bypass
@@ -212,7 +213,7 @@ impl Store {
         // Test deliveries skip the endpoint's enabled flag, FIFO lane, pause and circuit.
         let statement = format!(
             r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
-                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload, ev.traceparent, ev.tracestate
             from deliveries d
             join events ev on ev.id = d.event_id
             where d.bypass and d.status = 'pending' and d.next_attempt_at <= $1
@@ -370,7 +371,7 @@ impl Store {
     ) -> Result<Vec<ClaimRow>, StoreError> {
         let lane: Vec<ClaimRow> =
             sql(r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
-                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload, ev.traceparent, ev.tracestate
             from deliveries d
             join events ev on ev.id = d.event_id
             where d.endpoint_id = $1 and d.status = 'pending' and not d.bypass
@@ -441,6 +442,10 @@ impl Store {
                 .map_err(corrupt)?,
                 probe,
                 batch_id,
+                trace: row
+                    .traceparent
+                    .as_deref()
+                    .and_then(|parent| TraceContext::from_headers(Some(parent), row.tracestate.as_deref())),
                 payload: row.payload,
             });
         }

@@ -229,7 +229,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         for chunk in events.chunks(INSERT_CHUNK) {
             let mut insert = Sql::build(
-                "insert into events (id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at) values ",
+                "insert into events (id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at, traceparent, tracestate) values ",
             );
             insert.push_tuples(chunk, |row, (event, count)| {
                 row.bind(&event.id)
@@ -238,7 +238,9 @@ impl Store {
                     .bind(&event.payload)
                     .bind(event.idempotency.as_ref().map(|(key, _)| key.as_str()))
                     .bind(*count)
-                    .bind(event.created_at);
+                    .bind(event.created_at)
+                    .bind(event.trace.as_ref().map(|t| t.parent.to_header()))
+                    .bind(event.trace.as_ref().and_then(|t| t.state.as_deref()));
             });
             insert.execute(&mut *tx).await?;
         }

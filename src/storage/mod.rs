@@ -204,6 +204,8 @@ pub struct NewEvent {
     /// Deliver to this endpoint alone, bypassing its enabled flag and FIFO lane, one attempt
     /// (`webhook.test`).
     pub only_endpoint: Option<String>,
+    /// The W3C trace context the ingest request carried, if any.
+    pub trace: Option<crate::domain::trace::TraceContext>,
 }
 
 /// Summed rollup rows.
@@ -378,6 +380,8 @@ pub struct Claimed {
     pub probe: bool,
     /// The batch request it goes in (`bat_…`, its `webhook-id`), for a batching endpoint.
     pub batch_id: Option<String>,
+    /// The producer's trace context, carried on the attempt with a fresh span id.
+    pub trace: Option<crate::domain::trace::TraceContext>,
 }
 
 /// One finished attempt to record.

@@ -43,6 +43,7 @@ impl Store {
             idempotency: None,
             created_at: now,
             only_endpoint: None,
+            trace: None,
         };
         Self::ingest_tx(tx, std::slice::from_ref(&event), now).await?;
         Ok(true)

@@ -62,7 +62,7 @@ pub(crate) async fn due_rows(
     let (ids, rooms): (Vec<&str>, Vec<i64>) = plan.iter().map(|(id, room)| (id.as_str(), *room)).unzip();
     let rows = sqlx::query_as(
         r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
-            d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+            d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload, ev.traceparent, ev.tracestate
         from unnest($1::text[], $2::bigint[]) as p(endpoint_id, room)
         cross join lateral (
             select id, event_id, tenant_id, endpoint_id, attempt_count, run_attempts,
@@ -73,7 +73,7 @@ pub(crate) async fn due_rows(
             order by next_attempt_at, id
             limit p.room
         ) d
-        cross join lateral (select payload from events where id = d.event_id) ev
+        cross join lateral (select payload, traceparent, tracestate from events where id = d.event_id) ev
         limit $4"#,
     )
     .bind(ids)

@@ -409,6 +409,8 @@ pub(crate) struct ClaimRow {
     pub(crate) next_attempt_at: i64,
     pub(crate) lease_until: Option<i64>,
     pub(crate) payload: Option<String>,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) tracestate: Option<String>,
 }
 
 /// A delivery row ingest writes with a multi-row insert.

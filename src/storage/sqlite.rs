@@ -59,7 +59,7 @@ pub(crate) async fn due_rows(
         // The limit applies before the join, whatever the planner thinks of the table's size.
         let due: Vec<ClaimRow> =
             sql(r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count,
-                d.run_attempts, d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload
+                d.run_attempts, d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload, ev.traceparent, ev.tracestate
             from (
                 select id, event_id, tenant_id, endpoint_id, attempt_count, run_attempts,
                     max_attempts, next_attempt_at, lease_until

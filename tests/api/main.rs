@@ -34,3 +34,4 @@ mod stress;
 mod tenants;
 mod tokens;
 mod tools;
+mod trace;
