@@ -11,8 +11,9 @@
 use crate::domain::retry::{ErrorKind, is_success};
 
 /// Latency may rise this much above the baseline before the window backs off, besides doubling:
-/// a sub-millisecond receiver answering in 3 ms is not overloaded.
-pub const LATENCY_SLACK_MS: i64 = 10;
+/// a receiver that answers in a millisecond is not overloaded when a busy sender's own scheduling
+/// makes it look like 20.
+pub const LATENCY_SLACK_MS: i64 = 50;
 
 /// Whether an attempt's result asks the window to back off: a timeout, a connect, TLS or DNS
 /// error, a 429 or a 5xx.
@@ -79,20 +80,24 @@ impl Window {
         self.baseline_ms.map(|baseline| (2 * baseline).max(baseline + LATENCY_SLACK_MS))
     }
 
-    /// Adapts to one recorded batch, within `1..=cap`.
+    /// Adapts to one recorded batch, within `1..=cap`: a back-off signal halves the window at
+    /// once; latency is judged once per window's worth of successes, which then either grow the
+    /// window or, when their median passed the latency bound, halve it.
     pub fn adapt(&mut self, observed: &Observed, cap: i32) {
         let cap = cap.max(1);
         let median = observed.median_ms();
-        let slow = matches!((median, self.latency_bound_ms()), (Some(median), Some(bound)) if median > bound);
-        if observed.back_offs > 0 || slow {
-            self.size /= 2;
-            self.successes = 0;
-            self.backed_off = true;
+        if observed.back_offs > 0 {
+            self.back_off();
         } else {
             self.successes += observed.successes;
             if self.successes >= self.size {
-                self.size = if self.backed_off { self.size + 1 } else { self.size.saturating_mul(2) };
-                self.successes = 0;
+                let slow = matches!((median, self.latency_bound_ms()), (Some(median), Some(bound)) if median > bound);
+                if slow {
+                    self.back_off();
+                } else {
+                    self.size = if self.backed_off { self.size + 1 } else { self.size.saturating_mul(2) };
+                    self.successes = 0;
+                }
             }
         }
         if let Some(median) = median {
@@ -102,6 +107,12 @@ impl Window {
             });
         }
         self.size = self.size.clamp(1, cap);
+    }
+
+    fn back_off(&mut self) {
+        self.size /= 2;
+        self.successes = 0;
+        self.backed_off = true;
     }
 }
 
@@ -146,22 +157,24 @@ mod tests {
     }
 
     #[test]
-    fn halves_when_latency_passes_twice_the_baseline() {
-        let mut window = Window::new(40);
+    fn halves_when_a_windows_median_latency_passes_twice_the_baseline() {
+        let mut window = Window::new(4);
         window.adapt(&successes(5, 100), 100);
-        assert_eq!(window.baseline_ms, Some(100));
-        window.adapt(&successes(5, 190), 100);
-        assert_eq!(window.size, 40, "under the bound");
+        assert_eq!((window.size, window.baseline_ms), (8, Some(100)));
+        window.adapt(&successes(8, 190), 100);
+        assert_eq!(window.size, 16, "under the bound");
         let bound = window.latency_bound_ms().expect("a baseline");
-        window.adapt(&successes(5, bound + 1), 100);
-        assert_eq!(window.size, 20);
+        window.adapt(&successes(3, 2 * bound), 100);
+        assert_eq!(window.size, 16, "judged once a window's worth is in");
+        window.adapt(&successes(13, 2 * bound), 100);
+        assert_eq!(window.size, 8);
     }
 
     #[test]
     fn a_fast_receiver_is_not_slowed_by_a_few_milliseconds_of_noise() {
         let mut window = Window::new(10);
         window.adapt(&successes(10, 1), 100);
-        window.adapt(&successes(20, 4), 100);
+        window.adapt(&successes(20, 30), 100);
         assert_eq!(window.size, 40);
     }
 

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod schemas;
 pub mod stats;
 pub mod tenants;
+pub mod webhooks_doc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -295,6 +296,7 @@ impl Modify for BearerAuth {
         ops::healthz,
         ops::readyz,
         ops::openapi,
+        ops::openapi_with_webhooks,
         ops::metrics,
         stats::get_endpoint_stats,
         stats::get_endpoint_series,

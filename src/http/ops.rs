@@ -6,16 +6,19 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, ErrorResponses, Problem};
+use super::extract::Auth;
+use crate::storage::PageQuery;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .route("/v1/openapi.json", get(openapi_with_webhooks))
         .route("/metrics", get(metrics))
 }
 
@@ -59,6 +62,29 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
 /// This API's OpenAPI document.
 #[utoipa::path(get, path = "/openapi.json", tag = "ops",
     responses((status = 200, description = "OpenAPI 3.1 document", body = Object, content_type = "application/json"), (status = "4XX", description = "Client error: 431 headers too large", body = Problem, content_type = "application/problem+json")))]
-pub async fn openapi() -> (StatusCode, Json<utoipa::openapi::OpenApi>) {
-    (StatusCode::OK, Json(super::ApiDoc::openapi()))
+pub async fn openapi() -> (StatusCode, Json<serde_json::Value>) {
+    (StatusCode::OK, Json(super::webhooks_doc::api_document()))
+}
+
+/// The OpenAPI document with `webhooks`: what each event type of the catalogue delivers (the
+/// envelope with the type's schema as `data`, the signature headers) and the batch body, for
+/// generating typed handlers. Any valid token.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "ops",
+    responses((status = 200, description = "OpenAPI 3.1 document with a webhook per event type", body = Object, content_type = "application/json"), ErrorResponses))]
+pub async fn openapi_with_webhooks(
+    State(state): State<AppState>,
+    _auth: Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut catalogue = Vec::new();
+    let mut page = PageQuery { after: None, limit: 1000 };
+    loop {
+        let rows = state.store.list_event_types(true, &page).await?;
+        let done = (rows.len() as i64) < page.limit;
+        page.after = rows.last().map(|t| t.name.clone());
+        catalogue.extend(rows);
+        if done {
+            break;
+        }
+    }
+    Ok(Json(super::webhooks_doc::with_webhooks(super::webhooks_doc::api_document(), &catalogue)))
 }

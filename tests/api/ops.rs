@@ -102,3 +102,55 @@ async fn when_the_database_is_gone_readiness_fails_and_errors_reveal_no_internal
         assert!(!lower.contains(internal), "a 5xx leaks `{internal}`: {}", response.text);
     }
 }
+
+/// The sample catalogue of `docs/openapi.webhooks-sample.json`.
+async fn sample_catalogue(app: &crate::helpers::TestApp) {
+    let schema = serde_json::json!({
+        "type": "object",
+        "required": ["workflow_id", "status"],
+        "properties": {
+            "workflow_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["succeeded", "failed"]},
+            "duration_ms": {"type": "integer", "minimum": 0}
+        }
+    });
+    let body = serde_json::json!({"name": "workflow.completed", "description": "A workflow run finished.", "schema": schema});
+    app.post("/v1/event-types", &app.admin_token, &body).await.expect(201);
+    app.post("/v1/event-types", &app.admin_token, &serde_json::json!({"name": "order.paid"}))
+        .await
+        .expect(201);
+}
+
+/// Compares `served` with the committed `docs/<file>`; `HERALD_UPDATE_OPENAPI=1` rewrites it.
+fn matches_committed(file: &str, served: &serde_json::Value) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(file);
+    let text = serde_json::to_string_pretty(served).unwrap() + "\n";
+    if std::env::var("HERALD_UPDATE_OPENAPI").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == text,
+        "docs/{file} differs from what Herald serves: rerun this test with HERALD_UPDATE_OPENAPI=1 and commit the change"
+    );
+}
+
+#[tokio::test]
+async fn the_served_openapi_documents_are_the_committed_ones() {
+    let app = spawn_app().await;
+    sample_catalogue(&app).await;
+    let public = app.client.get(app.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(public.status(), 200);
+    let public: serde_json::Value = public.json().await.unwrap();
+    assert!(public.get("webhooks").is_none(), "the public document is the API alone");
+    matches_committed("openapi.json", &public);
+
+    assert_eq!(app.client.get(app.url("/v1/openapi.json")).send().await.unwrap().status(), 401);
+    let token = app.create_tenant_token(&crate::helpers::id_of(&app.create_tenant().await)).await;
+    let full = app.get("/v1/openapi.json", &token).await;
+    full.expect(200);
+    let webhooks = full.body["webhooks"].as_object().expect("webhooks");
+    let names: Vec<&str> = webhooks.keys().map(String::as_str).collect();
+    assert_eq!(names, ["batch", "order.paid", "workflow.completed"]);
+    matches_committed("openapi.webhooks-sample.json", &full.body);
+}
