@@ -18,6 +18,9 @@ const SEND_COLUMNS: &str = "e.id, e.in_flight_limit, e.in_flight_window, e.fifo,
     e.rate_next_at, e.url, e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at, e.delivery_policy, \
     e.batch";
 
+/// How often a claim looks for circuits due a probe.
+const PROBE_LOOK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Whether endpoint `e` has a delivery that is due now (`$1`) and not in flight.
 const HAS_DUE_WORK: &str = "exists (
                 select 1
@@ -116,7 +119,7 @@ impl Store {
         now: i64,
         limit: i64,
     ) -> Result<Vec<CandidateRow>, StoreError> {
-        if !self.stress.breaker.enabled() {
+        if !self.stress.breaker.enabled() || !self.time_to_look_for_probes() {
             return Ok(Vec::new());
         }
         let statement = format!(
@@ -133,6 +136,19 @@ impl Store {
             tx.locking(" for update of e skip locked")
         );
         Sql::build(&statement).bind(now).bind(limit).fetch_all(&mut *tx).await
+    }
+
+    /// Whether this process's claim looks for circuits due a probe now: at most every
+    /// [`PROBE_LOOK`], so a cycle of a busy dispatcher costs no extra statement (a probe goes at
+    /// most that much after its cool-down).
+    fn time_to_look_for_probes(&self) -> bool {
+        let Ok(mut last) = self.probe_look.lock() else { return true };
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < PROBE_LOOK) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// The delivery an endpoint's probe sends: its FIFO head when that can start, else its

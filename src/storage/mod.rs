@@ -111,6 +111,8 @@ pub struct Store {
     /// The earliest time a batch the last claims left to fill must go (Unix µs): the
     /// dispatcher's wait ends then at the latest (`next_due_after`).
     batch_deadline: Mutex<Option<i64>>,
+    /// When this process's claim last looked for circuits due a probe.
+    probe_look: Mutex<Option<std::time::Instant>>,
 }
 
 /// The `[delivery]` settings the claim and the recorder apply to every endpoint.
@@ -138,6 +140,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Arc<Store>> {
         operations: Default::default(),
         claim_cursor: Default::default(),
         batch_deadline: Default::default(),
+        probe_look: Default::default(),
         stress: Stress {
             breaker: config.delivery.breaker(),
             initial_in_flight: config.delivery.initial_in_flight,
