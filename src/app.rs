@@ -45,8 +45,10 @@ impl App {
             .with_context(|| format!("could not listen on `{}`", config.listen))?;
         let admin_hash = config.admin_token.as_ref().map(|t| hash_token(&t.0));
         let wakeup = Arc::new(Notify::new());
+        let traces = crate::telemetry::traces::Traces::start(config.telemetry.traces_endpoint().as_deref())
+            .context("could not set up the OTLP trace export")?;
         let dispatcher = if config.dispatcher_enabled {
-            Some(Dispatcher::new(&config, store.clone(), wakeup.clone())?)
+            Some(Dispatcher::new(&config, store.clone(), wakeup.clone(), traces.clone())?)
         } else {
             None
         };
@@ -64,6 +66,7 @@ impl App {
             committer,
             validators,
             lookups: Arc::default(),
+            traces,
         };
         Ok(App { listener, state, bootstrap_token, dispatcher, jobs })
     }
@@ -89,6 +92,7 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let App { listener, state, dispatcher, jobs, .. } = self;
         let store = state.store.clone();
+        let traces = state.traces.clone();
         let mut scheduler = jobs.start().await?;
         let dispatching = dispatcher.map(|d| supervise(d.run(shutdown.clone()), shutdown.clone()));
         let router = http::router(state);
@@ -105,6 +109,8 @@ impl App {
             Some(watch) => watch.await.unwrap_or(true),
             None => false,
         };
+        // The last spans go out on the exporter's own thread.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
         served?;
         if dispatcher_died {
             store.close().await;

@@ -52,6 +52,8 @@ pub struct Config {
     pub maintenance: MaintenanceConfig,
     /// Operational events.
     pub operations: OperationsConfig,
+    /// OpenTelemetry traces.
+    pub telemetry: TelemetryConfig,
     /// Whether this process serves the management API (`false` for `serve --role worker`).
     #[serde(skip)]
     pub api_enabled: bool,
@@ -79,6 +81,7 @@ impl Default for Config {
             signing: SigningConfig::default(),
             maintenance: MaintenanceConfig::default(),
             operations: OperationsConfig::default(),
+            telemetry: TelemetryConfig::default(),
             api_enabled: true,
             dispatcher_enabled: true,
         }
@@ -380,6 +383,32 @@ pub struct OperationsConfig {
     /// The tenant (id or external_id) that receives `endpoint.disabled`, `endpoint.enabled` and
     /// `delivery.exhausted` events; unset = none.
     pub tenant: Option<String>,
+}
+
+/// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP (DESIGN §16).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// Where spans go: the OTLP/HTTP traces URL, such as `http://collector:4318/v1/traces`; unset:
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`, or
+    /// no export.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TelemetryConfig {
+    /// The traces URL in force, if any: the setting, else the standard environment variables.
+    pub fn traces_endpoint(&self) -> Option<String> {
+        let env =
+            |name: &str| std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        self.otlp_endpoint
+            .clone()
+            .filter(|v| !v.trim().is_empty())
+            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+            .or_else(|| {
+                env("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+            })
+    }
 }
 
 /// A secret string that never appears in `Debug` output.

@@ -27,6 +27,7 @@ use crate::domain::delivery::{after_interruption, run_budget};
 use crate::domain::retry::{ErrorKind, Outcome, jitter};
 use crate::domain::time::now_micros;
 use crate::storage::{AttemptRecord, Claimed, Store};
+use crate::telemetry::traces::attempt_traceparent;
 use send::{Sender, Sent};
 
 /// Most deliveries claimed in one round trip.
@@ -59,6 +60,8 @@ struct Attempts {
     operations_sender: Sender,
     /// The server's `[delivery]` values, which endpoints' own policies override member by member.
     server: crate::domain::policy::Server,
+    /// A span per attempt, when traces are exported.
+    traces: crate::telemetry::traces::Traces,
 }
 
 /// The operations tenant's id, looked up at most once a minute.
@@ -104,7 +107,12 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Builds a dispatcher over `store`; `wakeup` is notified when new work is committed.
-    pub fn new(config: &Config, store: Arc<Store>, wakeup: Arc<Notify>) -> anyhow::Result<Dispatcher> {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        wakeup: Arc<Notify>,
+        traces: crate::telemetry::traces::Traces,
+    ) -> anyhow::Result<Dispatcher> {
         let operations_allow = config
             .security
             .allow_cidrs
@@ -118,6 +126,7 @@ impl Dispatcher {
                 sender: Sender::new(config, config.security.allow_cidrs.clone())?,
                 operations_sender: Sender::new(config, operations_allow)?,
                 server: config.delivery.policy_server(),
+                traces,
             }),
             operations: OperationsTenant { key: config.operations.tenant.clone(), cached: None },
             lease: config.delivery.lease,
@@ -406,13 +415,21 @@ impl Attempts {
             }
             None => (first.event_id.as_str(), first.payload.clone().unwrap_or_default()),
         };
-        let sent = sender.send(first, webhook_id, body, policy.timeout).await;
+        // A batch goes in its first member's trace (DESIGN §16).
+        let span = first.trace.as_ref().and_then(|trace| {
+            self.traces.attempt(trace, &first.event_id, &first.endpoint_id, first.attempt_number)
+        });
+        let traceparent = first.trace.as_ref().map(|trace| attempt_traceparent(trace, span.as_ref()));
+        let sent = sender.send(first, webhook_id, traceparent.as_deref(), body, policy.timeout).await;
         let label = match sent.result.error {
             None => "success",
             Some(kind) => kind.outcome_label(),
         };
         metrics::counter!(crate::metrics::ATTEMPTS, "outcome" => label).increment(sendable.len() as u64);
         metrics::histogram!(crate::metrics::ATTEMPT_DURATION).record(sent.duration.as_secs_f64());
+        if let Some(span) = span {
+            span.end_attempt(sent.result.status, label, sent.error.as_deref());
+        }
         let said = signal(sent.result.status.map(i32::from), sent.result.error);
         let jitter = jitter();
         let mut outcomes: Vec<Outcome> = sendable

@@ -11,7 +11,6 @@ use super::net_guard::{Guard, GuardedResolver};
 use crate::config::Config;
 use crate::domain::retry::{AttemptResult, ErrorKind, parse_retry_after};
 use crate::domain::signing::{Scheme, hex_signature, signature_header};
-use crate::domain::trace::new_span_id;
 use crate::storage::Claimed;
 
 /// Most response body bytes kept.
@@ -71,6 +70,7 @@ impl Sender {
         &self,
         claimed: &Claimed,
         webhook_id: &str,
+        traceparent: Option<&str>,
         body: &[u8],
         unix_seconds: i64,
         now_micros: i64,
@@ -103,13 +103,12 @@ impl Sender {
         {
             headers.insert(name.clone(), value);
         }
-        // The producer's trace, continued by a new span for this attempt (DESIGN §16).
-        if let Some(trace) = &claimed.trace {
-            let traceparent = trace.parent.child(&new_span_id());
-            if let Ok(value) = HeaderValue::from_str(&traceparent) {
-                headers.insert(HeaderName::from_static("traceparent"), value);
-            }
-            if let Some(Ok(value)) = trace.state.as_deref().map(HeaderValue::from_str) {
+        // The producer's trace, continued by this attempt's span (DESIGN §16).
+        if let Some(Ok(value)) = traceparent.map(HeaderValue::from_str) {
+            headers.insert(HeaderName::from_static("traceparent"), value);
+            if let Some(Ok(value)) =
+                claimed.trace.as_ref().and_then(|t| t.state.as_deref()).map(HeaderValue::from_str)
+            {
                 headers.insert(HeaderName::from_static("tracestate"), value);
             }
         }
@@ -126,7 +125,14 @@ impl Sender {
 
     /// Makes one attempt: `body` (an envelope, or a batch's array of them) to `claimed`'s
     /// endpoint as it was claimed. Never fails: every problem is an outcome.
-    pub async fn send(&self, claimed: &Claimed, webhook_id: &str, body: String, timeout: Duration) -> Sent {
+    pub async fn send(
+        &self,
+        claimed: &Claimed,
+        webhook_id: &str,
+        traceparent: Option<&str>,
+        body: String,
+        timeout: Duration,
+    ) -> Sent {
         if let Err(blocked) = self.guard.check_url(&claimed.url) {
             return Sent {
                 result: AttemptResult {
@@ -140,8 +146,14 @@ impl Sender {
             };
         }
         let now = chrono::Utc::now();
-        let headers =
-            self.headers(claimed, webhook_id, body.as_bytes(), now.timestamp(), now.timestamp_micros());
+        let headers = self.headers(
+            claimed,
+            webhook_id,
+            traceparent,
+            body.as_bytes(),
+            now.timestamp(),
+            now.timestamp_micros(),
+        );
         let started = Instant::now();
         let request = self.client.post(&claimed.url).headers(headers).body(body);
         let attempt = async {

@@ -339,10 +339,39 @@ pub async fn create_event(
 ) -> Result<Response, ApiError> {
     auth.require_admin()?;
     let header_key = idempotency_header(&headers)?;
-    let trace = trace_context(&headers);
-    let event = prepare(&state, &tenant.id, input, header_key, trace.as_ref()).await?;
+    let (span, trace) = ingest_span(&state, &headers, &tenant.id, 1);
+    let answer = ingest_one(&state, &tenant.id, input, header_key, trace.as_ref()).await;
+    if let Some(span) = span {
+        span.end_ingest(answer.as_ref().map_or_else(|e| e.status(), |r| r.status()).as_u16());
+    }
+    answer
+}
+
+/// The span of an ingest request (when traces are exported) and the trace context its events
+/// keep: the span's, under the producer's `traceparent`, or the producer's alone.
+fn ingest_span(
+    state: &AppState,
+    headers: &HeaderMap,
+    tenant_id: &str,
+    events: usize,
+) -> (Option<crate::telemetry::traces::Span>, Option<TraceContext>) {
+    let producer = trace_context(headers);
+    let span = state.traces.ingest(producer.as_ref(), tenant_id, events);
+    let state_header = producer.as_ref().and_then(|t| t.state.clone());
+    let kept = span.as_ref().and_then(|span| span.context(state_header.as_deref())).or(producer);
+    (span, kept)
+}
+
+async fn ingest_one(
+    state: &AppState,
+    tenant_id: &str,
+    input: EventIn,
+    header_key: Option<&str>,
+    trace: Option<&TraceContext>,
+) -> Result<Response, ApiError> {
+    let event = prepare(state, tenant_id, input, header_key, trace).await?;
     let outcome =
-        state.committer.ingest(vec![event.clone()], idempotency_since(&state)).await.map_err(commit_error)?;
+        state.committer.ingest(vec![event.clone()], idempotency_since(state)).await.map_err(commit_error)?;
     match outcome.into_iter().next() {
         Some(IngestOutcome::Created { deliveries }) => {
             count_ingested(&event.event_type, deliveries);
@@ -377,12 +406,25 @@ pub async fn create_events_batch(
     if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
         return Err(ApiError::invalid("events", format!("must hold between 1 and {MAX_BATCH} events")));
     }
-    let trace = trace_context(&headers);
+    let (span, trace) = ingest_span(&state, &headers, &tenant.id, batch.events.len());
+    let answer = ingest_batch(&state, &tenant.id, batch, trace.as_ref()).await;
+    if let Some(span) = span {
+        span.end_ingest(answer.as_ref().map_or_else(|e| e.status(), |(status, _)| *status).as_u16());
+    }
+    answer
+}
+
+async fn ingest_batch(
+    state: &AppState,
+    tenant_id: &str,
+    batch: BatchIn,
+    trace: Option<&TraceContext>,
+) -> Result<(StatusCode, Json<BatchOut>), ApiError> {
     let mut results: Vec<BatchItemOut> = Vec::with_capacity(batch.events.len());
     let mut ready: Vec<(usize, NewEvent)> = Vec::new();
     for (index, raw) in batch.events.into_iter().enumerate() {
         let refusal = match serde_json::from_str::<EventIn>(raw.get()) {
-            Ok(input) => match prepare(&state, &tenant.id, input, None, trace.as_ref()).await {
+            Ok(input) => match prepare(state, tenant_id, input, None, trace).await {
                 Ok(event) => {
                     ready.push((index, event));
                     None
@@ -406,7 +448,7 @@ pub async fn create_events_batch(
     let outcomes = if events.is_empty() {
         Vec::new()
     } else {
-        state.committer.ingest(events, idempotency_since(&state)).await.map_err(commit_error)?
+        state.committer.ingest(events, idempotency_since(state)).await.map_err(commit_error)?
     };
     let mut woke = false;
     for ((index, event), outcome) in ready.iter().zip(outcomes) {

@@ -53,6 +53,8 @@ pub struct AppState {
     pub validators: Arc<schemas::Validators>,
     /// Short-lived copies of tenants and event types.
     pub lookups: Arc<lookups::Lookups>,
+    /// OpenTelemetry spans (none without an OTLP endpoint).
+    pub traces: crate::telemetry::traces::Traces,
 }
 
 /// Builds the whole router.
