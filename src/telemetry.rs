@@ -29,8 +29,8 @@ pub mod traces {
     use std::time::Duration;
 
     use opentelemetry::trace::{
-        Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
-        Tracer as _, TracerProvider as _,
+        Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+        TraceState, Tracer as _, TracerProvider as _,
     };
     use opentelemetry::{Context, KeyValue};
     use opentelemetry_otlp::WithExportConfig;
@@ -147,20 +147,33 @@ pub mod traces {
             self.span("ingest", SpanKind::Server, parent, attributes)
         }
 
-        /// The span of one delivery attempt under its event's stored context.
+        /// The span of one delivery attempt under its event's stored context; a batch request's
+        /// span is in its first member's trace, linked to the other members' (`linked`).
         pub fn attempt(
             &self,
             parent: &TraceContext,
+            linked: &[&TraceContext],
             event_id: &str,
             endpoint_id: &str,
             attempt: i32,
         ) -> Option<Span> {
+            let (_, tracer) = self.exporting.as_ref()?;
             let attributes = vec![
                 KeyValue::new("herald.event_id", event_id.to_owned()),
                 KeyValue::new("herald.endpoint_id", endpoint_id.to_owned()),
                 KeyValue::new("herald.attempt_number", i64::from(attempt)),
             ];
-            self.span("deliver", SpanKind::Client, Some(parent), attributes)
+            let links = linked
+                .iter()
+                .map(|trace| Link::with_context(remote(trace).span().span_context().clone()))
+                .collect();
+            let span = tracer
+                .span_builder("deliver")
+                .with_kind(SpanKind::Client)
+                .with_attributes(attributes)
+                .with_links(links)
+                .start_with_context(tracer, &remote(parent));
+            Some(Span(span))
         }
     }
 

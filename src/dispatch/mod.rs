@@ -26,6 +26,7 @@ use crate::domain::breaker::{after_probe, signal};
 use crate::domain::delivery::{after_interruption, run_budget};
 use crate::domain::retry::{ErrorKind, Outcome, jitter};
 use crate::domain::time::now_micros;
+use crate::domain::trace::TraceContext;
 use crate::storage::{AttemptRecord, Claimed, Store};
 use crate::telemetry::traces::attempt_traceparent;
 use send::{Sender, Sent};
@@ -416,8 +417,9 @@ impl Attempts {
             None => (first.event_id.as_str(), first.payload.clone().unwrap_or_default()),
         };
         // A batch goes in its first member's trace (DESIGN §16).
+        let others: Vec<&TraceContext> = sendable.iter().skip(1).filter_map(|c| c.trace.as_ref()).collect();
         let span = first.trace.as_ref().and_then(|trace| {
-            self.traces.attempt(trace, &first.event_id, &first.endpoint_id, first.attempt_number)
+            self.traces.attempt(trace, &others, &first.event_id, &first.endpoint_id, first.attempt_number)
         });
         let traceparent = first.trace.as_ref().map(|trace| attempt_traceparent(trace, span.as_ref()));
         let sent = sender.send(first, webhook_id, traceparent.as_deref(), body, policy.timeout).await;
