@@ -340,7 +340,10 @@ pub async fn create_event(
     auth.require_admin()?;
     let header_key = idempotency_header(&headers)?;
     let (span, trace) = ingest_span(&state, &headers, &tenant.id, 1);
-    let answer = ingest_one(&state, &tenant.id, input, header_key, trace.as_ref()).await;
+    let answer = match prepare(&state, &tenant.id, input, header_key, trace.as_ref()).await {
+        Ok(event) => commit_one(&state, event).await,
+        Err(refusal) => Err(refusal.into()),
+    };
     if let Some(span) = span {
         span.end_ingest(answer.as_ref().map_or_else(|e| e.status(), |r| r.status()).as_u16());
     }
@@ -362,14 +365,8 @@ fn ingest_span(
     (span, kept)
 }
 
-async fn ingest_one(
-    state: &AppState,
-    tenant_id: &str,
-    input: EventIn,
-    header_key: Option<&str>,
-    trace: Option<&TraceContext>,
-) -> Result<Response, ApiError> {
-    let event = prepare(state, tenant_id, input, header_key, trace).await?;
+/// Commits one prepared event and answers for it.
+async fn commit_one(state: &AppState, event: NewEvent) -> Result<Response, ApiError> {
     let outcome =
         state.committer.ingest(vec![event.clone()], idempotency_since(state)).await.map_err(commit_error)?;
     match outcome.into_iter().next() {
