@@ -237,7 +237,7 @@ impl Dispatcher {
         if free == 0 && self.finished.is_empty() {
             return Ok(Dispatched::default());
         }
-        let records = self.finished.len().min(RECORD_BATCH);
+        let records = whole_requests(&self.finished, RECORD_BATCH);
         let started = Instant::now();
         let (stale, claimed) =
             self.store.record_and_claim(&self.finished[..records], free as i64, self.lease).await?;
@@ -402,9 +402,14 @@ impl Attempts {
     async fn attempt(&self, claims: Vec<Claimed>, operations: bool) -> Vec<AttemptRecord> {
         let (sendable, removed): (Vec<Claimed>, Vec<Claimed>) =
             claims.into_iter().partition(|claim| claim.payload.is_some());
+        // A member whose payload retention removed was never sent: it is not part of the
+        // request's outcome.
         let mut records: Vec<AttemptRecord> = removed
             .iter()
-            .map(|claim| record(claim, gone(), Outcome::GiveUp { disable_endpoint: false }))
+            .map(|claim| AttemptRecord {
+                batch_id: None,
+                ..record(claim, gone(), Outcome::GiveUp { disable_endpoint: false })
+            })
             .collect();
         let Some(first) = sendable.first() else { return records };
         let sender = if operations { &self.operations_sender } else { &self.sender };
@@ -471,6 +476,19 @@ impl Attempts {
         }
         records
     }
+}
+
+/// How many of `finished` one cycle records: up to `most`, never splitting a batch request's
+/// members between two cycles (a batch is one outcome for its endpoint's circuit and window).
+fn whole_requests(finished: &[AttemptRecord], most: usize) -> usize {
+    let mut end = finished.len().min(most);
+    while let (Some(last), Some(next)) = (end.checked_sub(1).map(|i| &finished[i]), finished.get(end))
+        && last.batch_id.is_some()
+        && last.batch_id == next.batch_id
+    {
+        end += 1;
+    }
+    end
 }
 
 /// Groups claimed deliveries into requests: a batch's members together (they were claimed

@@ -1,8 +1,9 @@
 //! The circuit breaker of an endpoint (DESIGN §14): which attempt results count as the
-//! endpoint's own failures, when the circuit opens, when it sends a probe, how the cool-down
-//! doubles, and what a probe's result does. Pure; the store reads the stored circuit, asks
-//! [`Circuit::observe`] for every recorded attempt in order and writes the result back, and the
-//! claim asks [`Circuit::probe_due`] / [`Circuit::start_probe`].
+//! endpoint's own failures, when the circuit opens, how the cool-down doubles, and what a probe's
+//! result does. Pure; the store reads the stored circuit, asks [`Circuit::observe`] for every
+//! recorded attempt in order and writes the result back. The claim sends a probe for an open
+//! circuit whose `next_probe_at` has passed (a half-open one's too, once its probe's deadline
+//! passed) and marks it half-open until that deadline (`storage/claim.rs`).
 //!
 //! The states: `closed` (deliveries flow), `open` (nothing is claimed for the endpoint; its
 //! pending deliveries wait without using their run's attempts until `next_probe_at`) and
@@ -154,16 +155,10 @@ impl Default for Circuit {
 }
 
 impl Circuit {
-    /// Whether the claim sends a probe now: the circuit is open and its cool-down is over, or
-    /// half-open with a probe whose deadline passed (its process stopped).
-    pub fn probe_due(&self, now: i64) -> bool {
-        self.state != CircuitState::Closed && self.next_probe_at.is_none_or(|at| at <= now)
-    }
-
-    /// A probe is claimed at `now`; it must be recorded before `deadline`.
-    pub fn start_probe(&mut self, deadline: i64) {
-        self.state = CircuitState::HalfOpen;
-        self.next_probe_at = Some(deadline);
+    /// The circuit with the breaker off: closed, its failures still counted (a circuit stored
+    /// open before the breaker was turned off does not stay open).
+    pub fn without_breaker(self) -> Circuit {
+        Circuit { consecutive_failures: self.consecutive_failures, ..Circuit::default() }
     }
 
     /// Applies one recorded attempt's result at `now` (`probe`: the attempt was the circuit's
@@ -278,8 +273,6 @@ mod tests {
         assert_eq!(opened, Some(Transition::Opened { at: 5 * SECOND, consecutive_failures: 3 }));
         assert_eq!(circuit.state, CircuitState::Open);
         assert_eq!(circuit.next_probe_at, Some(35 * SECOND), "after the first cool-down");
-        assert!(!circuit.probe_due(34 * SECOND));
-        assert!(circuit.probe_due(35 * SECOND));
         assert_eq!(
             circuit.observe(Signal::Failure, false, 6 * SECOND, &breaker()),
             None,
@@ -305,16 +298,13 @@ mod tests {
         for _ in 0..3 {
             circuit.observe(Signal::Failure, false, 0, &breaker());
         }
-        circuit.start_probe(40 * SECOND);
-        assert_eq!(circuit.state, CircuitState::HalfOpen);
-        assert!(!circuit.probe_due(39 * SECOND), "one probe at a time");
-        assert!(circuit.probe_due(40 * SECOND), "a probe past its deadline is replaced");
+        circuit.state = CircuitState::HalfOpen; // the claim sent a probe
         assert_eq!(circuit.observe(Signal::Failure, true, 35 * SECOND, &breaker()), None);
         assert_eq!((circuit.state, circuit.next_probe_at), (CircuitState::Open, Some(95 * SECOND)), "60 s");
-        circuit.start_probe(200 * SECOND);
+        circuit.state = CircuitState::HalfOpen;
         circuit.observe(Signal::Failure, true, 100 * SECOND, &breaker());
         assert_eq!(circuit.next_probe_at, Some(200 * SECOND), "120 s capped at 100 s");
-        circuit.start_probe(300 * SECOND);
+        circuit.state = CircuitState::HalfOpen;
         let closed = circuit.observe(Signal::Success, true, 210 * SECOND, &breaker());
         assert_eq!(closed, Some(Transition::Closed { at: 210 * SECOND, opened_at: 0 }));
         assert_eq!(circuit, Circuit::default());
@@ -345,6 +335,18 @@ mod tests {
             circuit.observe(Signal::Success, false, 9 * SECOND, &breaker()),
             Some(Transition::Closed { at: 9 * SECOND, opened_at: SECOND })
         );
+    }
+
+    #[test]
+    fn turning_the_breaker_off_closes_a_stored_open_circuit() {
+        let open = Circuit {
+            state: CircuitState::Open,
+            consecutive_failures: 12,
+            opened_at: Some(1),
+            next_probe_at: Some(2),
+            failed_probes: 3,
+        };
+        assert_eq!(open.without_breaker(), Circuit { consecutive_failures: 12, ..Circuit::default() });
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl BatchingIn {
         };
         let batching = Batching {
             max_events: self.max_events,
-            max_wait_ms: max_wait.as_millis() as u64,
+            max_wait_ms: u64::try_from(max_wait.as_millis()).unwrap_or(u64::MAX),
             max_bytes: self.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
         };
         batching.check(invalid);

@@ -133,12 +133,18 @@ pub fn with_webhooks(mut api: Value, catalogue: &[EventType]) -> Value {
     let mut schemas = Map::new();
     let mut webhooks = Map::new();
     let mut envelopes = Vec::new();
+    let api_schemas: std::collections::HashSet<String> = api["components"]["schemas"]
+        .as_object()
+        .map(|existing| existing.keys().cloned().collect())
+        .unwrap_or_default();
     for event_type in catalogue {
-        let mut name = component_name(&event_type.name);
-        while schemas.contains_key(&name) {
-            name.insert(name.len() - "Event".len(), '2');
+        // `<Base>Event` and `<Base>Data`, neither taken by another type nor by the API's own.
+        let mut base = component_name(&event_type.name).strip_suffix("Event").unwrap_or_default().to_owned();
+        let taken = |name: &str| schemas.contains_key(name) || api_schemas.contains(name);
+        while taken(&format!("{base}Event")) || taken(&format!("{base}Data")) {
+            base.push('2');
         }
-        let data_name = format!("{}Data", name.trim_end_matches("Event"));
+        let (name, data_name) = (format!("{base}Event"), format!("{base}Data"));
         let mut data = event_type
             .schema
             .clone()
@@ -236,6 +242,20 @@ mod tests {
         assert_eq!(component_name("workflow.completed"), "WorkflowCompletedEvent");
         assert_eq!(component_name("invoice-paid_v2"), "InvoicePaidV2Event");
         assert_eq!(component_name("3d.printed"), "Type3dPrintedEvent");
+    }
+
+    #[test]
+    fn names_never_collide_with_another_type_or_the_apis_own() {
+        let api = json!({"components": {"schemas": {"ProblemEvent": {}}}});
+        let types = [event_type("order", None), event_type("order.event", None), event_type("problem", None)];
+        let document = with_webhooks(api, &types);
+        let schemas = document["components"]["schemas"].as_object().expect("schemas");
+        for name in
+            ["OrderEvent", "OrderData", "OrderEventEvent", "OrderEventData", "Problem2Event", "Problem2Data"]
+        {
+            assert!(schemas.contains_key(name), "{name} in {:?}", schemas.keys().collect::<Vec<_>>());
+        }
+        assert_eq!(schemas["ProblemEvent"], json!({}), "the API's own stays");
     }
 
     #[test]

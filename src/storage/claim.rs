@@ -112,7 +112,7 @@ impl Store {
     }
 
     /// Up to `limit` enabled, unpaused endpoints with due work whose open circuit is due a probe
-    /// (`Circuit::probe_due`), locked like [`Store::candidates`]; none when the breaker is off.
+    /// (its `next_probe_at` passed: the cool-down of an open one, the deadline of a half-open one's lost probe), locked like [`Store::candidates`]; none when the breaker is off.
     async fn probe_candidates(
         &self,
         tx: &mut Tx,
@@ -332,10 +332,17 @@ impl Store {
             }
         }
 
-        let served: std::collections::HashSet<&str> =
-            picks.rows.iter().map(|pick| pick.row.endpoint_id.as_str()).collect();
+        // Endpoints served, and batching endpoints left to fill, count as visited: the next
+        // claim starts after them, so a batch that waits never holds the others back.
+        let served: std::collections::HashSet<&str> = picks
+            .rows
+            .iter()
+            .map(|pick| pick.row.endpoint_id.as_str())
+            .chain(picks.deferred.iter().map(String::as_str))
+            .collect();
+        let room_left = picks.requests < limit && picks.deferred.is_empty();
         if let Ok(mut cursor) = self.claim_cursor.lock() {
-            *cursor = next_cursor(&order, &served, picks.requests < limit).cloned();
+            *cursor = next_cursor(&order, &served, room_left).cloned();
         }
         self.open_attempts(tx, picks.rows, now, lease_until).await
     }
@@ -354,17 +361,33 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let per_request = i64::from(batching.max_events);
+        // Whether a batch goes at all, from a count and a time, before any payload is read.
+        let (due, oldest): (i64, Option<i64>) = sql(r#"select count(*), min(next_attempt_at)
+            from (
+                select next_attempt_at
+                from deliveries
+                where endpoint_id = $1 and status = 'pending' and not bypass
+                  and next_attempt_at <= $2 and lease_until is null
+                limit $3
+            ) d"#)
+        .bind(&endpoint.id)
+        .bind(now)
+        .bind(per_request)
+        .fetch_one(&mut *tx)
+        .await?;
+        let Some(oldest) = oldest else { return Ok(()) };
+        if !batching.ready(due as usize, oldest, now) {
+            // Looked at and left to fill: the next claim starts after it (round robin).
+            picks.deferred.insert(endpoint.id.clone());
+            self.wake_at(oldest + batching.max_wait().as_micros() as i64);
+            return Ok(());
+        }
         let (rows, requests) = if endpoint.fifo {
             (Self::fifo_run(tx, &endpoint.id, now, per_request).await?, 1)
         } else {
             let rows = room * per_request;
             (tx.due_rows(&[(endpoint.id.clone(), rows)], now, rows).await?, room as usize)
         };
-        let Some(oldest) = rows.iter().map(|row| row.next_attempt_at).min() else { return Ok(()) };
-        if !batching.ready(rows.len(), oldest, now) {
-            self.wake_at(oldest + batching.max_wait().as_micros() as i64);
-            return Ok(());
-        }
         let sizes: Vec<usize> = rows.iter().map(|row| row.payload.as_ref().map_or(0, String::len)).collect();
         let batches = batching.split(&sizes, requests);
         Self::charge_rate(tx, endpoint, now, batches.len() as i64).await?;
@@ -438,7 +461,25 @@ impl Store {
             update.execute(&mut *tx).await?;
         }
         let mut claimed = Vec::with_capacity(picks.len());
+        // Each endpoint's headers and secrets are opened once per claim, however many of its
+        // deliveries (a batch's members) it holds.
+        let mut opened: std::collections::HashMap<String, Opened> = std::collections::HashMap::new();
         for Pick { row, endpoint, probe, batch_id } in picks {
+            let (headers, secrets, policy) = match opened.get(&endpoint.id) {
+                Some(open) => open.clone(),
+                None => {
+                    let open = (
+                        endpoint.headers(&self.cipher)?,
+                        endpoint.secrets(&self.cipher)?,
+                        crate::domain::policy::DeliveryPolicy::from_stored(
+                            endpoint.delivery_policy.as_deref(),
+                        )
+                        .map_err(corrupt)?,
+                    );
+                    opened.insert(endpoint.id.clone(), open.clone());
+                    open
+                }
+            };
             claimed.push(Claimed {
                 attempt_id: crate::domain::id::new_id(crate::domain::id::IdKind::Attempt),
                 attempt_number: row.attempt_count + 1,
@@ -450,12 +491,9 @@ impl Store {
                 max_attempts: row.max_attempts,
                 lease_token: lease_token.clone(),
                 url: endpoint.url.clone(),
-                headers: endpoint.headers(&self.cipher)?,
-                secrets: endpoint.secrets(&self.cipher)?,
-                policy: crate::domain::policy::DeliveryPolicy::from_stored(
-                    endpoint.delivery_policy.as_deref(),
-                )
-                .map_err(corrupt)?,
+                headers,
+                secrets,
+                policy,
                 probe,
                 batch_id,
                 trace: row
@@ -484,6 +522,13 @@ impl Store {
     }
 }
 
+/// An endpoint's opened custom headers, secrets and delivery policy, as a claim sends them.
+type Opened = (
+    std::collections::BTreeMap<String, String>,
+    crate::domain::endpoint::Secrets,
+    crate::domain::policy::DeliveryPolicy,
+);
+
 /// One delivery a claim picked: the endpoint as it is now, whether it is the circuit's probe,
 /// and the batch request it goes in, if any.
 struct Pick {
@@ -493,11 +538,13 @@ struct Pick {
     batch_id: Option<String>,
 }
 
-/// What a claim picked, and how many requests that makes (a batch is one request).
+/// What a claim picked, how many requests that makes (a batch is one request), and the
+/// batching endpoints it left to fill.
 #[derive(Default)]
 struct Picks {
     rows: Vec<Pick>,
     requests: i64,
+    deferred: std::collections::HashSet<String>,
 }
 
 impl Picks {

@@ -135,6 +135,7 @@ impl Store {
         let mut changes: BTreeMap<String, EndpointChange<'a>> = BTreeMap::new();
         for row in stored {
             let circuit = Circuit::try_from(&row.circuit)?;
+            let circuit = if self.stress.breaker.enabled() { circuit } else { circuit.without_breaker() };
             let window = row.window(self.stress.initial_in_flight);
             changes.insert(
                 row.id.clone(),
