@@ -37,9 +37,9 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let operations = self.operations();
         // Recorders lock their own deliveries (leased to them, so no two recorders share one),
-        // then the endpoints in id order, as late as they can: a claim skips a locked endpoint
-        // rather than wait for it, so the shorter an endpoint stays locked, the fairer the
-        // claims of every process.
+        // then the stats buckets, then the endpoints in id order, as late as they can: a claim
+        // skips a locked endpoint rather than wait for it, so the shorter an endpoint stays
+        // locked, the fairer the claims of every process.
         let mut ordered: Vec<&AttemptRecord> = records.iter().collect();
         ordered.sort_by(|a, b| (&a.endpoint_id, &a.delivery_id).cmp(&(&b.endpoint_id, &b.delivery_id)));
         // A delivery twice in one batch: the first result wins, the second is stale.
@@ -48,15 +48,8 @@ impl Store {
         ordered.retain(|record| fresh.contains(&record.delivery_id));
         let stale = (records.len() - ordered.len()) as u64;
         Self::record_attempt_rows(tx, &ordered).await?;
-        let stored = self.lock_endpoint_stress(tx, &ordered).await?;
-        // Health and the circuit follow the attempts in the order they finished.
-        ordered.sort_by_key(|record| (record.endpoint_id.as_str(), record.finished_at));
-        let mut changes = self.endpoint_changes(stored, &ordered, now)?;
         let mut rollup = Rollup::default();
         for record in &ordered {
-            if matches!(record.outcome, Outcome::Retry { .. }) {
-                Self::fail_retry_if_stopped(tx, record, now).await?;
-            }
             rollup.add(
                 &record.endpoint_id,
                 &record.tenant_id,
@@ -64,6 +57,16 @@ impl Store {
                 is_success(record.status_code),
                 record.duration_ms,
             );
+        }
+        Self::write_rollup(tx, &rollup).await?;
+        let stored = self.lock_endpoint_stress(tx, &ordered).await?;
+        // Health and the circuit follow the attempts in the order they finished.
+        ordered.sort_by_key(|record| (record.endpoint_id.as_str(), record.finished_at));
+        let mut changes = self.endpoint_changes(stored, &ordered, now)?;
+        for record in &ordered {
+            if matches!(record.outcome, Outcome::Retry { .. }) {
+                Self::fail_retry_if_stopped(tx, record, now).await?;
+            }
             if let Some(pause) = record.outcome.pause() {
                 sql(r#"update endpoints set paused_until = $2
                     where id = $1 and (paused_until is null or paused_until < $2)"#)
@@ -85,7 +88,6 @@ impl Store {
                 Self::emit_exhausted(tx, operations.as_deref(), &record.delivery_id, now).await?;
             }
         }
-        Self::write_rollup(tx, &rollup).await?;
         for (endpoint_id, change) in &mut changes {
             Self::write_endpoint_change(tx, endpoint_id, change, now).await?;
             for transition in std::mem::take(&mut change.transitions) {
