@@ -2,22 +2,16 @@
 //! the binary (no external assets). It signs in with a token kept in `sessionStorage` and calls
 //! the JSON API like any client.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect};
-use axum::routing::get;
 
 use super::AppState;
 
 const PAGE: &str = include_str!("dashboard.html");
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/", get(root)).route("/dashboard", get(dashboard))
-}
-
 /// `GET /`: a person who opens Herald's address in a browser lands on the dashboard.
-async fn root() -> Redirect {
+pub(crate) async fn root() -> Redirect {
     Redirect::to("/dashboard")
 }
 

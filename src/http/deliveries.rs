@@ -1,27 +1,17 @@
 //! Deliveries and their attempts: list, inspect, replay (`…/deliveries/{id}/retry`).
 
 use axum::Json;
-use axum::Router;
-use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{ApiQuery, ItemPath, PageParams, Pager, TenantPath, TenantScope, TimeRange};
+use super::extract::{ApiQuery, ItemPath, ItemScope, PageParams, Pager, TenantPath, TenantScope, TimeRange};
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::delivery::{Attempt, Delivery};
 use crate::domain::time::format_micros;
 use crate::storage::{DeliveryFilter, RetryError};
-
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants/{tenant}/deliveries", get(list_deliveries))
-        .route("/v1/tenants/{tenant}/deliveries/{id}", get(get_delivery))
-        .route("/v1/tenants/{tenant}/deliveries/{id}/retry", post(retry_delivery))
-}
 
 /// A delivery: one event bound for one endpoint.
 #[derive(Debug, Serialize, ToSchema)]
@@ -112,13 +102,12 @@ pub async fn list_deliveries(
                 .ok_or_else(|| ApiError::invalid("status", "must be `pending`, `delivered` or `failed`"))?,
         ),
     };
-    let (since, until) = query.range.parse()?;
+    let created = query.range.parse()?;
     let filter = DeliveryFilter {
         status,
         endpoint_id: query.endpoint_id.clone(),
         event_id: query.event_id.clone(),
-        since,
-        until,
+        created,
     };
     let pager = Pager::new(&query.page, &format!("deliveries|{}|{:?}", tenant.id, filter))?;
     let rows = state.store.list_deliveries(&tenant.id, &filter, &pager.query()).await?;
@@ -138,10 +127,7 @@ async fn load(state: &AppState, tenant_id: &str, id: &str) -> Result<DeliveryOut
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/deliveries/{id}", tag = "deliveries",
     params(ItemPath),
     responses((status = 200, description = "The delivery with every attempt", body = DeliveryOut), ErrorResponses))]
-pub async fn get_delivery(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(ItemPath { id, .. }): Path<ItemPath>,
-) -> Result<Json<DeliveryOut>, ApiError> {
+pub async fn get_delivery(ItemScope(state, tenant, id): ItemScope) -> Result<Json<DeliveryOut>, ApiError> {
     Ok(Json(load(&state, &tenant.id, &id).await?))
 }
 
@@ -166,8 +152,7 @@ pub(crate) fn retry_error(error: RetryError, what: &str, id: &str) -> ApiError {
     params(ItemPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 202, description = "Queued again: the delivery as it now is", body = DeliveryOut), ErrorResponses))]
 pub async fn retry_delivery(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(ItemPath { id, .. }): Path<ItemPath>,
+    ItemScope(state, tenant, id): ItemScope,
 ) -> Result<(StatusCode, Json<DeliveryOut>), ApiError> {
     state.store.retry_delivery(&tenant.id, &id).await.map_err(|e| retry_error(e, "delivery", &id))?;
     state.wakeup.notify_one();

@@ -3,18 +3,15 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{ApiJson, ApiQuery, EndpointPath, PageParams, Pager, RawBody, TenantPath, TenantScope};
+use super::extract::{ApiJson, ApiQuery, EndpointPath, ItemScope, PageParams, Pager, RawBody, TenantPath, TenantScope};
 use crate::config::parse_duration;
 use crate::domain::batch::{Batching, DEFAULT_MAX_BYTES};
 use crate::domain::breaker::Circuit;
@@ -32,23 +29,6 @@ use crate::domain::tenant::Tenant;
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::{Invalid, check_text};
 use crate::storage::StoreError;
-
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants/{tenant}/endpoints", get(list_endpoints).post(create_endpoint))
-        .route(
-            "/v1/tenants/{tenant}/endpoints/{ep}",
-            get(get_endpoint).patch(update_endpoint).delete(delete_endpoint),
-        )
-        .route("/v1/tenants/{tenant}/endpoints/{ep}/secret", get(get_endpoint_secret))
-        .route("/v1/tenants/{tenant}/endpoints/{ep}/secret/rotate", post(rotate_endpoint_secret))
-        .route("/v1/tenants/{tenant}/endpoints/{ep}/secret/previous", delete(delete_previous_secret))
-        .route("/v1/tenants/{tenant}/endpoints/{ep}/enable", post(enable_endpoint))
-        .route("/v1/tenants/{tenant}/endpoints/{ep}/disable", post(disable_endpoint))
-        .route("/v1/tenants/{tenant}/endpoints/{ep}/test", post(test_endpoint))
-        .route("/v1/tenants/{tenant}/endpoints/{ep}/recover", post(recover_endpoint))
-        .route("/v1/tenants/{tenant}/endpoints/{ep}/filter/test", post(test_filter))
-}
 
 /// Body of `POST /v1/tenants/{tenant}/endpoints`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -608,10 +588,7 @@ pub async fn list_endpoints(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{ep}", tag = "endpoints",
     params(EndpointPath),
     responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
-pub async fn get_endpoint(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
-) -> Result<Json<EndpointOut>, ApiError> {
+pub async fn get_endpoint(ItemScope(state, tenant, ep): ItemScope) -> Result<Json<EndpointOut>, ApiError> {
     Ok(Json(EndpointOut::new(load(&state, &tenant.id, &ep).await?, &state)))
 }
 
@@ -620,8 +597,7 @@ pub async fn get_endpoint(
     params(EndpointPath),
     responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
 pub async fn update_endpoint(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
+    ItemScope(state, tenant, ep): ItemScope,
     ApiJson(patch): ApiJson<EndpointPatch>,
 ) -> Result<Json<EndpointOut>, ApiError> {
     let mut endpoint = load(&state, &tenant.id, &ep).await?;
@@ -693,10 +669,7 @@ pub async fn update_endpoint(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/endpoints/{ep}", tag = "endpoints",
     params(EndpointPath),
     responses((status = 204, description = "deleted"), ErrorResponses))]
-pub async fn delete_endpoint(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete_endpoint(ItemScope(state, tenant, ep): ItemScope) -> Result<StatusCode, ApiError> {
     state.store.delete_endpoint(&tenant.id, &ep, now_micros()).await.or_not_found("endpoint", &ep)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -706,8 +679,7 @@ pub async fn delete_endpoint(
     params(EndpointPath),
     responses((status = 200, description = "The current secret", body = SecretOut), ErrorResponses))]
 pub async fn get_endpoint_secret(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
+    ItemScope(state, tenant, ep): ItemScope,
 ) -> Result<Json<SecretOut>, ApiError> {
     let secrets = state.store.get_secrets(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
     let now = now_micros();
@@ -760,8 +732,7 @@ pub(crate) fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Byt
     params(EndpointPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 200, description = "Rotated: the new secret", body = RotatedOut), ErrorResponses))]
 pub async fn rotate_endpoint_secret(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
+    ItemScope(state, tenant, ep): ItemScope,
     RawBody(body): RawBody,
 ) -> Result<Json<RotatedOut>, ApiError> {
     let input: RotateIn = optional_body(&body)?;
@@ -791,10 +762,7 @@ pub async fn rotate_endpoint_secret(
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/endpoints/{ep}/secret/previous", tag = "endpoints",
     params(EndpointPath),
     responses((status = 204, description = "the previous secret no longer signs"), ErrorResponses))]
-pub async fn delete_previous_secret(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete_previous_secret(ItemScope(state, tenant, ep): ItemScope) -> Result<StatusCode, ApiError> {
     state.store.delete_previous_secret(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -845,10 +813,7 @@ async fn set_enabled(
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{ep}/enable", tag = "endpoints",
     params(EndpointPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
-pub async fn enable_endpoint(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
-) -> Result<Json<EndpointOut>, ApiError> {
+pub async fn enable_endpoint(ItemScope(state, tenant, ep): ItemScope) -> Result<Json<EndpointOut>, ApiError> {
     set_enabled(&state, &tenant, &ep, true, None).await
 }
 
@@ -858,8 +823,7 @@ pub async fn enable_endpoint(
     params(EndpointPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 200, description = "The endpoint", body = EndpointOut), ErrorResponses))]
 pub async fn disable_endpoint(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
+    ItemScope(state, tenant, ep): ItemScope,
     RawBody(body): RawBody,
 ) -> Result<Json<EndpointOut>, ApiError> {
     let input: DisableIn = optional_body(&body)?;
@@ -872,8 +836,7 @@ pub async fn disable_endpoint(
     params(EndpointPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 202, description = "Accepted: the test event and its one delivery are committed", body = super::events::EventAccepted), ErrorResponses))]
 pub async fn test_endpoint(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
+    ItemScope(state, tenant, ep): ItemScope,
 ) -> Result<(StatusCode, Json<super::events::EventAccepted>), ApiError> {
     use crate::domain::event::envelope;
     use crate::domain::event_type::WEBHOOK_TEST;
@@ -924,8 +887,7 @@ pub struct RecoverOut {
     params(EndpointPath, super::idempotency::IdempotencyKeyHeader),
     responses((status = 202, description = "The failed deliveries made pending again", body = RecoverOut), ErrorResponses))]
 pub async fn recover_endpoint(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
+    ItemScope(state, tenant, ep): ItemScope,
     ApiJson(input): ApiJson<RecoverIn>,
 ) -> Result<(StatusCode, Json<RecoverOut>), ApiError> {
     use crate::domain::time::parse_rfc3339;
@@ -985,8 +947,7 @@ pub struct FilterTestOut {
     params(EndpointPath),
     responses((status = 200, description = "Whether the filter matches the event", body = FilterTestOut), ErrorResponses))]
 pub async fn test_filter(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
+    ItemScope(state, tenant, ep): ItemScope,
     ApiJson(body): ApiJson<FilterTestIn>,
 ) -> Result<Json<FilterTestOut>, ApiError> {
     let endpoint = load(&state, &tenant.id, &ep).await?;

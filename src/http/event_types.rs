@@ -1,17 +1,15 @@
 //! The event type catalogue: `/v1/event-types`.
 
 use axum::Json;
-use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{Admin, ApiJson, ApiQuery, Auth, PageParams, Pager};
+use super::extract::{Admin, AnyCaller, ApiJson, ApiQuery, PageParams, Pager};
 use crate::domain::event_type::{EventType, validate_name, validate_schema};
 use crate::domain::time::now_micros;
 use crate::domain::{Invalid, check_text};
@@ -19,13 +17,6 @@ use crate::storage::StoreError;
 
 /// Longest accepted description.
 const MAX_DESCRIPTION: usize = 2000;
-
-pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/v1/event-types", get(list_event_types).post(create_event_type)).route(
-        "/v1/event-types/{name}",
-        get(get_event_type).patch(update_event_type).delete(archive_event_type),
-    )
-}
 
 /// Body of `POST /v1/event-types`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -125,8 +116,7 @@ fn check_schema(invalid: &mut Invalid, schema: Option<&Value>) {
     params(super::idempotency::IdempotencyKeyHeader),
     responses((status = 201, description = "Created", body = EventTypeOut), ErrorResponses))]
 pub async fn create_event_type(
-    State(state): State<AppState>,
-    _admin: Admin,
+    Admin(state): Admin,
     ApiJson(body): ApiJson<EventTypeIn>,
 ) -> Result<(StatusCode, Json<EventTypeOut>), ApiError> {
     let mut invalid = Invalid::default();
@@ -160,8 +150,7 @@ pub async fn create_event_type(
 #[utoipa::path(get, path = "/v1/event-types", tag = "event types", params(EventTypeFilter, PageParams),
     responses((status = 200, description = "A page of event types, by name", body = EventTypeList), ErrorResponses))]
 pub async fn list_event_types(
-    State(state): State<AppState>,
-    _auth: Auth,
+    AnyCaller(state): AnyCaller,
     ApiQuery(filter): ApiQuery<EventTypeFilter>,
 ) -> Result<Json<EventTypeList>, ApiError> {
     let include_archived = super::parse_bool("include_archived", filter.include_archived.as_deref())?;
@@ -180,8 +169,7 @@ async fn load(state: &AppState, name: &str) -> Result<EventType, ApiError> {
     params(("name" = String, Path, description = "Event type name")),
     responses((status = 200, description = "The event type", body = EventTypeOut), ErrorResponses))]
 pub async fn get_event_type(
-    State(state): State<AppState>,
-    _auth: Auth,
+    AnyCaller(state): AnyCaller,
     Path(name): Path<String>,
 ) -> Result<Json<EventTypeOut>, ApiError> {
     Ok(Json(load(&state, &name).await?.into()))
@@ -192,8 +180,7 @@ pub async fn get_event_type(
     params(("name" = String, Path, description = "Event type name")),
     responses((status = 200, description = "The event type", body = EventTypeOut), ErrorResponses))]
 pub async fn update_event_type(
-    State(state): State<AppState>,
-    _admin: Admin,
+    Admin(state): Admin,
     Path(name): Path<String>,
     ApiJson(patch): ApiJson<EventTypePatch>,
 ) -> Result<Json<EventTypeOut>, ApiError> {
@@ -222,8 +209,7 @@ pub async fn update_event_type(
     params(("name" = String, Path, description = "Event type name")),
     responses((status = 204, description = "archived"), ErrorResponses))]
 pub async fn archive_event_type(
-    State(state): State<AppState>,
-    _admin: Admin,
+    Admin(state): Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let mut event_type = load(&state, &name).await?;

@@ -2,11 +2,8 @@
 //! the producer's raw JSON (whitespace removed), parsed only to validate it.
 
 use axum::Json;
-use axum::Router;
-use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -14,9 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{
-    ApiJson, ApiQuery, ItemPath, PageParams, Pager, TenantPath, TenantScope, TimeRange, body_limit,
-};
+use super::extract::{ApiJson, ApiQuery, ItemPath, ItemScope, PageParams, Pager, TenantPath, TenantScope, TimeRange};
 use crate::domain::Invalid;
 use crate::domain::delivery::{Delivery, Event};
 use crate::domain::event::{data_of_envelope, envelope, minify, parse_data, validate_idempotency_key};
@@ -30,13 +25,11 @@ pub const MAX_BATCH: usize = 1000;
 /// Room for the envelope fields around `data` in a single-event request body.
 const REQUEST_OVERHEAD: usize = 16 * 1024;
 
-pub(crate) fn router(state: &AppState) -> Router<AppState> {
-    let single = state.config.ingest.payload_limit + REQUEST_OVERHEAD;
-    let batch = state.config.ingest.batch_body_limit;
-    Router::new()
-        .route("/v1/tenants/{tenant}/events", get(list_events).post(create_event).layer(body_limit(single)))
-        .route("/v1/tenants/{tenant}/events/batch", post(create_events_batch).layer(body_limit(batch)))
-        .route("/v1/tenants/{tenant}/events/{id}", get(get_event))
+/// The body limit of a single-event request: the payload limit and room for the fields around it.
+pub(crate) fn body_limit(
+    payload_limit: usize,
+) -> (axum::extract::DefaultBodyLimit, axum::Extension<super::extract::BodyLimit>) {
+    super::extract::body_limit(payload_limit + REQUEST_OVERHEAD)
 }
 
 /// One event to emit.
@@ -497,8 +490,7 @@ pub async fn list_events(
     TenantScope { state, tenant, .. }: TenantScope,
     ApiQuery(query): ApiQuery<EventQuery>,
 ) -> Result<Json<EventList>, ApiError> {
-    let (since, until) = query.range.parse()?;
-    let filter = EventFilter { event_type: query.event_type.clone(), since, until };
+    let filter = EventFilter { event_type: query.event_type.clone(), created: query.range.parse()? };
     let pager = Pager::new(&query.page, &format!("events|{}|{:?}", tenant.id, filter))?;
     let rows = state.store.list_events(&tenant.id, &filter, &pager.query()).await?;
     let (rows, next_cursor) = pager.finish(rows, |e| &e.id);
@@ -509,10 +501,7 @@ pub async fn list_events(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/events/{id}", tag = "events",
     params(ItemPath),
     responses((status = 200, description = "The event with the state of each delivery", body = EventOut), ErrorResponses))]
-pub async fn get_event(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(ItemPath { id, .. }): Path<ItemPath>,
-) -> Result<Json<EventOut>, ApiError> {
+pub async fn get_event(ItemScope(state, tenant, id): ItemScope) -> Result<Json<EventOut>, ApiError> {
     let event = state.store.get_event(&tenant.id, &id).await.or_not_found("event", &id)?;
     let deliveries = state.store.list_event_deliveries(&event.id).await?;
     let mut out = EventOut::from(event);

@@ -246,16 +246,28 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
-/// An admin caller: 403 for tenant tokens, before anything else of the request is read.
-pub struct Admin(pub Auth);
+/// An admin caller, with the state: 403 for tenant tokens, before anything else of the request is
+/// read.
+pub struct Admin(pub AppState);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let auth = Auth::from_request_parts(parts, state).await?;
-        auth.require_admin()?;
-        Ok(Admin(auth))
+        Auth::from_request_parts(parts, state).await?.require_admin()?;
+        Ok(Admin(state.clone()))
+    }
+}
+
+/// Any valid token, admin or tenant, with the state: for the routes every caller may read.
+pub struct AnyCaller(pub AppState);
+
+impl FromRequestParts<AppState> for AnyCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Auth::from_request_parts(parts, state).await?;
+        Ok(AnyCaller(state.clone()))
     }
 }
 
@@ -275,15 +287,37 @@ impl FromRequestParts<AppState> for TenantScope {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let auth = Auth::from_request_parts(parts, state).await?;
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-        let Some((_, key)) = params.iter().find(|(name, _)| *name == "tenant") else {
-            return Err(ApiError::NotFound("no such route".into()));
-        };
-        let tenant = auth.tenant(state, key).await?;
+        let key = path_param(parts, state, &["tenant"]).await?;
+        let tenant = auth.tenant(state, &key).await?;
         Ok(TenantScope { state: state.clone(), auth, tenant })
     }
+}
+
+/// A route under `/v1/tenants/{tenant}` that names one item last: the state, the live tenant
+/// (resolved as for [`TenantScope`]), and the item's id as the path gives it — `{ep}` (an
+/// endpoint) or `{id}` (an event, a delivery), which the handler looks up within that tenant.
+pub struct ItemScope(pub AppState, pub Tenant, pub String);
+
+impl FromRequestParts<AppState> for ItemScope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let TenantScope { state, tenant, .. } = TenantScope::from_request_parts(parts, state).await?;
+        let id = path_param(parts, &state, &["ep", "id"]).await?;
+        Ok(ItemScope(state, tenant, id))
+    }
+}
+
+/// The first of `names` among the route's path parameters (404 when the route has none of them).
+async fn path_param(parts: &mut Parts, state: &AppState, names: &[&str]) -> Result<String, ApiError> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    params
+        .iter()
+        .find(|(name, _)| names.contains(name))
+        .map(|(_, value)| value.to_owned())
+        .ok_or_else(|| ApiError::NotFound("no such route".into()))
 }
 
 /// `{tenant}`.
@@ -344,8 +378,9 @@ pub struct TimeRange {
 
 impl TimeRange {
     /// Both bounds in Unix microseconds, each `None` when absent; 422 naming a malformed one.
-    pub fn parse(&self) -> Result<(Option<i64>, Option<i64>), ApiError> {
-        Ok((parse_time("since", self.since.as_deref())?, parse_time("until", self.until.as_deref())?))
+    pub fn parse(&self) -> Result<crate::storage::Created, ApiError> {
+        let since = parse_time("since", self.since.as_deref())?;
+        Ok(crate::storage::Created { since, until: parse_time("until", self.until.as_deref())? })
     }
 }
 

@@ -1,5 +1,5 @@
-//! The HTTP API: one router per resource, the shared state, and the OpenAPI document built from
-//! the handlers' annotations.
+//! The HTTP API: the route table, the shared state, and the OpenAPI document built from the
+//! handlers' annotations; the handlers live in one module per resource.
 
 pub mod dashboard;
 pub mod deliveries;
@@ -22,6 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{Request, StatusCode};
 use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
 use serde::{Deserialize, Deserializer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -60,16 +61,9 @@ pub struct AppState {
 /// Builds the whole router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.api.body_limit;
-    let mut router = Router::new().merge(ops::router());
+    let mut router = ops_routes();
     if state.config.api_enabled {
-        router = router
-            .merge(event_types::router())
-            .merge(tenants::router())
-            .merge(endpoints::router())
-            .merge(events::router(&state))
-            .merge(deliveries::router())
-            .merge(stats::router())
-            .merge(dashboard::router());
+        router = router.merge(api_routes(&state));
     }
     router
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency))
@@ -84,6 +78,66 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
         }))
         .with_state(state)
+}
+
+/// The probes and documents every role serves.
+fn ops_routes() -> Router<AppState> {
+    use ops::*;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/openapi.json", get(openapi_with_webhooks))
+        .route("/metrics", get(metrics))
+}
+
+/// The API (not under `--role dispatcher`), one line a path; the handlers live by resource.
+fn api_routes(state: &AppState) -> Router<AppState> {
+    use deliveries::*;
+    use endpoints::*;
+    use event_types::*;
+    use events::*;
+    use stats::*;
+    use tenants::*;
+    let event_body = events::body_limit(state.config.ingest.payload_limit);
+    let batch_body = extract::body_limit(state.config.ingest.batch_body_limit);
+    let endpoint = "/v1/tenants/{tenant}/endpoints/{ep}";
+    Router::new()
+        .route("/", get(dashboard::root))
+        .route("/dashboard", get(dashboard::dashboard))
+        .route("/v1/me", get(whoami))
+        .route("/v1/event-types", get(list_event_types).post(create_event_type))
+        .route(
+            "/v1/event-types/{name}",
+            get(get_event_type).patch(update_event_type).delete(archive_event_type),
+        )
+        .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/tenants/{tenant}", get(get_tenant).patch(update_tenant).delete(delete_tenant))
+        .route("/v1/tenants/{tenant}/tokens", post(create_tenant_token))
+        .route("/v1/tenants/{tenant}/portal-links", post(create_portal_link))
+        .route("/v1/tokens", get(list_tokens))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/v1/tenants/{tenant}/endpoints", get(list_endpoints).post(create_endpoint))
+        .route(endpoint, get(get_endpoint).patch(update_endpoint).delete(delete_endpoint))
+        .route(&format!("{endpoint}/secret"), get(get_endpoint_secret))
+        .route(&format!("{endpoint}/secret/rotate"), post(rotate_endpoint_secret))
+        .route(&format!("{endpoint}/secret/previous"), delete(delete_previous_secret))
+        .route(&format!("{endpoint}/enable"), post(enable_endpoint))
+        .route(&format!("{endpoint}/disable"), post(disable_endpoint))
+        .route(&format!("{endpoint}/test"), post(test_endpoint))
+        .route(&format!("{endpoint}/recover"), post(recover_endpoint))
+        .route(&format!("{endpoint}/filter/test"), post(test_filter))
+        .route(&format!("{endpoint}/stats"), get(get_endpoint_stats))
+        .route(&format!("{endpoint}/stats/series"), get(get_endpoint_series))
+        .route("/v1/stats/series", get(get_series))
+        .route("/v1/tenants/{tenant}/stats/endpoints", get(list_tenant_endpoint_stats))
+        .route("/v1/stats/endpoints", get(list_endpoint_stats))
+        .route("/v1/tenants/{tenant}/events", get(list_events).post(create_event).layer(event_body))
+        .route("/v1/tenants/{tenant}/events/batch", post(create_events_batch).layer(batch_body))
+        .route("/v1/tenants/{tenant}/events/{id}", get(get_event))
+        .route("/v1/tenants/{tenant}/deliveries", get(list_deliveries))
+        .route("/v1/tenants/{tenant}/deliveries/{id}", get(get_delivery))
+        .route("/v1/tenants/{tenant}/deliveries/{id}/retry", post(retry_delivery))
 }
 
 /// Most bytes of request headers accepted (names and values).

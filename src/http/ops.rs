@@ -1,26 +1,15 @@
 //! Operational routes: `/healthz`, `/readyz`, `/openapi.json`.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, Problem};
-use super::extract::Auth;
+use super::extract::AnyCaller;
 use crate::storage::PageQuery;
-
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/openapi.json", get(openapi))
-        .route("/v1/openapi.json", get(openapi_with_webhooks))
-        .route("/metrics", get(metrics))
-}
 
 /// Health answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -71,10 +60,7 @@ pub async fn openapi() -> (StatusCode, Json<serde_json::Value>) {
 /// generating typed handlers. Any valid token.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "ops",
     responses((status = 200, description = "OpenAPI 3.1 document with a webhook per event type", body = Object, content_type = "application/json"), ErrorResponses))]
-pub async fn openapi_with_webhooks(
-    State(state): State<AppState>,
-    _auth: Auth,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn openapi_with_webhooks(AnyCaller(state): AnyCaller) -> Result<Json<serde_json::Value>, ApiError> {
     let mut catalogue = Vec::new();
     let mut page = PageQuery { after: None, limit: 1000 };
     loop {

@@ -2,29 +2,17 @@
 //! cross-tenant view, all from the rollup maintained as attempts are recorded; and `GET /v1/me`.
 
 use axum::Json;
-use axum::Router;
-use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{Admin, ApiQuery, Auth, EndpointPath, TenantPath, TenantScope};
+use super::extract::{Admin, ApiQuery, Auth, EndpointPath, ItemScope, TenantPath, TenantScope};
 use crate::domain::stats::{Point, Window, percentile};
 use crate::domain::time::{format_micros, now_micros};
 use crate::domain::token::Scope;
 use crate::storage::EndpointHealth;
-
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants/{tenant}/endpoints/{ep}/stats", get(get_endpoint_stats))
-        .route("/v1/tenants/{tenant}/endpoints/{ep}/stats/series", get(get_endpoint_series))
-        .route("/v1/stats/series", get(get_series))
-        .route("/v1/tenants/{tenant}/stats/endpoints", get(list_tenant_endpoint_stats))
-        .route("/v1/stats/endpoints", get(list_endpoint_stats))
-        .route("/v1/me", get(whoami))
-}
 
 /// Attempt latency percentiles, milliseconds (nearest rank; `null` without attempts).
 #[derive(Debug, Serialize, ToSchema)]
@@ -138,6 +126,18 @@ fn parse_window(text: Option<&str>) -> Result<Window, ApiError> {
         .ok_or_else(|| ApiError::invalid("window", "must be `1h`, `24h` or `7d`"))
 }
 
+/// `?window=` parsed (422 naming `window` when it is not one of the three).
+pub struct Windowed(pub Window);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Windowed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let ApiQuery(query) = ApiQuery::<WindowQuery>::from_request_parts(parts, state).await?;
+        Ok(Windowed(parse_window(query.window.as_deref())?))
+    }
+}
+
 fn age(now: i64, at: Option<i64>) -> Option<f64> {
     at.map(|at| ((now - at).max(0) as f64 / 1e6 * 1000.0).round() / 1000.0)
 }
@@ -176,12 +176,9 @@ fn stats_out(health: EndpointHealth, window: Window, now: i64) -> StatsOut {
     params(EndpointPath, WindowQuery),
     responses((status = 200, description = "The endpoint's delivery health", body = StatsOut), ErrorResponses))]
 pub async fn get_endpoint_stats(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
-    ApiQuery(query): ApiQuery<WindowQuery>,
+    ItemScope(state, tenant, ep): ItemScope,
+    Windowed(window): Windowed,
 ) -> Result<Json<StatsOut>, ApiError> {
-    let window = parse_window(query.window.as_deref())?;
-    state.store.get_endpoint(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
     let now = now_micros();
     let since = window.since(now);
     let mut health = state
@@ -223,11 +220,9 @@ async fn series_out(
     params(EndpointPath, WindowQuery),
     responses((status = 200, description = "The endpoint's series", body = SeriesOut), ErrorResponses))]
 pub async fn get_endpoint_series(
-    TenantScope { state, tenant, .. }: TenantScope,
-    Path(EndpointPath { ep, .. }): Path<EndpointPath>,
-    ApiQuery(query): ApiQuery<WindowQuery>,
+    ItemScope(state, tenant, ep): ItemScope,
+    Windowed(window): Windowed,
 ) -> Result<Json<SeriesOut>, ApiError> {
-    let window = parse_window(query.window.as_deref())?;
     state.store.get_endpoint(&tenant.id, &ep).await.or_not_found("endpoint", &ep)?;
     Ok(Json(series_out(&state, Some(&ep), window).await?))
 }
@@ -237,29 +232,46 @@ pub async fn get_endpoint_series(
 #[utoipa::path(get, path = "/v1/stats/series", tag = "stats", params(WindowQuery),
     responses((status = 200, description = "The series over every endpoint", body = SeriesOut), ErrorResponses))]
 pub async fn get_series(
-    State(state): State<AppState>,
-    _admin: Admin,
-    ApiQuery(query): ApiQuery<WindowQuery>,
+    Admin(state): Admin,
+    Windowed(window): Windowed,
 ) -> Result<Json<SeriesOut>, ApiError> {
-    let window = parse_window(query.window.as_deref())?;
     Ok(Json(series_out(&state, None, window).await?))
 }
 
-async fn ranked(state: &AppState, tenant_id: Option<&str>, query: &RankQuery) -> Result<StatsList, ApiError> {
-    let window = parse_window(query.window.as_deref())?;
-    let sort = query.sort.as_deref().unwrap_or("failure_rate");
-    if !matches!(sort, "failure_rate" | "failures" | "lag") {
-        return Err(ApiError::invalid("sort", "must be `failure_rate`, `failures` or `lag`"));
+/// `?window=&sort=&limit=` of the ranked lists, checked (422 naming the parameter).
+pub struct Ranking {
+    window: Window,
+    sort: &'static str,
+    limit: usize,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Ranking {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let ApiQuery(query) = ApiQuery::<RankQuery>::from_request_parts(parts, state).await?;
+        let window = parse_window(query.window.as_deref())?;
+        let sort = match query.sort.as_deref().unwrap_or("failure_rate") {
+            "failure_rate" => "failure_rate",
+            "failures" => "failures",
+            "lag" => "lag",
+            _ => return Err(ApiError::invalid("sort", "must be `failure_rate`, `failures` or `lag`")),
+        };
+        let limit = match &query.limit {
+            None => 20,
+            Some(text) => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| ApiError::invalid("limit", "must be between 1 and 100"))?,
+        };
+        Ok(Ranking { window, sort, limit })
     }
-    let limit = match &query.limit {
-        None => 20,
-        Some(text) => text
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| ApiError::invalid("limit", "must be between 1 and 100"))?,
-    };
+}
+
+async fn ranked(state: &AppState, tenant_id: Option<&str>, ranking: &Ranking) -> Result<StatsList, ApiError> {
+    let Ranking { window, sort, limit } = *ranking;
     let now = now_micros();
     let since = window.since(now);
     let mut all = state.store.endpoints_overview(tenant_id, None, window.period(), since).await?;
@@ -295,20 +307,16 @@ async fn ranked(state: &AppState, tenant_id: Option<&str>, query: &RankQuery) ->
     responses((status = 200, description = "Endpoints, the worst first", body = StatsList), ErrorResponses))]
 pub async fn list_tenant_endpoint_stats(
     TenantScope { state, tenant, .. }: TenantScope,
-    ApiQuery(query): ApiQuery<RankQuery>,
+    ranking: Ranking,
 ) -> Result<Json<StatsList>, ApiError> {
-    Ok(Json(ranked(&state, Some(&tenant.id), &query).await?))
+    Ok(Json(ranked(&state, Some(&tenant.id), &ranking).await?))
 }
 
 /// Every tenant's endpoints, the worst first (admin).
 #[utoipa::path(get, path = "/v1/stats/endpoints", tag = "stats", params(RankQuery),
     responses((status = 200, description = "Endpoints, the worst first", body = StatsList), ErrorResponses))]
-pub async fn list_endpoint_stats(
-    State(state): State<AppState>,
-    _admin: Admin,
-    ApiQuery(query): ApiQuery<RankQuery>,
-) -> Result<Json<StatsList>, ApiError> {
-    Ok(Json(ranked(&state, None, &query).await?))
+pub async fn list_endpoint_stats(Admin(state): Admin, ranking: Ranking) -> Result<Json<StatsList>, ApiError> {
+    Ok(Json(ranked(&state, None, &ranking).await?))
 }
 
 /// Who the token speaks for.

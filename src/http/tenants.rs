@@ -1,10 +1,8 @@
 //! Tenants (`/v1/tenants`) and their tokens (`/v1/tenants/{tenant}/tokens`, `/v1/tokens`).
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -18,16 +16,6 @@ use crate::domain::time::{format_micros, now_micros};
 use crate::domain::token::{Token, generate_token, hash_token, shown_prefix};
 use crate::domain::{Invalid, check_text};
 use crate::storage::StoreError;
-
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants", get(list_tenants).post(create_tenant))
-        .route("/v1/tenants/{tenant}", get(get_tenant).patch(update_tenant).delete(delete_tenant))
-        .route("/v1/tenants/{tenant}/tokens", post(create_tenant_token))
-        .route("/v1/tenants/{tenant}/portal-links", post(create_portal_link))
-        .route("/v1/tokens", get(list_tokens))
-        .route("/v1/tokens/{id}", delete(revoke_token))
-}
 
 /// Body of `POST /v1/tenants`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -127,8 +115,7 @@ fn external_id_conflict(result: Result<(), StoreError>, external_id: Option<&str
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantIn, params(super::idempotency::IdempotencyKeyHeader),
     responses((status = 201, description = "Created", body = TenantOut), ErrorResponses))]
 pub async fn create_tenant(
-    State(state): State<AppState>,
-    _admin: Admin,
+    Admin(state): Admin,
     ApiJson(body): ApiJson<TenantIn>,
 ) -> Result<(StatusCode, Json<TenantOut>), ApiError> {
     let mut invalid = Invalid::default();
@@ -158,8 +145,7 @@ pub async fn create_tenant(
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(PageParams),
     responses((status = 200, description = "A page of tenants, newest first", body = TenantList), ErrorResponses))]
 pub async fn list_tenants(
-    State(state): State<AppState>,
-    _admin: Admin,
+    Admin(state): Admin,
     ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<TenantList>, ApiError> {
     let pager = Pager::new(&page, "tenants")?;
@@ -430,11 +416,7 @@ pub async fn list_tokens(
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path, description = "`tok_…`")),
     responses((status = 204, description = "revoked"), ErrorResponses))]
-pub async fn revoke_token(
-    State(state): State<AppState>,
-    _admin: Admin,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+pub async fn revoke_token(Admin(state): Admin, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     state.store.revoke_token(&id, now_micros()).await.or_not_found("token", &id)?;
     Ok(StatusCode::NO_CONTENT)
 }

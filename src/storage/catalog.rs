@@ -2,7 +2,7 @@
 
 use super::endpoints::Scope;
 use super::rows::*;
-use super::sql::sql;
+use super::sql::{Order, sql};
 use super::*;
 use crate::domain::delivery::Stopped;
 use crate::domain::event_type::EventType;
@@ -57,15 +57,10 @@ impl Store {
         let rows: Vec<TokenRow> =
             sql(r#"select id, name, tenant_id, prefix, created_at, last_used_at, expires_at
             from tokens
-            where revoked_at is null
-              and (expires_at is null or expires_at > $1)
-              and ($2 is null or tenant_id = $2)
-              and ($3 is null or id < $3)
-            order by id desc
-            limit $4"#)
+            where revoked_at is null and (expires_at is null or expires_at > $1)"#)
             .bind(now)
-            .bind(tenant_id)
-            .page(page)
+            .and_if("tenant_id = ", tenant_id)
+            .page_on("id", Order::Descending, page)
             .fetch_all(self.db.reader())
             .await?;
         Ok(rows.into_iter().map(Token::from).collect())
@@ -124,12 +119,9 @@ impl Store {
         let rows: Vec<EventTypeRow> =
             sql(r#"select name, description, schema, archived, created_at, updated_at
             from event_types
-            where ($1 or not archived)
-              and ($2 is null or name > $2)
-            order by name
-            limit $3"#)
+            where ($1 or not archived)"#)
             .bind(include_archived)
-            .page(page)
+            .page_on("name", Order::Ascending, page)
             .fetch_all(self.db.reader())
             .await?;
         rows.into_iter().map(EventType::try_from).collect()
@@ -180,11 +172,8 @@ impl Store {
     pub async fn list_tenants(&self, page: &PageQuery) -> Result<Vec<Tenant>, StoreError> {
         let rows: Vec<TenantRow> = sql(r#"select id, external_id, name, metadata, created_at, updated_at
             from tenants
-            where deleted_at is null
-              and ($1 is null or id < $1)
-            order by id desc
-            limit $2"#)
-        .page(page)
+            where deleted_at is null"#)
+        .page_on("id", Order::Descending, page)
         .fetch_all(self.db.reader())
         .await?;
         rows.into_iter().map(Tenant::try_from).collect()

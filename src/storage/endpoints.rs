@@ -2,7 +2,7 @@
 //! to the endpoint's pending deliveries.
 
 use super::rows::*;
-use super::sql::{Sql, Tx, sql};
+use super::sql::{Order, Sql, Tx, sql};
 use super::*;
 use crate::domain::delivery::Stopped;
 use crate::domain::endpoint::{Endpoint, Secrets};
@@ -66,19 +66,11 @@ impl Store {
         tenant_id: &str,
         page: &PageQuery,
     ) -> Result<Vec<Endpoint>, StoreError> {
-        let rows: Vec<EndpointRow> = Sql::build(&format!(
-            r#"select {ENDPOINT_COLUMNS}
-            from endpoints
-            where tenant_id = $1
-              and deleted_at is null
-              and ($2 is null or id < $2)
-            order by id desc
-            limit $3"#
-        ))
-        .bind(tenant_id)
-        .page(page)
-        .fetch_all(self.db.reader())
-        .await?;
+        let rows: Vec<EndpointRow> = Sql::tenant_list(ENDPOINT_COLUMNS, "endpoints", tenant_id)
+            .and("deleted_at is null")
+            .page_on("id", Order::Descending, page)
+            .fetch_all(self.db.reader())
+            .await?;
         rows.into_iter().map(|row| self.open_endpoint(row.try_into()?)).collect()
     }
 

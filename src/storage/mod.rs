@@ -298,15 +298,22 @@ pub enum IngestOutcome {
     KeyConflict,
 }
 
+/// When the listed rows were created: `[since, until)`, each end open when unset (Unix µs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Created {
+    /// At or after.
+    pub since: Option<i64>,
+    /// Before.
+    pub until: Option<i64>,
+}
+
 /// Filters of the event list.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
     /// Exact event type.
     pub event_type: Option<String>,
-    /// Created at or after (Unix µs).
-    pub since: Option<i64>,
-    /// Created before (Unix µs).
-    pub until: Option<i64>,
+    /// Created within.
+    pub created: Created,
 }
 
 /// Filters of the delivery list.
@@ -318,10 +325,8 @@ pub struct DeliveryFilter {
     pub endpoint_id: Option<String>,
     /// One event.
     pub event_id: Option<String>,
-    /// Created at or after (Unix µs).
-    pub since: Option<i64>,
-    /// Created before (Unix µs).
-    pub until: Option<i64>,
+    /// Created within.
+    pub created: Created,
 }
 
 /// Why a replay was refused.
@@ -423,15 +428,6 @@ pub struct AttemptRecord {
     /// The batch request it was part of, if any: a batch is one outcome for the endpoint's
     /// circuit and window.
     pub batch_id: Option<String>,
-}
-
-impl AttemptRecord {
-    /// Whether this attempt is taken back from its delivery's run (a failed probe,
-    /// `breaker::refunds_attempt`).
-    pub fn refunds_attempt(&self) -> bool {
-        use crate::domain::breaker::{refunds_attempt, signal};
-        refunds_attempt(self.probe, signal(self.status_code, self.error_kind))
-    }
 }
 
 #[cfg(test)]

@@ -299,7 +299,7 @@ impl Store {
                     .cast(next_attempt_at, "bigint")
                     .cast(completed_at, "bigint")
                     .bind(&record.last_error)
-                    .cast(i32::from(record.refunds_attempt()), "integer");
+                    .cast(i32::from(refunded(record)), "integer");
             });
             update.push(
                 ") as v where deliveries.id = v.column1 and deliveries.lease_token = v.column2 returning deliveries.id",
@@ -416,4 +416,10 @@ impl Store {
         update.execute(&mut *tx).await?;
         Ok(())
     }
+}
+
+/// Whether an attempt is taken back from its delivery's run (a failed probe,
+/// `breaker::refunds_attempt`).
+fn refunded(record: &AttemptRecord) -> bool {
+    breaker::refunds_attempt(record.probe, breaker::signal(record.status_code, record.error_kind))
 }

@@ -3,7 +3,7 @@
 
 use super::db::Commit;
 use super::rows::*;
-use super::sql::{Sql, sql};
+use super::sql::{Order, Sql, sql};
 use super::*;
 use crate::domain::delivery::{Attempt, Delivery, Event};
 use crate::domain::delivery::{DeliveryStatus, Stopped, after_attempt_on, after_interruption, run_budget};
@@ -31,24 +31,12 @@ impl Store {
         filter: &EventFilter,
         page: &PageQuery,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows: Vec<EventRow> = Sql::build(&format!(
-            r#"select {EVENT_COLUMNS}
-            from events
-            where tenant_id = $1
-              and ($2 is null or event_type = $2)
-              and ($3 is null or created_at >= $3)
-              and ($4 is null or created_at < $4)
-              and ($5 is null or id < $5)
-            order by id desc
-            limit $6"#
-        ))
-        .bind(tenant_id)
-        .bind(&filter.event_type)
-        .bind(filter.since)
-        .bind(filter.until)
-        .page(page)
-        .fetch_all(self.db.reader())
-        .await?;
+        let rows: Vec<EventRow> = Sql::tenant_list(EVENT_COLUMNS, "events", tenant_id)
+            .and_if("event_type = ", filter.event_type.as_deref())
+            .created(&filter.created)
+            .page_on("id", Order::Descending, page)
+            .fetch_all(self.db.reader())
+            .await?;
         Ok(rows.into_iter().map(Event::from).collect())
     }
 
@@ -73,26 +61,12 @@ impl Store {
         filter: &DeliveryFilter,
         page: &PageQuery,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let statement = Sql::build(&format!(
-            r#"select {DELIVERY_COLUMNS}
-            from deliveries
-            where tenant_id = $1
-              and ($2 is null or status = $2)
-              and ($3 is null or endpoint_id = $3)
-              and ($4 is null or event_id = $4)
-              and ($5 is null or created_at >= $5)
-              and ($6 is null or created_at < $6)
-              and ($7 is null or id < $7)
-            order by id desc
-            limit $8"#
-        ))
-        .bind(tenant_id)
-        .bind(filter.status.map(DeliveryStatus::as_str))
-        .bind(&filter.endpoint_id)
-        .bind(&filter.event_id)
-        .bind(filter.since)
-        .bind(filter.until)
-        .page(page);
+        let statement = Sql::tenant_list(DELIVERY_COLUMNS, "deliveries", tenant_id)
+            .and_if("status = ", filter.status.map(DeliveryStatus::as_str))
+            .and_if("endpoint_id = ", filter.endpoint_id.as_deref())
+            .and_if("event_id = ", filter.event_id.as_deref())
+            .created(&filter.created)
+            .page_on("id", Order::Descending, page);
         self.read_deliveries(statement).await
     }
 

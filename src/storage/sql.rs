@@ -97,6 +97,15 @@ impl From<bool> for Value<'_> {
     }
 }
 
+/// The order of a keyset-paged list.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Order {
+    /// Smallest key first (names).
+    Ascending,
+    /// Largest key first: prefixed ids sort by creation time, so newest first.
+    Descending,
+}
+
 /// A row type that decodes from either backend.
 pub(crate) trait Rows:
     for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
@@ -170,16 +179,49 @@ impl<'a> Sql<'a> {
         Sql { text: Cow::Owned(text.to_owned()), args: Vec::new(), pushed: Vec::new() }
     }
 
+    /// The start of a list read of one tenant's rows: `select <columns> from <table> where
+    /// tenant_id = $1`, for [`Sql::and_if`] filters and [`Sql::page_on`] to follow.
+    pub(crate) fn tenant_list(columns: &str, table: &str, tenant_id: &'a str) -> Sql<'a> {
+        Sql::build(&format!("select {columns} from {table} where tenant_id = $1")).bind(tenant_id)
+    }
+
     /// Binds the next `$N` placeholder.
     pub(crate) fn bind(mut self, value: impl Into<Value<'a>>) -> Self {
         self.args.push(value.into());
         self
     }
 
-    /// Binds a keyset page's two parameters, in this order: the sort key to start after, and
-    /// how many rows.
-    pub(crate) fn page(self, page: &'a super::PageQuery) -> Self {
-        self.bind(&page.after).bind(page.limit)
+    /// Appends ` and <condition>`: a fixed filter of a list read.
+    pub(crate) fn and(mut self, condition: &str) -> Self {
+        self.push(" and ").push(condition);
+        self
+    }
+
+    /// Appends ` and <condition><placeholder>` when `value` is set, as a list's optional filter
+    /// (`condition` ends where the value goes: `"created_at >= "`); nothing when it is not, so
+    /// the planner sees only the filters in use.
+    pub(crate) fn and_if<V: Into<Value<'a>>>(mut self, condition: &str, value: Option<V>) -> Self {
+        if let Some(value) = value {
+            self.push(" and ").push(condition).push_bind(value);
+        }
+        self
+    }
+
+    /// Appends a list's creation-time filter.
+    pub(crate) fn created(self, created: &super::Created) -> Self {
+        self.and_if("created_at >= ", created.since).and_if("created_at < ", created.until)
+    }
+
+    /// Ends a list read one keyset page at a time: the rows past the page's cursor on `key`, in
+    /// `order` of it, at most `page.limit` of them. Every list of the API pages this way.
+    pub(crate) fn page_on(self, key: &str, order: Order, page: &'a super::PageQuery) -> Self {
+        let (past, direction) = match order {
+            Order::Ascending => (" > ", ""),
+            Order::Descending => (" < ", " desc"),
+        };
+        let mut paged = self.and_if(&format!("{key}{past}"), page.after.as_deref());
+        paged.push(&format!(" order by {key}{direction} limit ")).push_bind(page.limit);
+        paged
     }
 
     /// Appends text.
