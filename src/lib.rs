@@ -11,7 +11,7 @@
 //!   endpoint, claim planning, the stats rollup, health). `docs/architecture.md` maps each rule
 //!   to its function.
 //! - [`crypto`] — secrets at rest: sealing and opening with the master keys.
-//! - [`http`] — the REST API, one router per resource, problem+json errors, OpenAPI, the
+//! - [`http`] — the REST API: one route table, handlers by resource, problem+json errors, OpenAPI, the
 //!   dashboard.
 //! - [`ingest`] — the group commit: ingest requests sharing one transaction.
 //! - [`dispatch`] — the dispatcher: claim, send, record; `dispatch_once` is one cycle.
