@@ -11,7 +11,9 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{ApiJson, ApiQuery, EndpointPath, ItemScope, PageParams, Pager, RawBody, TenantPath, TenantScope};
+use super::extract::{
+    ApiJson, ApiQuery, EndpointPath, ItemScope, PageParams, Pager, RawBody, TenantPath, TenantScope,
+};
 use crate::config::parse_duration;
 use crate::domain::batch::{Batching, DEFAULT_MAX_BYTES};
 use crate::domain::breaker::Circuit;

@@ -11,7 +11,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponses, OrNotFound};
-use super::extract::{ApiJson, ApiQuery, ItemPath, ItemScope, PageParams, Pager, TenantPath, TenantScope, TimeRange};
+use super::extract::{
+    ApiJson, ApiQuery, ItemPath, ItemScope, PageParams, Pager, TenantPath, TenantScope, TimeRange,
+};
 use crate::domain::Invalid;
 use crate::domain::delivery::{Delivery, Event};
 use crate::domain::event::{data_of_envelope, envelope, minify, parse_data, validate_idempotency_key};
