@@ -189,7 +189,7 @@ impl Store {
         update.push_bind(CircuitState::HalfOpen.as_str());
         update.push(", circuit_next_probe_at = ").push_bind(deadline);
         update.push(" where id in (").push_list(endpoints.iter().copied()).push(")");
-        update.execute(&mut *tx).await?;
+        update.defer(tx).await?;
         metrics::counter!(crate::metrics::CIRCUIT_TRANSITIONS, "to" => CircuitState::HalfOpen.as_str())
             .increment(endpoints.len() as u64);
         Ok(())
@@ -208,7 +208,7 @@ impl Store {
             sql("update endpoints set rate_next_at = $2 where id = $1")
                 .bind(&endpoint.id)
                 .bind(rate.charged(now, n))
-                .execute(&mut *tx)
+                .defer(tx)
                 .await?;
         }
         Ok(())
@@ -447,7 +447,7 @@ impl Store {
             update.push_bind(lease_until).push(", lease_token = ").push_bind(&lease_token);
             update.push(", lease_batch = null where id in (");
             update.push_list(chunk.iter().map(|pick| &pick.row.id)).push(")");
-            update.execute(&mut *tx).await?;
+            update.defer(tx).await?;
         }
         let mut batches: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
         for pick in &picks {
@@ -458,7 +458,7 @@ impl Store {
         for (batch_id, members) in batches {
             let mut update = Sql::build("update deliveries set lease_batch = ");
             update.push_bind(batch_id).push(" where id in (").push_list(members).push(")");
-            update.execute(&mut *tx).await?;
+            update.defer(tx).await?;
         }
         let mut claimed = Vec::with_capacity(picks.len());
         // Each endpoint's headers and secrets are opened once per claim, however many of its
@@ -516,7 +516,7 @@ impl Store {
                     .bind(claim.probe)
                     .bind(&claim.batch_id);
             });
-            insert.execute(&mut *tx).await?;
+            insert.defer(tx).await?;
         }
         Ok(claimed)
     }

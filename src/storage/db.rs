@@ -80,7 +80,7 @@ impl Db {
                     sqlx::query(pragma).execute(&mut *conn).await?;
                     self.sqlite_relaxed.store(relaxed, Ordering::Release);
                 }
-                Ok(Tx::Sqlite(sqlx::Transaction::begin(conn, None).await?))
+                Ok(Tx::Sqlite(sqlx::Transaction::begin(conn, None).await?, Default::default()))
             }
             Pools::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -142,7 +142,7 @@ impl Tx {
     /// PostgreSQL (every replica agrees), this process's on SQLite (its only writer).
     pub(crate) async fn now(&mut self) -> Result<i64, StoreError> {
         match self {
-            Tx::Sqlite(_) => Ok(crate::domain::time::now_micros()),
+            Tx::Sqlite(..) => Ok(crate::domain::time::now_micros()),
             Tx::Postgres(tx) => postgres::now(tx).await,
         }
     }
@@ -161,7 +161,7 @@ impl Tx {
     /// SQLite nothing (one writer).
     pub(crate) fn locking(&self, clause: &'static str) -> &'static str {
         match self {
-            Tx::Sqlite(_) => "",
+            Tx::Sqlite(..) => "",
             Tx::Postgres(_) => clause,
         }
     }
@@ -175,7 +175,7 @@ impl Tx {
         limit: i64,
     ) -> Result<Vec<ClaimRow>, StoreError> {
         match self {
-            Tx::Sqlite(tx) => sqlite::due_rows(tx, plan, now, limit).await,
+            Tx::Sqlite(..) => sqlite::due_rows(self, plan, now, limit).await,
             Tx::Postgres(tx) => postgres::due_rows(tx, plan, now, limit).await,
         }
     }
@@ -187,7 +187,7 @@ mod tests {
     use crate::config::{Durability, StoreConfig};
 
     async fn synchronous(tx: &mut Tx) -> i64 {
-        let Tx::Sqlite(tx) = tx else { unreachable!("an SQLite transaction") };
+        let Tx::Sqlite(tx, _) = tx else { unreachable!("an SQLite transaction") };
         let (level,): (i64,) = sqlx::query_as("pragma synchronous").fetch_one(&mut **tx).await.expect("read");
         level
     }

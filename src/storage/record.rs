@@ -217,7 +217,7 @@ impl Store {
         .bind(window.successes)
         .bind(window.backed_off)
         .bind(window.baseline_ms)
-        .execute(&mut *tx)
+        .defer(tx)
         .await?;
         let before = CircuitState::parse(&change.stored.circuit.circuit_state);
         if before != Some(circuit.state) {
@@ -331,7 +331,7 @@ impl Store {
                     .cast(record.timeout_ms, "bigint");
             });
             update.push(") as v where attempts.id = v.column1 and attempts.finished_at is null");
-            update.execute(&mut *tx).await?;
+            update.defer(tx).await?;
         }
         Ok(())
     }
@@ -371,7 +371,7 @@ impl Store {
             row.bind(&bucket.endpoint_id).bind(&bucket.tenant_id).bind(bucket.period).bind(bucket.start);
         });
         insert.push(" on conflict do nothing");
-        insert.execute(&mut *tx).await?;
+        insert.defer(tx).await?;
         let mut select = Sql::build(
             r#"select endpoint_id, period, bucket_start, latency_counts
             from endpoint_stats
@@ -413,7 +413,7 @@ impl Store {
             where endpoint_stats.endpoint_id = v.column1 and endpoint_stats.period = v.column2
               and endpoint_stats.bucket_start = v.column3"#,
         );
-        update.execute(&mut *tx).await?;
+        update.defer(tx).await?;
         Ok(())
     }
 }

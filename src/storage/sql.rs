@@ -116,8 +116,9 @@ impl<T> Rows for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r,
 
 /// Where a statement runs: a connection, a pool or an open transaction of either backend.
 pub(crate) enum Ex<'c> {
-    /// An SQLite connection (or the connection of a transaction).
-    Sqlite(&'c mut SqliteConnection),
+    /// An SQLite transaction's connection with the writes it holds back ([`Sql::defer`]): they
+    /// run first, in the same call.
+    SqliteHeld(&'c mut SqliteConnection, &'c mut Held),
     /// An SQLite pool: a connection is taken for the statement.
     SqlitePool(&'c SqlitePool),
     /// A PostgreSQL connection (or the connection of a transaction).
@@ -128,17 +129,23 @@ pub(crate) enum Ex<'c> {
 
 /// An open write transaction on either backend; dropped without `commit`, it rolls back.
 pub(crate) enum Tx {
-    /// SQLite.
-    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    /// SQLite, with the writes it holds back.
+    Sqlite(sqlx::Transaction<'static, Sqlite>, Held),
     /// PostgreSQL.
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
 
 impl Tx {
-    /// Commits the transaction.
-    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+    /// Commits the transaction (after the writes it held back).
+    pub(crate) async fn commit(mut self) -> Result<(), StoreError> {
+        if let Tx::Sqlite(tx, held) = &mut self
+            && !held.is_empty()
+        {
+            let (text, args) = held.take()?;
+            sqlx::query_with(AssertSqlSafe(text), args).execute(&mut **tx).await?;
+        }
         match self {
-            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Sqlite(tx, _) => tx.commit().await?,
             Tx::Postgres(tx) => tx.commit().await?,
         }
         Ok(())
@@ -148,9 +155,53 @@ impl Tx {
 impl<'c> From<&'c mut Tx> for Ex<'c> {
     fn from(tx: &'c mut Tx) -> Self {
         match tx {
-            Tx::Sqlite(tx) => Ex::Sqlite(tx),
+            Tx::Sqlite(tx, held) => Ex::SqliteHeld(tx, held),
             Tx::Postgres(tx) => Ex::Postgres(tx),
         }
+    }
+}
+
+/// Writes an SQLite transaction holds back ([`Sql::defer`]) until its next statement or its
+/// commit, which carries them to the database thread in the same call. On SQLite every
+/// statement is a hop to that thread and back, and a dispatch cycle's fixed cost is its hops,
+/// not its rows; statements run in order on the one connection, so holding a write back changes
+/// nothing that any later statement of the transaction reads. Each held statement is written with
+/// positional `?` placeholders, its arguments in their order, so the next statement's follow on.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    text: String,
+    args: Vec<Value<'static>>,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// Appends a statement.
+    fn push(&mut self, statement: Sql<'_>) {
+        let (text, args) = statement.positional();
+        self.text.push_str(&text);
+        self.text.push_str(";\n");
+        self.args.extend(args.into_iter().map(Value::into_owned));
+    }
+
+    /// The held statements as one call, and nothing held any more.
+    fn take(&mut self) -> Result<(String, SqliteArguments), sqlx::Error> {
+        let text = std::mem::take(&mut self.text);
+        let args = std::mem::take(&mut self.args);
+        let held = Sql { text: Cow::Owned(String::new()), args, pushed: Vec::new() };
+        Ok((text, held.arguments()?))
+    }
+
+    /// `statement` after the held ones, as one call, and nothing held any more.
+    fn before(&mut self, statement: Sql<'_>) -> Result<(String, SqliteArguments), sqlx::Error> {
+        if self.is_empty() {
+            let args = statement.arguments()?;
+            return Ok((statement.render(true).into_owned(), args));
+        }
+        self.push(statement);
+        self.take()
     }
 }
 
@@ -291,10 +342,61 @@ impl<'a> Sql<'a> {
         self
     }
 
+    /// Holds a write back until the transaction's next statement or its commit, to run in the
+    /// same call on SQLite (see [`Held`]); runs it at once on PostgreSQL. For writes whose count
+    /// of changed rows nothing reads, without `returning`.
+    pub(crate) async fn defer(self, tx: &mut Tx) -> Result<(), StoreError> {
+        match tx {
+            Tx::Sqlite(_, held) => {
+                held.push(self);
+                Ok(())
+            }
+            Tx::Postgres(_) => self.run(tx).await,
+        }
+    }
+
+    /// The statement with positional `?` placeholders only, and its arguments in their order (a
+    /// `$N` used twice is bound twice), so that it can follow others in one SQLite call.
+    fn positional(self) -> (String, Vec<Value<'a>>) {
+        let text = self.render(false);
+        let mut args = Vec::with_capacity(self.args.len());
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.char_indices().peekable();
+        let mut quoted = false;
+        while let Some((at, c)) = chars.next() {
+            if c == '\'' {
+                quoted = !quoted;
+            }
+            let numbered = c == '$' && !quoted && chars.peek().is_some_and(|(_, next)| next.is_ascii_digit());
+            if !numbered {
+                out.push(c);
+                continue;
+            }
+            let mut end = at + 1;
+            while let Some((i, d)) = chars.peek().copied()
+                && d.is_ascii_digit()
+            {
+                end = i + 1;
+                chars.next();
+            }
+            let number: usize = text[at + 1..end].parse().unwrap_or(0);
+            out.push('?');
+            args.push(self.args.get(number.wrapping_sub(1)).cloned().unwrap_or(Value::Text(None)));
+        }
+        (out, args)
+    }
+
     /// Runs the statement; returns how many rows it changed.
     pub(crate) async fn execute<'c>(self, on: impl Into<Ex<'c>>) -> Result<u64, StoreError> {
         let done = match on.into() {
-            Ex::Sqlite(conn) => sqlite_execute(self, conn).await?,
+            Ex::SqliteHeld(conn, held) => {
+                // The count must be this statement's alone: the held writes run first, apart.
+                if !held.is_empty() {
+                    let (text, args) = held.take()?;
+                    sqlx::query_with(AssertSqlSafe(text), args).execute(&mut *conn).await?;
+                }
+                sqlite_execute(self, conn).await?
+            }
             Ex::SqlitePool(pool) => sqlite_execute(self, pool).await?,
             Ex::Postgres(conn) => pg_execute(self, conn).await?,
             Ex::PgPool(pool) => pg_execute(self, pool).await?,
@@ -318,7 +420,10 @@ impl<'a> Sql<'a> {
     /// Runs the statement and decodes every row.
     pub(crate) async fn fetch_all<'c, T: Rows>(self, on: impl Into<Ex<'c>>) -> Result<Vec<T>, StoreError> {
         let rows = match on.into() {
-            Ex::Sqlite(conn) => sqlite_fetch(self, conn).await?,
+            Ex::SqliteHeld(conn, held) => {
+                let (text, args) = held.before(self)?;
+                sqlx::query_as_with(AssertSqlSafe(text), args).fetch_all(conn).await?
+            }
             Ex::SqlitePool(pool) => sqlite_fetch(self, pool).await?,
             Ex::Postgres(conn) => pg_fetch(self, conn).await?,
             Ex::PgPool(pool) => pg_fetch(self, pool).await?,
@@ -359,6 +464,18 @@ impl<'a> Sql<'a> {
             .map_err(sqlx::Error::Encode)?;
         }
         Ok(args)
+    }
+}
+
+impl Value<'_> {
+    /// The value, owning its text.
+    fn into_owned(self) -> Value<'static> {
+        match self {
+            Value::Text(text) => Value::Text(text.map(|text| Cow::Owned(text.into_owned()))),
+            Value::BigInt(n) => Value::BigInt(n),
+            Value::Int(n) => Value::Int(n),
+            Value::Bool(b) => Value::Bool(b),
+        }
     }
 }
 
@@ -483,5 +600,45 @@ mod sqlite_tests {
         select.push_list(["y", "z"]).push(")");
         let rows: Vec<(i64, String)> = select.fetch_all(on()).await.expect("selected");
         assert_eq!(rows, vec![(2, "y".to_owned())]);
+    }
+
+    /// Writes held back on a transaction run, in order, with the next statement: a read sees
+    /// them, a count is the statement's own, and the commit runs what is still held.
+    #[tokio::test]
+    async fn held_writes_run_in_order_with_the_next_statement() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("an in-memory database");
+        sql("create table t (a bigint, b text)").execute(Ex::SqlitePool(&pool)).await.expect("created");
+        let mut tx = Tx::Sqlite(pool.begin().await.expect("begun"), Held::default());
+        let mut insert = Sql::build("insert into t (a, b) values ");
+        insert.push_tuples([(1i64, "x"), (2, "y")], |tuple, (a, b)| {
+            tuple.bind(a).bind(b);
+        });
+        insert.defer(&mut tx).await.expect("held");
+        // `$1` twice and a `$1` inside a literal, which is text.
+        sql("update t set b = b || '$1' || $2 where a = $1 or a = $1 + 10")
+            .bind(2i64)
+            .bind("!")
+            .defer(&mut tx)
+            .await
+            .expect("held");
+        let rows: Vec<(i64, String)> = sql("select a, b from t where a >= $1 order by a")
+            .bind(1i64)
+            .fetch_all(&mut tx)
+            .await
+            .expect("read");
+        assert_eq!(rows, vec![(1, "x".to_owned()), (2, "y$1!".to_owned())]);
+        sql("insert into t (a, b) values ($1, $2)").bind(3i64).bind("z").defer(&mut tx).await.expect("held");
+        let changed =
+            sql("update t set b = 'w' where a = $1").bind(1i64).execute(&mut tx).await.expect("ran");
+        assert_eq!(changed, 1, "the count is the statement's own, not the held writes'");
+        sql("delete from t where a = $1").bind(1i64).defer(&mut tx).await.expect("held");
+        tx.commit().await.expect("committed");
+        let rows: Vec<(i64,)> =
+            sql("select a from t order by a").fetch_all(Ex::SqlitePool(&pool)).await.expect("read");
+        assert_eq!(rows, vec![(2,), (3,)]);
     }
 }

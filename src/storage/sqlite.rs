@@ -10,7 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use super::StoreError;
 use super::db::{Db, Pools};
 use super::rows::ClaimRow;
-use super::sql::{Ex, sql};
+use super::sql::{Tx, sql};
 use crate::config::{Durability, StoreConfig};
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -45,7 +45,7 @@ pub(crate) async fn connect(url: &str, config: &StoreConfig) -> anyhow::Result<D
 /// Due rows of the planned endpoints (see `Tx::due_rows`): one indexed read per endpoint. On
 /// SQLite a statement is a call into the same process, so one per endpoint costs little.
 pub(crate) async fn due_rows(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut Tx,
     plan: &[(String, i64)],
     now: i64,
     limit: i64,
@@ -74,7 +74,7 @@ pub(crate) async fn due_rows(
             .bind(endpoint_id)
             .bind(now)
             .bind(room)
-            .fetch_all(Ex::Sqlite(tx))
+            .fetch_all(&mut *tx)
             .await?;
         rows.extend(due);
     }
