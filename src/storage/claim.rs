@@ -18,8 +18,20 @@ const SEND_COLUMNS: &str = "e.id, e.in_flight_limit, e.in_flight_window, e.fifo,
     e.rate_next_at, e.url, e.headers, e.secret, e.previous_secret, e.previous_secret_expires_at, e.delivery_policy, \
     e.batch";
 
-/// How often a claim looks for circuits due a probe.
-const PROBE_LOOK: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often a claim looks for what is rarely there: circuits due a probe, test deliveries it
+/// was not told of.
+const OCCASIONAL_LOOK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether `OCCASIONAL_LOOK` has passed since `last` (then it is now).
+fn occasionally(last: &std::sync::Mutex<Option<std::time::Instant>>) -> bool {
+    let Ok(mut last) = last.lock() else { return true };
+    let now = std::time::Instant::now();
+    if last.is_some_and(|at| now.duration_since(at) < OCCASIONAL_LOOK) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
 
 /// Whether endpoint `e` has a delivery that is due now (`$1`) and not in flight.
 const HAS_DUE_WORK: &str = "exists (
@@ -139,16 +151,24 @@ impl Store {
     }
 
     /// Whether this process's claim looks for circuits due a probe now: at most every
-    /// [`PROBE_LOOK`], so a cycle of a busy dispatcher costs no extra statement (a probe goes at
-    /// most that much after its cool-down).
+    /// [`OCCASIONAL_LOOK`], so a cycle of a busy dispatcher costs no extra statement (a probe
+    /// goes at most that much after its cool-down).
     fn time_to_look_for_probes(&self) -> bool {
-        let Ok(mut last) = self.probe_look.lock() else { return true };
-        let now = std::time::Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < PROBE_LOOK) {
-            return false;
-        }
-        *last = Some(now);
-        true
+        occasionally(&self.probe_look)
+    }
+
+    /// Whether this process's claim looks for test deliveries now: when this process made one
+    /// pending since the last look ([`Store::tests_added`]), and otherwise at most every
+    /// [`OCCASIONAL_LOOK`] (another replica's, one left by a stopped process), so a cycle of a
+    /// busy dispatcher costs no extra statement.
+    fn time_to_look_for_tests(&self) -> bool {
+        self.tests_added.swap(false, std::sync::atomic::Ordering::AcqRel) | occasionally(&self.test_look)
+    }
+
+    /// Says that this process made a test delivery pending (after its commit): the next claim
+    /// looks for it.
+    pub(super) fn tests_added(&self) {
+        self.tests_added.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The delivery an endpoint's probe sends: its FIFO head when that can start, else its
@@ -214,6 +234,22 @@ impl Store {
         Ok(())
     }
 
+    /// Due test deliveries (`webhook.test`), oldest first, locked like the due rows.
+    async fn test_deliveries(&self, tx: &mut Tx, now: i64, limit: i64) -> Result<Vec<ClaimRow>, StoreError> {
+        let statement = format!(
+            r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
+                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload, ev.traceparent, ev.tracestate
+            from deliveries d
+            join events ev on ev.id = d.event_id
+            where d.bypass and d.status = 'pending' and d.next_attempt_at <= $1
+              and d.lease_until is null
+            order by d.next_attempt_at
+            limit $2{}"#,
+            tx.locking(" for update of d skip locked")
+        );
+        Sql::build(&statement).bind(now).bind(limit).fetch_all(&mut *tx).await
+    }
+
     /// Claims deliveries for up to `limit` requests inside `tx`, opening an attempt for each
     /// delivery (a batch request carries several deliveries, DESIGN §14).
     pub(super) async fn claim_tx(
@@ -227,18 +263,11 @@ impl Store {
         let mut picks = Picks::default();
 
         // Test deliveries skip the endpoint's enabled flag, FIFO lane, pause and circuit.
-        let statement = format!(
-            r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count, d.run_attempts,
-                d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload, ev.traceparent, ev.tracestate
-            from deliveries d
-            join events ev on ev.id = d.event_id
-            where d.bypass and d.status = 'pending' and d.next_attempt_at <= $1
-              and d.lease_until is null
-            order by d.next_attempt_at
-            limit $2{}"#,
-            tx.locking(" for update of d skip locked")
-        );
-        let bypass: Vec<ClaimRow> = Sql::build(&statement).bind(now).bind(limit).fetch_all(&mut *tx).await?;
+        let bypass = if self.time_to_look_for_tests() {
+            self.test_deliveries(tx, now, limit).await?
+        } else {
+            Vec::new()
+        };
         for row in bypass {
             let statement = format!(
                 "select {SEND_COLUMNS}, cast(0 as bigint) as in_flight from endpoints e where e.id = $1 and e.deleted_at is null"

@@ -58,6 +58,9 @@ impl Store {
         let mut tx = self.db.begin().await?;
         let outcomes = Self::ingest_tx(&mut tx, events, idempotency_since).await?;
         tx.commit().await?;
+        if events.iter().any(|event| event.only_endpoint.is_some()) {
+            self.tests_added();
+        }
         Ok(outcomes)
     }
 

@@ -113,6 +113,10 @@ pub struct Store {
     batch_deadline: Mutex<Option<i64>>,
     /// When this process's claim last looked for circuits due a probe.
     probe_look: Mutex<Option<std::time::Instant>>,
+    /// When this process's claim last looked for test deliveries.
+    test_look: Mutex<Option<std::time::Instant>>,
+    /// Whether this process may have made a test delivery pending since its claim last looked.
+    tests_added: std::sync::atomic::AtomicBool,
 }
 
 /// The `[delivery]` settings the claim and the recorder apply to every endpoint.
@@ -141,6 +145,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<Arc<Store>> {
         claim_cursor: Default::default(),
         batch_deadline: Default::default(),
         probe_look: Default::default(),
+        test_look: Default::default(),
+        tests_added: std::sync::atomic::AtomicBool::new(true),
         stress: Stress {
             breaker: config.delivery.breaker(),
             initial_in_flight: config.delivery.initial_in_flight,

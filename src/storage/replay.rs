@@ -150,6 +150,8 @@ impl Store {
         }
         tx.notify_work().await?;
         tx.commit().await?;
+        // The delivery may be a test delivery.
+        self.tests_added();
         Ok(())
     }
 
@@ -201,6 +203,7 @@ impl Store {
                 tx.notify_work().await?;
             }
             tx.commit().await?;
+            self.tests_added();
             requeued += done;
             if done < 1000 {
                 return Ok(requeued);
