@@ -54,7 +54,8 @@ impl App {
         };
         let metrics = crate::metrics::install()?;
         let limits = Arc::new(crate::http::extract::RateLimits::new(&config.security));
-        let committer = crate::ingest::Committer::start(store.clone());
+        let committer =
+            crate::ingest::Committer::start(store.clone(), dispatcher.as_ref().map(Dispatcher::handoff));
         let validators = Arc::default();
         let state = AppState {
             store,

@@ -2,11 +2,14 @@
 //! whatever requests are waiting (up to about 1,000 events), writes them in one transaction and
 //! answers each request only after that commit. A failed group answers every member with the
 //! error and stores none of it; a per-row conflict (an idempotency key) never fails a group.
+//! With a dispatcher running in the process, the group's transaction also claims what can start
+//! at once and hands it over (`dispatch::Handoff`).
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::dispatch::Handoff;
 use crate::storage::{IngestOutcome, NewEvent, Store, StoreError};
 
 /// Most events written in one group transaction (a single request may exceed it on its own).
@@ -38,10 +41,11 @@ pub enum CommitError {
 }
 
 impl Committer {
-    /// Starts the writer task over `store`.
-    pub fn start(store: Arc<Store>) -> Committer {
+    /// Starts the writer task over `store`; with `handoff`, each group also claims for the
+    /// process's dispatcher.
+    pub fn start(store: Arc<Store>, handoff: Option<Handoff>) -> Committer {
         let (requests, receiver) = mpsc::channel(4096);
-        tokio::spawn(write_groups(store, receiver));
+        tokio::spawn(write_groups(store, receiver, handoff));
         Committer { requests }
     }
 
@@ -60,7 +64,7 @@ impl Committer {
     }
 }
 
-async fn write_groups(store: Arc<Store>, mut receiver: mpsc::Receiver<Request>) {
+async fn write_groups(store: Arc<Store>, mut receiver: mpsc::Receiver<Request>, handoff: Option<Handoff>) {
     while let Some(first) = receiver.recv().await {
         let mut group = vec![first];
         let mut size = group[0].events.len();
@@ -75,8 +79,14 @@ async fn write_groups(store: Arc<Store>, mut receiver: mpsc::Receiver<Request>) 
         }
         let since = group.iter().map(|r| r.idempotency_since).min().unwrap_or_default();
         let events: Vec<NewEvent> = group.iter().flat_map(|r| r.events.iter().cloned()).collect();
-        match store.ingest(&events, since).await {
-            Ok(outcomes) => {
+        let reservation = handoff.as_ref().and_then(|handoff| handoff.reserve(events.len()));
+        let (limit, lease) =
+            reservation.as_ref().map_or((0, Default::default()), |r| (r.requests(), r.lease()));
+        match store.ingest_and_claim(&events, since, limit, lease).await {
+            Ok((outcomes, claimed)) => {
+                if let (Some(handoff), Some(reservation)) = (&handoff, reservation) {
+                    handoff.hand(reservation, claimed);
+                }
                 let mut outcomes = outcomes.into_iter();
                 for request in group {
                     let mine: Vec<IngestOutcome> = outcomes.by_ref().take(request.events.len()).collect();

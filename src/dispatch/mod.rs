@@ -9,14 +9,16 @@
 //! tests can step it: `dispatch_once` claims and starts what is due, `finish_in_flight` waits for
 //! the attempts it started and records them.
 
+pub mod handoff;
 pub mod net_guard;
 pub mod send;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +31,8 @@ use crate::domain::time::now_micros;
 use crate::domain::trace::TraceContext;
 use crate::storage::{AttemptRecord, Claimed, Store};
 use crate::telemetry::traces::attempt_traceparent;
+use handoff::Handed;
+pub use handoff::Handoff;
 use send::{Sender, Sent};
 
 /// Most deliveries claimed in one round trip.
@@ -95,8 +99,15 @@ pub struct Dispatcher {
     lease: Duration,
     grace: Duration,
     poll_interval: Duration,
-    max_in_flight: usize,
     wakeup: Arc<Notify>,
+    /// The bound on requests in flight (`[delivery] max_in_flight`): each request's task holds
+    /// one slot until it ends, whether the dispatcher claimed it or ingest did (`Handoff`).
+    slots: Arc<Semaphore>,
+    /// Whether ingest hands claims over: while `run` runs.
+    handoff_open: Arc<AtomicBool>,
+    handoff: Handoff,
+    /// Claims made at ingest, to start.
+    handed: mpsc::UnboundedReceiver<Handed>,
     /// One task per attempt on the wire; each returns its record.
     tasks: JoinSet<Vec<AttemptRecord>>,
     /// Attempts on the wire: task → (claim, when it started).
@@ -121,6 +132,9 @@ impl Dispatcher {
             .chain(&config.security.operations_allow_cidrs)
             .copied()
             .collect();
+        let slots = Arc::new(Semaphore::new(config.delivery.max_in_flight));
+        let handoff_open = Arc::new(AtomicBool::new(false));
+        let (handoff, handed) = Handoff::new(slots.clone(), handoff_open.clone(), config.delivery.lease);
         Ok(Dispatcher {
             store,
             attempts: Arc::new(Attempts {
@@ -133,13 +147,22 @@ impl Dispatcher {
             lease: config.delivery.lease,
             grace: config.delivery.grace(),
             poll_interval: config.delivery.poll_interval,
-            max_in_flight: config.delivery.max_in_flight,
             wakeup,
+            slots,
+            handoff_open,
+            handoff,
+            handed,
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
             finished: Vec::new(),
             last_reap: None,
         })
+    }
+
+    /// Ingest's side of the hand-off (see [`handoff`]): claims made in the group commit, started
+    /// by this dispatcher while its loop runs.
+    pub fn handoff(&self) -> Handoff {
+        self.handoff.clone()
     }
 
     /// Retries a run allows after its first attempt (unless a delivery sets its own budget).
@@ -156,6 +179,7 @@ impl Dispatcher {
             tokio::spawn(async move { store.listen_for_work(wakeup, shutdown).await })
         };
         metrics::gauge!(crate::metrics::DISPATCHER_UP).set(1.0);
+        self.handoff_open.store(true, Ordering::Release);
         let mut tries = 0;
         while !shutdown.is_cancelled() {
             metrics::gauge!(crate::metrics::DISPATCHER_LAST_CLAIM).set(chrono::Utc::now().timestamp() as f64);
@@ -187,6 +211,7 @@ impl Dispatcher {
                 }
             }
         }
+        self.handoff_open.store(false, Ordering::Release);
         let _ = listening.await;
         self.drain().await;
         metrics::gauge!(crate::metrics::DISPATCHER_UP).set(0.0);
@@ -197,10 +222,19 @@ impl Dispatcher {
     /// error the finished attempts are kept for the next cycle.
     pub async fn dispatch_once(&mut self) -> anyhow::Result<Dispatched> {
         self.reap_when_due().await;
+        self.start_handed().await;
         self.collect_finished();
         self.gather().await;
-        let free = self.max_in_flight.saturating_sub(self.tasks.len()).min(CLAIM_BATCH);
-        self.cycle(free).await
+        let free = self.slots.available_permits().min(CLAIM_BATCH);
+        let slots = self.slots.clone().try_acquire_many_owned(free as u32).ok();
+        self.cycle(slots).await
+    }
+
+    /// Starts the claims ingest handed over, without waiting for more.
+    async fn start_handed(&mut self) {
+        while let Ok(handed) = self.handed.try_recv() {
+            self.start_all(handed.claims, handed.slots).await;
+        }
     }
 
     /// Waits for every attempt on the wire to finish and records them (claiming nothing).
@@ -209,7 +243,7 @@ impl Dispatcher {
         while let Some(joined) = self.tasks.join_next_with_id().await {
             self.finished_task(joined);
         }
-        Ok(self.cycle(0).await?.recorded)
+        Ok(self.cycle(None).await?.recorded)
     }
 
     /// One deterministic step, for tests and tools that drive the dispatcher themselves: a cycle,
@@ -231,9 +265,11 @@ impl Dispatcher {
         tokio::time::sleep(wait).await;
     }
 
-    /// Records `self.finished` (up to one batch) and claims up to `free` deliveries in one
-    /// transaction, then starts them.
-    async fn cycle(&mut self, free: usize) -> anyhow::Result<Dispatched> {
+    /// Records `self.finished` (up to one batch) and claims deliveries for up to as many
+    /// requests as `slots` holds in one transaction, then starts them (the slots they do not use
+    /// are freed).
+    async fn cycle(&mut self, slots: Option<OwnedSemaphorePermit>) -> anyhow::Result<Dispatched> {
+        let free = slots.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
         if free == 0 && self.finished.is_empty() {
             return Ok(Dispatched::default());
         }
@@ -252,21 +288,36 @@ impl Dispatcher {
             metrics::counter!(crate::metrics::STALE_RESULTS).increment(stale);
             tracing::warn!(count = stale, "dropped results whose lease was taken over");
         }
-        let requests = requests(claimed);
-        let count = requests.len();
-        for request in requests {
-            self.start(request).await;
-        }
+        let count = match slots {
+            Some(slots) => self.start_all(claimed, slots).await,
+            None => 0,
+        };
         Ok(Dispatched { recorded: records, started: count, room: free })
     }
 
-    /// Starts one request (a claimed delivery, or a batch's members) in a task of its own.
-    async fn start(&mut self, claims: Vec<Claimed>) {
+    /// Starts the requests of `claimed`, each holding one of `slots`; returns how many.
+    async fn start_all(&mut self, claimed: Vec<Claimed>, mut slots: OwnedSemaphorePermit) -> usize {
+        let requests = requests(claimed);
+        let count = requests.len();
+        for request in requests {
+            let Some(slot) = slots.split(1) else { break };
+            self.start(request, slot).await;
+        }
+        count
+    }
+
+    /// Starts one request (a claimed delivery, or a batch's members) in a task of its own, which
+    /// holds its slot until it ends.
+    async fn start(&mut self, claims: Vec<Claimed>, slot: OwnedSemaphorePermit) {
         let Some(first) = claims.first() else { return };
         let operations = self.operations.is(&self.store, &first.tenant_id).await;
         let attempts = self.attempts.clone();
         let task = claims.clone();
-        let handle = self.tasks.spawn(async move { attempts.attempt(task, operations).await });
+        let handle = self.tasks.spawn(async move {
+            let records = attempts.attempt(task, operations).await;
+            drop(slot);
+            records
+        });
         self.in_flight.insert(handle.id(), (claims, Instant::now()));
     }
 
@@ -329,7 +380,7 @@ impl Dispatcher {
     /// interval) or shutdown.
     async fn idle(&mut self, shutdown: &CancellationToken) {
         let now = now_micros();
-        let sleep = if self.tasks.len() >= self.max_in_flight {
+        let sleep = if self.slots.available_permits() == 0 {
             // Every slot is busy: a finished attempt is what can change anything.
             self.poll_interval
         } else {
@@ -343,6 +394,9 @@ impl Dispatcher {
             _ = shutdown.cancelled() => {}
             _ = wakeup.notified() => {}
             Some(joined) = self.tasks.join_next_with_id() => self.finished_task(joined),
+            Some(handed) = self.handed.recv() => {
+                self.start_all(handed.claims, handed.slots).await;
+            }
             _ = tokio::time::sleep(sleep) => {}
         }
     }
@@ -366,10 +420,14 @@ impl Dispatcher {
         for (_, (claims, _)) in self.in_flight.drain() {
             self.finished.extend(claims.iter().map(|claim| interrupted(claim, retries)));
         }
+        // Claims ingest handed over that never started.
+        while let Ok(handed) = self.handed.try_recv() {
+            self.finished.extend(handed.claims.iter().map(|claim| interrupted(claim, retries)));
+        }
         while !self.finished.is_empty() {
             let mut tries = 0;
             loop {
-                match self.cycle(0).await {
+                match self.cycle(None).await {
                     Ok(_) => break,
                     Err(error) if tries < RECORD_TRIES => {
                         tries += 1;
@@ -489,6 +547,15 @@ fn whole_requests(finished: &[AttemptRecord], most: usize) -> usize {
         end += 1;
     }
     end
+}
+
+/// How many requests `claimed` makes (see [`requests`]).
+fn requests_in(claimed: &[Claimed]) -> usize {
+    claimed
+        .iter()
+        .enumerate()
+        .filter(|(i, claim)| *i == 0 || claim.batch_id.is_none() || claimed[i - 1].batch_id != claim.batch_id)
+        .count()
 }
 
 /// Groups claimed deliveries into requests: a batch's members together (they were claimed

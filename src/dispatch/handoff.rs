@@ -1,0 +1,96 @@
+//! Ingest hands the dispatcher of its own process what it can start at once. The group commit
+//! that writes a burst of events also claims, in the same transaction, the requests that can
+//! start now (a claim like the dispatcher's, with its leases and attempt rows), and passes them
+//! over in memory: a first attempt then needs no claim transaction of its own, and goes out as
+//! soon as its event is committed.
+//!
+//! The dispatcher's bound on requests in flight (`[delivery] max_in_flight`) is a semaphore both
+//! sides take from: ingest claims only as many requests as it could reserve slots for, and hands
+//! the reserved slots over with them, so the bound holds exactly. The hand-off is on only while
+//! the dispatcher's loop runs (`Dispatcher::run`): a dispatcher that tests step, `--role api` and
+//! a stopping process get none, and their deliveries wait for a claim as before.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::storage::Claimed;
+
+/// Most requests one ingest group claims.
+const MOST: usize = 64;
+
+/// Claims made at ingest, with the slots reserved for them.
+pub(super) struct Handed {
+    /// The claimed deliveries (a batch's members one after another).
+    pub(super) claims: Vec<Claimed>,
+    /// One slot for each request among them.
+    pub(super) slots: OwnedSemaphorePermit,
+}
+
+/// Ingest's side of the hand-off (cloned into the group-commit writer).
+#[derive(Clone)]
+pub struct Handoff {
+    slots: Arc<Semaphore>,
+    open: Arc<AtomicBool>,
+    sender: mpsc::UnboundedSender<Handed>,
+    lease: Duration,
+}
+
+impl Handoff {
+    /// A hand-off over the dispatcher's `slots`, with the receiving end for the dispatcher.
+    pub(super) fn new(
+        slots: Arc<Semaphore>,
+        open: Arc<AtomicBool>,
+        lease: Duration,
+    ) -> (Handoff, mpsc::UnboundedReceiver<Handed>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (Handoff { slots, open, sender, lease }, receiver)
+    }
+
+    /// Reserves free slots for the claim of an ingest group of `events` events: at most one per
+    /// event and [`MOST`]; none while the dispatcher's loop is not running.
+    pub fn reserve(&self, events: usize) -> Option<Reservation> {
+        if !self.open.load(Ordering::Acquire) {
+            return None;
+        }
+        let want = events.min(MOST).min(self.slots.available_permits());
+        let slots = self.slots.clone().try_acquire_many_owned(u32::try_from(want).ok()?).ok()?;
+        Some(Reservation { slots, lease: self.lease })
+    }
+
+    /// Passes the claims made with `reservation` to the dispatcher; the slots they do not use
+    /// are freed.
+    pub fn hand(&self, reservation: Reservation, claims: Vec<Claimed>) {
+        let mut slots = reservation.slots;
+        let requests = super::requests_in(&claims);
+        if requests == 0 {
+            return;
+        }
+        let Some(used) = slots.split(requests) else { return };
+        if self.sender.send(Handed { claims, slots: used }).is_err() {
+            // The dispatcher has stopped: the leases lapse and the reaper closes the attempts
+            // as interrupted, as after a crash.
+            tracing::warn!("the dispatcher stopped before it took claims made at ingest");
+        }
+    }
+}
+
+/// Slots reserved for one ingest group's claim.
+pub struct Reservation {
+    slots: OwnedSemaphorePermit,
+    lease: Duration,
+}
+
+impl Reservation {
+    /// How many requests the group may claim.
+    pub fn requests(&self) -> i64 {
+        self.slots.num_permits() as i64
+    }
+
+    /// The lease the claims take.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+}
