@@ -79,7 +79,7 @@ async fn write_groups(store: Arc<Store>, mut receiver: mpsc::Receiver<Request>, 
         }
         let since = group.iter().map(|r| r.idempotency_since).min().unwrap_or_default();
         let events: Vec<NewEvent> = group.iter().flat_map(|r| r.events.iter().cloned()).collect();
-        let reservation = handoff.as_ref().and_then(|handoff| handoff.reserve(events.len()));
+        let reservation = handoff.as_ref().and_then(|handoff| handoff.reserve());
         let (limit, lease) =
             reservation.as_ref().map_or((0, Default::default()), |r| (r.requests(), r.lease()));
         match store.ingest_and_claim(&events, since, limit, lease).await {

@@ -39,6 +39,8 @@ pub const DISPATCHER_UP: &str = "herald_dispatcher_up";
 pub const DISPATCHER_LAST_CLAIM: &str = "herald_dispatcher_last_claim_timestamp_seconds";
 /// Results dropped because their lease had been taken over.
 pub const STALE_RESULTS: &str = "herald_stale_results_total";
+/// Requests claimed by ingest's group commit and handed to the dispatcher.
+pub const HANDED_OFF: &str = "herald_handoff_requests_total";
 /// HTTP requests, by `route`, `method`, `status_class`.
 pub const HTTP_REQUESTS: &str = "herald_http_requests_total";
 /// HTTP request duration histogram, seconds, by `route`, `method`.
@@ -118,6 +120,10 @@ fn describe() {
     );
     metrics::describe_counter!(STALE_RESULTS, "Attempt results dropped because their lease was taken over.");
     metrics::describe_counter!(
+        HANDED_OFF,
+        "Requests claimed in ingest's group commit and handed to the dispatcher, with no claim of their own."
+    );
+    metrics::describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests served, by route template, method and status class."
     );
@@ -130,9 +136,14 @@ fn describe() {
     for result in ["delivered", "failed"] {
         metrics::counter!(DELIVERIES_COMPLETED, "result" => result).absolute(0);
     }
-    for counter in
-        [DELIVERIES_CREATED, DELIVERIES_FILTERED, ENDPOINTS_DISABLED_TOTAL, STALE_RESULTS, AUTH_FAILURES]
-    {
+    for counter in [
+        DELIVERIES_CREATED,
+        DELIVERIES_FILTERED,
+        ENDPOINTS_DISABLED_TOTAL,
+        STALE_RESULTS,
+        HANDED_OFF,
+        AUTH_FAILURES,
+    ] {
         metrics::counter!(counter).absolute(0);
     }
 }

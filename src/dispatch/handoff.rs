@@ -49,13 +49,14 @@ impl Handoff {
         (Handoff { slots, open, sender, lease }, receiver)
     }
 
-    /// Reserves free slots for the claim of an ingest group of `events` events: at most one per
-    /// event and [`MOST`]; none while the dispatcher's loop is not running.
-    pub fn reserve(&self, events: usize) -> Option<Reservation> {
+    /// Reserves free slots for the claim of an ingest group: up to [`MOST`] (an event may fan
+    /// out to many endpoints); none while the dispatcher's loop is not running. The slots the
+    /// claim does not use are free again as soon as the group is committed.
+    pub fn reserve(&self) -> Option<Reservation> {
         if !self.open.load(Ordering::Acquire) {
             return None;
         }
-        let want = events.min(MOST).min(self.slots.available_permits());
+        let want = MOST.min(self.slots.available_permits());
         let slots = self.slots.clone().try_acquire_many_owned(u32::try_from(want).ok()?).ok()?;
         Some(Reservation { slots, lease: self.lease })
     }
@@ -69,6 +70,7 @@ impl Handoff {
             return;
         }
         let Some(used) = slots.split(requests) else { return };
+        metrics::counter!(crate::metrics::HANDED_OFF).increment(requests as u64);
         if self.sender.send(Handed { claims, slots: used }).is_err() {
             // The dispatcher has stopped: the leases lapse and the reaper closes the attempts
             // as interrupted, as after a crash.
