@@ -54,8 +54,11 @@ impl App {
         };
         let metrics = crate::metrics::install()?;
         let limits = Arc::new(crate::http::extract::RateLimits::new(&config.security));
-        let committer =
-            crate::ingest::Committer::start(store.clone(), dispatcher.as_ref().map(Dispatcher::handoff));
+        let committer = crate::ingest::Committer::start(
+            store.clone(),
+            dispatcher.as_ref().map(Dispatcher::handoff),
+            wakeup.clone(),
+        );
         let validators = Arc::default();
         let state = AppState {
             store,

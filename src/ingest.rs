@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::dispatch::Handoff;
 use crate::storage::{IngestOutcome, NewEvent, Store, StoreError};
@@ -42,10 +42,10 @@ pub enum CommitError {
 
 impl Committer {
     /// Starts the writer task over `store`; with `handoff`, each group also claims for the
-    /// process's dispatcher.
-    pub fn start(store: Arc<Store>, handoff: Option<Handoff>) -> Committer {
+    /// process's dispatcher. `wakeup` is notified when a group leaves deliveries for a claim.
+    pub fn start(store: Arc<Store>, handoff: Option<Handoff>, wakeup: Arc<Notify>) -> Committer {
         let (requests, receiver) = mpsc::channel(4096);
-        tokio::spawn(write_groups(store, receiver, handoff));
+        tokio::spawn(write_groups(store, receiver, handoff, wakeup));
         Committer { requests }
     }
 
@@ -64,7 +64,12 @@ impl Committer {
     }
 }
 
-async fn write_groups(store: Arc<Store>, mut receiver: mpsc::Receiver<Request>, handoff: Option<Handoff>) {
+async fn write_groups(
+    store: Arc<Store>,
+    mut receiver: mpsc::Receiver<Request>,
+    handoff: Option<Handoff>,
+    wakeup: Arc<Notify>,
+) {
     while let Some(first) = receiver.recv().await {
         let mut group = vec![first];
         let mut size = group[0].events.len();
@@ -84,6 +89,9 @@ async fn write_groups(store: Arc<Store>, mut receiver: mpsc::Receiver<Request>, 
             reservation.as_ref().map_or((0, Default::default()), |r| (r.requests(), r.lease()));
         match store.ingest_and_claim(&events, since, limit, lease).await {
             Ok((outcomes, claimed)) => {
+                if !all_handed(&events, &outcomes, &claimed) {
+                    wakeup.notify_one();
+                }
                 if let (Some(handoff), Some(reservation)) = (&handoff, reservation) {
                     handoff.hand(reservation, claimed);
                 }
@@ -102,4 +110,19 @@ async fn write_groups(store: Arc<Store>, mut receiver: mpsc::Receiver<Request>, 
             }
         }
     }
+}
+
+/// Whether the group's claim took every delivery the group created, so the dispatcher has
+/// nothing new to claim (and is not woken for it).
+fn all_handed(events: &[NewEvent], outcomes: &[IngestOutcome], claimed: &[crate::storage::Claimed]) -> bool {
+    let created: i64 = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            IngestOutcome::Created { deliveries } => i64::from(*deliveries),
+            _ => 0,
+        })
+        .sum();
+    let ours: std::collections::HashSet<&str> = events.iter().map(|event| event.id.as_str()).collect();
+    let handed = claimed.iter().filter(|claim| ours.contains(claim.event_id.as_str())).count() as i64;
+    handed >= created
 }

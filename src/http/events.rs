@@ -367,9 +367,6 @@ async fn commit_one(state: &AppState, event: NewEvent) -> Result<Response, ApiEr
     match outcome.into_iter().next() {
         Some(IngestOutcome::Created { deliveries }) => {
             count_ingested(&event.event_type, deliveries);
-            if deliveries > 0 {
-                state.wakeup.notify_one();
-            }
             Ok((StatusCode::ACCEPTED, Json(accepted(&event, deliveries))).into_response())
         }
         Some(IngestOutcome::Replayed(first)) => {
@@ -442,13 +439,11 @@ async fn ingest_batch(
     } else {
         state.committer.ingest(events, idempotency_since(state)).await.map_err(commit_error)?
     };
-    let mut woke = false;
     for ((index, event), outcome) in ready.iter().zip(outcomes) {
         let item = &mut results[*index];
         match outcome {
             IngestOutcome::Created { deliveries } => {
                 count_ingested(&event.event_type, deliveries);
-                woke |= deliveries > 0;
                 item.id = Some(event.id.clone());
                 item.deliveries = Some(deliveries);
             }
@@ -463,9 +458,6 @@ async fn ingest_batch(
                     Some("this idempotency key was already used with a different `event` or `data`".into());
             }
         }
-    }
-    if woke {
-        state.wakeup.notify_one();
     }
     Ok((StatusCode::ACCEPTED, Json(BatchOut { data: results })))
 }
