@@ -297,13 +297,18 @@ impl Dispatcher {
 
     /// Starts the requests of `claimed`, each holding one of `slots`; returns how many.
     async fn start_all(&mut self, claimed: Vec<Claimed>, mut slots: OwnedSemaphorePermit) -> usize {
-        let requests = requests(claimed);
-        let count = requests.len();
-        for request in requests {
-            let Some(slot) = slots.split(1) else { break };
+        let mut started = 0;
+        for request in requests(claimed) {
+            let Some(slot) = slots.split(1) else {
+                // Never: a claim takes no more requests than it has slots for. Were it to, the
+                // lease lapses and the reaper closes the attempt as interrupted.
+                tracing::error!("a claimed request had no slot; it is left to its lease");
+                continue;
+            };
             self.start(request, slot).await;
+            started += 1;
         }
-        count
+        started
     }
 
     /// Starts one request (a claimed delivery, or a batch's members) in a task of its own, which
@@ -549,13 +554,15 @@ fn whole_requests(finished: &[AttemptRecord], most: usize) -> usize {
     end
 }
 
+/// Whether `next` goes in the same request as `previous`, claimed just before it: both are
+/// members of one batch.
+fn same_request(previous: &Claimed, next: &Claimed) -> bool {
+    next.batch_id.is_some() && previous.batch_id == next.batch_id
+}
+
 /// How many requests `claimed` makes (see [`requests`]).
 fn requests_in(claimed: &[Claimed]) -> usize {
-    claimed
-        .iter()
-        .enumerate()
-        .filter(|(i, claim)| *i == 0 || claim.batch_id.is_none() || claimed[i - 1].batch_id != claim.batch_id)
-        .count()
+    claimed.len() - claimed.windows(2).filter(|pair| same_request(&pair[0], &pair[1])).count()
 }
 
 /// Groups claimed deliveries into requests: a batch's members together (they were claimed
@@ -564,7 +571,9 @@ fn requests(claimed: Vec<Claimed>) -> Vec<Vec<Claimed>> {
     let mut requests: Vec<Vec<Claimed>> = Vec::new();
     for claim in claimed {
         match requests.last_mut() {
-            Some(last) if claim.batch_id.is_some() && last[0].batch_id == claim.batch_id => last.push(claim),
+            Some(last) if last.last().is_some_and(|previous| same_request(previous, &claim)) => {
+                last.push(claim)
+            }
             _ => requests.push(vec![claim]),
         }
     }
