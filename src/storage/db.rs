@@ -69,18 +69,26 @@ impl Db {
         let relaxed = self.durable && commit == Commit::Bookkeeping;
         match &self.pools {
             Pools::Sqlite { writer, .. } => {
-                let mut conn = writer.acquire().await?;
-                // The setting may not change inside a transaction, so it is set before one, on the
-                // one writer connection, when it differs; the flag changes only once it did (a
-                // connection the pool opens again starts at FULL: at worst a bookkeeping commit
-                // waits for the disk).
-                if self.durable && self.sqlite_relaxed.load(Ordering::Acquire) != relaxed {
-                    let pragma =
-                        if relaxed { "pragma synchronous = normal" } else { "pragma synchronous = full" };
-                    sqlx::query(pragma).execute(&mut *conn).await?;
+                let conn = writer.acquire().await?;
+                // The setting may not change inside a transaction, so it is set just before one,
+                // on the one writer connection, when it differs — in the same call as `BEGIN`
+                // (one hop to the database thread, not two); the flag changes only once it did
+                // (a connection the pool opens again starts at FULL: at worst a bookkeeping
+                // commit waits for the disk).
+                let begin = if self.durable && self.sqlite_relaxed.load(Ordering::Acquire) != relaxed {
+                    Some(if relaxed {
+                        "pragma synchronous = normal; begin"
+                    } else {
+                        "pragma synchronous = full; begin"
+                    })
+                } else {
+                    None
+                };
+                let tx = sqlx::Transaction::begin(conn, begin.map(sqlx::SqlStr::from_static)).await?;
+                if begin.is_some() {
                     self.sqlite_relaxed.store(relaxed, Ordering::Release);
                 }
-                Ok(Tx::Sqlite(sqlx::Transaction::begin(conn, None).await?, Default::default()))
+                Ok(Tx::Sqlite(tx, Default::default()))
             }
             Pools::Postgres(pool) => {
                 let mut tx = pool.begin().await?;

@@ -157,15 +157,26 @@ impl Store {
     /// When the earliest pending delivery due after `now` falls due (Unix µs), if any, or a batch
     /// left to fill must go, whichever is first.
     pub async fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError> {
+        let stored = self.next_stored_due_after(now).await?;
+        Ok(stored.into_iter().chain(self.take_batch_deadline(now)).min())
+    }
+
+    /// The earliest `next_attempt_at` after `now` of a pending delivery (a retry, a delay): the
+    /// stored half of [`Store::next_due_after`].
+    pub async fn next_stored_due_after(&self, now: i64) -> Result<Option<i64>, StoreError> {
         let (next,): (Option<i64>,) = sql(
             "select min(next_attempt_at) from deliveries where status = 'pending' and next_attempt_at > $1",
         )
         .bind(now)
         .fetch_one(self.db.reader())
         .await?;
-        let batch =
-            self.batch_deadline.lock().ok().and_then(|mut deadline| deadline.take()).filter(|at| *at > now);
-        Ok(next.into_iter().chain(batch).min())
+        Ok(next)
+    }
+
+    /// The deadline a batch the last claims left to fill must go by, if it is after `now`
+    /// (taken: each is reported once); the in-memory half of [`Store::next_due_after`].
+    pub fn take_batch_deadline(&self, now: i64) -> Option<i64> {
+        self.batch_deadline.lock().ok().and_then(|mut deadline| deadline.take()).filter(|at| *at > now)
     }
 
     /// Remembers that a batch left to fill must go at `at` (see `next_due_after`).
