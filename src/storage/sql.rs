@@ -581,16 +581,22 @@ mod tests {
 mod sqlite_tests {
     use super::*;
 
-    /// On SQLite, pushed placeholders are written as `?` (bound by position); fixed ones stay `$N`.
-    #[tokio::test]
-    async fn a_built_multi_row_statement_runs_on_sqlite() {
+    /// An in-memory database with one table `t (a bigint, b text)`.
+    async fn table_t() -> SqlitePool {
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
             .connect("sqlite::memory:")
             .await
             .expect("an in-memory database");
+        sql("create table t (a bigint, b text)").execute(Ex::SqlitePool(&pool)).await.expect("created");
+        pool
+    }
+
+    /// On SQLite, pushed placeholders are written as `?` (bound by position); fixed ones stay `$N`.
+    #[tokio::test]
+    async fn a_built_multi_row_statement_runs_on_sqlite() {
+        let pool = table_t().await;
         let on = || Ex::SqlitePool(&pool);
-        sql("create table t (a bigint, b text)").execute(on()).await.expect("created");
         let mut insert = Sql::build("insert into t (a, b) values ");
         insert.push_tuples([(1i64, "x"), (2, "y")], |tuple, (a, b)| {
             tuple.cast(a, "bigint").bind(b);
@@ -606,12 +612,7 @@ mod sqlite_tests {
     /// them, a count is the statement's own, and the commit runs what is still held.
     #[tokio::test]
     async fn held_writes_run_in_order_with_the_next_statement() {
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
-            .await
-            .expect("an in-memory database");
-        sql("create table t (a bigint, b text)").execute(Ex::SqlitePool(&pool)).await.expect("created");
+        let pool = table_t().await;
         let mut tx = Tx::Sqlite(pool.begin().await.expect("begun"), Held::default());
         let mut insert = Sql::build("insert into t (a, b) values ");
         insert.push_tuples([(1i64, "x"), (2, "y")], |tuple, (a, b)| {
