@@ -84,10 +84,20 @@ async fn write_groups(
         }
         let since = group.iter().map(|r| r.idempotency_since).min().unwrap_or_default();
         let events: Vec<NewEvent> = group.iter().flat_map(|r| r.events.iter().cloned()).collect();
-        let reservation = handoff.as_ref().and_then(|handoff| handoff.reserve());
+        let mut reservation = handoff.as_ref().and_then(|handoff| handoff.reserve());
         let (limit, lease) =
             reservation.as_ref().map_or((0, Default::default()), |r| (r.requests(), r.lease()));
-        match store.ingest_and_claim(&events, since, limit, lease).await {
+        let written = match store.ingest_and_claim(&events, since, limit, lease).await {
+            // The claim must never cost the events: a claim that fails (an endpoint row it cannot
+            // open, a lock it cannot get) rolled the group back, which is written again without.
+            Err(error) if limit > 0 => {
+                tracing::warn!(%error, "claiming at ingest failed; writing the group without a claim");
+                drop(reservation.take());
+                store.ingest(&events, since).await.map(|outcomes| (outcomes, Vec::new()))
+            }
+            written => written,
+        };
+        match written {
             Ok((outcomes, claimed)) => {
                 if !all_handed(&events, &outcomes, &claimed) {
                     wakeup.notify_one();

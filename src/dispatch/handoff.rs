@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::storage::Claimed;
 
@@ -36,6 +36,7 @@ pub struct Handoff {
     open: Arc<AtomicBool>,
     sender: mpsc::UnboundedSender<Handed>,
     lease: Duration,
+    wakeup: Arc<Notify>,
 }
 
 impl Handoff {
@@ -44,9 +45,10 @@ impl Handoff {
         slots: Arc<Semaphore>,
         open: Arc<AtomicBool>,
         lease: Duration,
+        wakeup: Arc<Notify>,
     ) -> (Handoff, mpsc::UnboundedReceiver<Handed>) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        (Handoff { slots, open, sender, lease }, receiver)
+        (Handoff { slots, open, sender, lease, wakeup }, receiver)
     }
 
     /// Reserves free slots for the claim of an ingest group: up to [`MOST`] (an event may fan
@@ -56,20 +58,34 @@ impl Handoff {
         if !self.open.load(Ordering::Acquire) {
             return None;
         }
-        let want = MOST.min(self.slots.available_permits());
+        let free = self.slots.available_permits();
+        let want = MOST.min(free);
         let slots = self.slots.clone().try_acquire_many_owned(u32::try_from(want).ok()?).ok()?;
-        Some(Reservation { slots, lease: self.lease })
+        // Took every free slot: the dispatcher may be waiting for one, so it is woken when the
+        // unused ones come back.
+        let wakeup = (want == free).then(|| self.wakeup.clone());
+        Some(Reservation { slots, lease: self.lease, wakeup })
     }
 
     /// Passes the claims made with `reservation` to the dispatcher; the slots they do not use
     /// are freed.
-    pub fn hand(&self, reservation: Reservation, claims: Vec<Claimed>) {
-        let mut slots = reservation.slots;
+    pub fn hand(&self, mut reservation: Reservation, claims: Vec<Claimed>) {
         let requests = super::requests_in(&claims);
         if requests == 0 {
             return;
         }
-        let Some(used) = slots.split(requests) else { return };
+        let Some(used) = reservation.slots.split(requests) else {
+            // Never: a claim takes no more requests than it has slots for. Were it to, the leases
+            // lapse and the reaper closes the attempts as interrupted.
+            tracing::error!(requests, "claims made at ingest outnumber their slots; left to their leases");
+            return;
+        };
+        if !self.open.load(Ordering::Acquire) {
+            // The dispatcher is stopping: its leases lapse and the reaper closes the attempts as
+            // interrupted, as after a crash.
+            tracing::warn!(requests, "the dispatcher stopped before it took claims made at ingest");
+            return;
+        }
         metrics::counter!(crate::metrics::HANDED_OFF).increment(requests as u64);
         if self.sender.send(Handed { claims, slots: used }).is_err() {
             // The dispatcher has stopped: the leases lapse and the reaper closes the attempts
@@ -79,10 +95,23 @@ impl Handoff {
     }
 }
 
-/// Slots reserved for one ingest group's claim.
+/// Slots reserved for one ingest group's claim; the ones it does not use are freed when it is
+/// dropped.
 pub struct Reservation {
     slots: OwnedSemaphorePermit,
     lease: Duration,
+    /// Set when the reservation took every free slot: woken when unused ones come back.
+    wakeup: Option<Arc<Notify>>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.slots.num_permits() > 0
+            && let Some(wakeup) = &self.wakeup
+        {
+            wakeup.notify_one();
+        }
+    }
 }
 
 impl Reservation {

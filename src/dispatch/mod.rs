@@ -99,6 +99,7 @@ pub struct Dispatcher {
     lease: Duration,
     grace: Duration,
     poll_interval: Duration,
+    max_in_flight: usize,
     wakeup: Arc<Notify>,
     /// The bound on requests in flight (`[delivery] max_in_flight`): each request's task holds
     /// one slot until it ends, whether the dispatcher claimed it or ingest did (`Handoff`).
@@ -139,7 +140,8 @@ impl Dispatcher {
             .collect();
         let slots = Arc::new(Semaphore::new(config.delivery.max_in_flight));
         let handoff_open = Arc::new(AtomicBool::new(false));
-        let (handoff, handed) = Handoff::new(slots.clone(), handoff_open.clone(), config.delivery.lease);
+        let (handoff, handed) =
+            Handoff::new(slots.clone(), handoff_open.clone(), config.delivery.lease, wakeup.clone());
         Ok(Dispatcher {
             store,
             attempts: Arc::new(Attempts {
@@ -152,6 +154,7 @@ impl Dispatcher {
             lease: config.delivery.lease,
             grace: config.delivery.grace(),
             poll_interval: config.delivery.poll_interval,
+            max_in_flight: config.delivery.max_in_flight,
             wakeup,
             slots,
             handoff_open,
@@ -397,8 +400,9 @@ impl Dispatcher {
     /// interval) or shutdown.
     async fn idle(&mut self, shutdown: &CancellationToken) {
         let now = now_micros();
-        let sleep = if self.slots.available_permits() == 0 {
-            // Every slot is busy: a finished attempt is what can change anything.
+        let sleep = if self.tasks.len() >= self.max_in_flight {
+            // Every slot is busy: a finished attempt is what can change anything (slots an
+            // ingest group holds come back with a hand-off or a wake-up).
             self.poll_interval
         } else {
             let batch = self.store.take_batch_deadline(now);
@@ -445,6 +449,8 @@ impl Dispatcher {
     /// Stops: waits for attempts in flight up to the grace period, closes the rest as
     /// interrupted, and records everything.
     async fn drain(&mut self) {
+        // Claims ingest handed over are as good as started: they go out within the grace period.
+        self.start_handed().await;
         let deadline = tokio::time::Instant::now() + self.grace;
         while !self.tasks.is_empty() {
             match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
@@ -461,7 +467,7 @@ impl Dispatcher {
         for (_, (claims, _)) in self.in_flight.drain() {
             self.finished.extend(claims.iter().map(|claim| interrupted(claim, retries)));
         }
-        // Claims ingest handed over that never started.
+        // Claims handed over after the grace period began, never started.
         while let Ok(handed) = self.handed.try_recv() {
             self.finished.extend(handed.claims.iter().map(|claim| interrupted(claim, retries)));
         }
@@ -491,6 +497,13 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+impl Drop for Dispatcher {
+    /// However the loop ends (a panic included), ingest stops handing claims to it.
+    fn drop(&mut self) {
+        self.handoff_open.store(false, Ordering::Release);
     }
 }
 

@@ -84,11 +84,13 @@ impl Db {
                 } else {
                     None
                 };
-                let tx = sqlx::Transaction::begin(conn, begin.map(sqlx::SqlStr::from_static)).await?;
-                if begin.is_some() {
+                let tx = sqlx::Transaction::begin(conn, begin.map(sqlx::SqlStr::from_static)).await;
+                // After a failed call the connection may or may not have switched: remembered
+                // as relaxed, the next durable transaction sets FULL again (never the reverse).
+                if begin.is_some() && (relaxed || tx.is_ok()) {
                     self.sqlite_relaxed.store(relaxed, Ordering::Release);
                 }
-                Ok(Tx::Sqlite(tx, Default::default()))
+                Ok(Tx::Sqlite(tx?, Default::default()))
             }
             Pools::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -138,9 +140,14 @@ impl Db {
 
     /// Wakes `wakeup` whenever another process commits work, until `shutdown` (PostgreSQL
     /// `LISTEN`; on SQLite there is one process, which wakes its dispatcher directly).
-    pub(crate) async fn listen_for_work(&self, wakeup: Arc<Notify>, shutdown: CancellationToken) {
+    pub(crate) async fn listen_for_work(
+        &self,
+        wakeup: Arc<Notify>,
+        on_work: impl Fn(),
+        shutdown: CancellationToken,
+    ) {
         if let Pools::Postgres(pool) = &self.pools {
-            postgres::listen_for_work(pool, wakeup, shutdown).await;
+            postgres::listen_for_work(pool, wakeup, on_work, shutdown).await;
         }
     }
 }

@@ -179,7 +179,8 @@ impl Store {
         wakeup: Arc<tokio::sync::Notify>,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        self.db.listen_for_work(wakeup, shutdown).await;
+        // Another process's work may hold a test delivery (`time_to_look_for_tests`).
+        self.db.listen_for_work(wakeup, || self.tests_added(), shutdown).await;
     }
 
     /// Names the operations tenant (id or external id) that operational events go to.

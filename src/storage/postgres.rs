@@ -87,7 +87,12 @@ pub(crate) async fn due_rows(
 
 /// `LISTEN herald_work` until `shutdown`, waking `wakeup` on each notification; reconnects when
 /// the connection fails (and wakes once, since work may have been committed meanwhile).
-pub(crate) async fn listen_for_work(pool: &PgPool, wakeup: Arc<Notify>, shutdown: CancellationToken) {
+pub(crate) async fn listen_for_work(
+    pool: &PgPool,
+    wakeup: Arc<Notify>,
+    on_work: impl Fn(),
+    shutdown: CancellationToken,
+) {
     while !shutdown.is_cancelled() {
         let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
             Ok(listener) => listener,
@@ -105,12 +110,16 @@ pub(crate) async fn listen_for_work(pool: &PgPool, wakeup: Arc<Notify>, shutdown
             continue;
         }
         // Whatever was committed while not listening is found by the next claim.
+        on_work();
         wakeup.notify_one();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 received = listener.recv() => match received {
-                    Ok(_) => wakeup.notify_one(),
+                    Ok(_) => {
+                        on_work();
+                        wakeup.notify_one();
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "the LISTEN connection failed; reconnecting");
                         break;

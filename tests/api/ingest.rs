@@ -356,3 +356,33 @@ async fn deliveries_counts_every_matching_endpoint_disabled_ones_included() {
     receiver.wait_for("/on", 1, SOON).await;
     assert!(receiver.requests("/off").is_empty() && receiver.requests("/users").is_empty());
 }
+
+/// Ingest claims what can start at once in its own transaction; a claim that fails (here an
+/// endpoint row whose stored delivery policy cannot be read) never costs the events: the group
+/// is written again without a claim, and the producer gets its 202.
+#[tokio::test]
+async fn a_claim_that_fails_at_ingest_never_fails_the_events() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) = app.tenant_with_endpoint(&receiver.url("/hook"), json!({})).await;
+    let sql = "update endpoints set delivery_policy = 'not a policy' where id = $1";
+    if app.db.url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(&app.db.url).await.unwrap();
+        sqlx::query(sql).bind(id_of(&endpoint)).execute(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+        sqlx::query(sql).bind(id_of(&endpoint)).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let body = json!({"event": "order.created", "data": {"order_id": "o-1"}});
+    let accepted = app.post(&events_path(&tenant), &app.admin_token, &body).await;
+    accepted.expect(202);
+    assert_eq!(accepted.body["deliveries"], json!(1));
+    let id = id_of(&accepted.body);
+    assert_eq!(event_ids(&app, &tenant).await, vec![id.clone()], "the event is stored");
+    let delivery = app.only_delivery(&tenant, &id).await;
+    assert_eq!(delivery["status"], json!("pending"), "left for a claim: {delivery}");
+    assert!(receiver.requests("/hook").is_empty(), "nothing was sent to an endpoint it cannot read");
+}
