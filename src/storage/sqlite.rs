@@ -10,7 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use super::StoreError;
 use super::db::{Db, Pools};
 use super::rows::ClaimRow;
-use super::sql::{Tx, sql};
+use super::sql::{Sql, Tx};
 use crate::config::{Durability, StoreConfig};
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -42,8 +42,16 @@ pub(crate) async fn connect(url: &str, config: &StoreConfig) -> anyhow::Result<D
     Ok(Db::new(Pools::Sqlite { writer, reader }, config.durability == Durability::Durable))
 }
 
-/// Due rows of the planned endpoints (see `Tx::due_rows`): one indexed read per endpoint. On
-/// SQLite a statement is a call into the same process, so one per endpoint costs little.
+/// Most planned endpoints one due-rows statement reads (SQLite allows 500 terms in a compound
+/// select).
+const DUE_ROWS_CHUNK: usize = 200;
+
+/// Due rows of the planned endpoints (see `Tx::due_rows`): one indexed read per endpoint, the
+/// reads of up to [`DUE_ROWS_CHUNK`] endpoints in one statement (`union all`), in plan order.
+/// Every statement is a hop to the database thread and back, so a read per endpoint was a
+/// cycle's largest cost with ten endpoints. Each endpoint's read stops at its room before the
+/// join with the events; what the plan's rooms add up to past `limit` is cut off here, in plan
+/// order, as a read per endpoint would have stopped.
 pub(crate) async fn due_rows(
     tx: &mut Tx,
     plan: &[(String, i64)],
@@ -51,32 +59,89 @@ pub(crate) async fn due_rows(
     limit: i64,
 ) -> Result<Vec<ClaimRow>, StoreError> {
     let mut rows: Vec<ClaimRow> = Vec::new();
-    for (endpoint_id, room) in plan {
-        let room = (*room).min(limit - rows.len() as i64);
+    for chunk in plan.chunks(DUE_ROWS_CHUNK) {
+        let room = limit - rows.len() as i64;
         if room <= 0 {
             break;
         }
-        // The limit applies before the join, whatever the planner thinks of the table's size.
-        let due: Vec<ClaimRow> =
-            sql(r#"select d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count,
+        let mut read = Sql::build("");
+        for (position, (endpoint_id, endpoint_room)) in chunk.iter().enumerate() {
+            if position > 0 {
+                read.push(" union all ");
+            }
+            read.push(&format!("select {position} as plan_position, "));
+            read.push(
+                r#"d.id, d.event_id, d.tenant_id, d.endpoint_id, d.attempt_count,
                 d.run_attempts, d.max_attempts, d.next_attempt_at, d.lease_until, ev.payload, ev.traceparent, ev.tracestate
             from (
                 select id, event_id, tenant_id, endpoint_id, attempt_count, run_attempts,
                     max_attempts, next_attempt_at, lease_until
                 from deliveries
-                where endpoint_id = $1 and status = 'pending' and not bypass
-                  and next_attempt_at <= $2 and lease_until is null
-                order by next_attempt_at, id
-                limit $3
-            ) d
-            join events ev on ev.id = d.event_id
-            order by d.next_attempt_at, d.id"#)
-            .bind(endpoint_id)
-            .bind(now)
-            .bind(room)
-            .fetch_all(&mut *tx)
-            .await?;
-        rows.extend(due);
+                where endpoint_id = "#,
+            );
+            read.push_bind(endpoint_id.as_str());
+            read.push(" and status = 'pending' and not bypass and next_attempt_at <= ").push_bind(now);
+            read.push(" and lease_until is null order by next_attempt_at, id limit ");
+            read.push_bind((*endpoint_room).min(room));
+            read.push(") d join events ev on ev.id = d.event_id");
+        }
+        // By position (a compound select orders by its result columns): the plan position, then
+        // `next_attempt_at` and `id`.
+        read.push(" order by 1, 9, 2 limit ").push_bind(room);
+        rows.extend(read.fetch_all::<ClaimRow>(&mut *tx).await?);
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One statement reads every planned endpoint's due rows: each endpoint's oldest first and
+    /// at most its room, endpoints in plan order, cut off at the limit in that order; rows not
+    /// due yet, leased or of an endpoint outside the plan are not read.
+    #[tokio::test]
+    async fn due_rows_of_many_endpoints_come_in_plan_order_within_each_room() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+        let db = connect(&url, &StoreConfig::default()).await.expect("opened");
+        let Pools::Sqlite { writer, .. } = &db.pools else { unreachable!("SQLite") };
+        MIGRATOR.run(writer).await.expect("migrated");
+        let setup = [
+            "insert into tenants (id, name, created_at, updated_at) values ('tnt_1', 't', 0, 0)",
+            "insert into endpoints (id, tenant_id, url, secret, created_at, updated_at) values
+                ('ep_a', 'tnt_1', 'https://a', 's', 0, 0), ('ep_b', 'tnt_1', 'https://b', 's', 0, 0),
+                ('ep_c', 'tnt_1', 'https://c', 's', 0, 0), ('ep_d', 'tnt_1', 'https://d', 's', 0, 0)",
+            "insert into events (id, tenant_id, event_type, payload, created_at) values ('evt_1', 'tnt_1', 'x', '{}', 0)",
+            // (delivery, endpoint, due at, leased until)
+            "insert into deliveries (id, event_id, tenant_id, endpoint_id, status, next_attempt_at, lease_until, created_at)
+             select column1, 'evt_1', 'tnt_1', column2, 'pending', column3, column4, 0 from (values
+                ('dlv_a3', 'ep_a', 30, null), ('dlv_a1', 'ep_a', 10, null), ('dlv_a2', 'ep_a', 20, null),
+                ('dlv_a0', 'ep_a', 5, 999), ('dlv_a9', 'ep_a', 500, null),
+                ('dlv_b2', 'ep_b', 20, null), ('dlv_b1', 'ep_b', 10, null), ('dlv_b3', 'ep_b', 30, null),
+                ('dlv_c1', 'ep_c', 10, null), ('dlv_d1', 'ep_d', 10, null))",
+        ];
+        for statement in setup {
+            sqlx::query(statement).execute(writer).await.expect(statement);
+        }
+        let plan = |rooms: &[(&str, i64)]| -> Vec<(String, i64)> {
+            rooms.iter().map(|(id, room)| (id.to_string(), *room)).collect()
+        };
+        let ids = |rows: Vec<ClaimRow>| -> Vec<String> { rows.into_iter().map(|row| row.id).collect() };
+        let mut tx = db.begin().await.expect("begun");
+        let rows =
+            due_rows(&mut tx, &plan(&[("ep_b", 2), ("ep_a", 5), ("ep_c", 1)]), 100, 10).await.expect("read");
+        assert_eq!(ids(rows), ["dlv_b1", "dlv_b2", "dlv_a1", "dlv_a2", "dlv_a3", "dlv_c1"]);
+        let rows =
+            due_rows(&mut tx, &plan(&[("ep_b", 2), ("ep_a", 5), ("ep_c", 1)]), 100, 4).await.expect("read");
+        assert_eq!(
+            ids(rows),
+            ["dlv_b1", "dlv_b2", "dlv_a1", "dlv_a2"],
+            "cut off at the limit, in plan order"
+        );
+        let rows = due_rows(&mut tx, &plan(&[("ep_a", 1)]), 100, 10).await.expect("read");
+        assert_eq!(ids(rows), ["dlv_a1"]);
+        let rows = due_rows(&mut tx, &plan(&[]), 100, 10).await.expect("read");
+        assert!(rows.is_empty());
+    }
 }
