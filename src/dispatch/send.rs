@@ -52,7 +52,10 @@ impl Sender {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
+            // As many idle connections per host as requests may be in flight at once: with fewer,
+            // a burst to one host (several endpoints on one receiver) closed the connections
+            // past the limit as their answers came in and opened new ones for the next requests.
+            .pool_max_idle_per_host(config.delivery.max_in_flight)
             .tcp_nodelay(true)
             .build()?;
         let user_agent = HeaderValue::from_str(&format!("Herald/{}", env!("CARGO_PKG_VERSION")))?;
