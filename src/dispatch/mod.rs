@@ -13,7 +13,7 @@ pub mod handoff;
 pub mod net_guard;
 pub mod send;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ use crate::domain::delivery::{after_interruption, run_budget};
 use crate::domain::retry::{ErrorKind, Outcome, jitter};
 use crate::domain::time::now_micros;
 use crate::domain::trace::TraceContext;
-use crate::storage::{AttemptRecord, Claimed, Store};
+use crate::storage::{AttemptRecord, Claimed, Cycle, Store};
 use crate::telemetry::traces::attempt_traceparent;
 use handoff::Handed;
 pub use handoff::Handoff;
@@ -43,6 +43,9 @@ const RECORD_BATCH: usize = 512;
 const GATHER: Duration = Duration::from_millis(1);
 /// Attempts younger than this are expected back within `GATHER`.
 const RECENT: Duration = Duration::from_millis(20);
+/// What a claim made ahead must have left of its lease when it starts, beyond its timeout (the
+/// margin `[delivery] lease` keeps over `timeout`): time to record its result.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Times one batch of results is written again after a store error before it is given up (the
 /// leases then lapse and the reaper closes the attempts as interrupted).
 const RECORD_TRIES: u32 = 5;
@@ -121,6 +124,16 @@ pub struct Dispatcher {
     /// a replay), and after the poll interval (another replica's retries).
     stored_due: Option<(Option<i64>, Instant)>,
     last_reap: Option<Instant>,
+    /// Whether cycles claim one window ahead (DESIGN §17): while `run` runs, on a database this
+    /// process has to itself (`Store::single_process`).
+    claim_ahead: bool,
+    /// Claims made ahead, per endpoint, oldest first, with when they were made: each starts
+    /// when the endpoint has fewer requests in flight than its window as claimed.
+    ahead: HashMap<String, VecDeque<(Instant, Claimed)>>,
+    /// Requests in flight per endpoint.
+    endpoint_in_flight: HashMap<String, usize>,
+    /// Claims made ahead that will not start, to give back in the next cycle.
+    released: Vec<Claimed>,
 }
 
 impl Dispatcher {
@@ -165,6 +178,10 @@ impl Dispatcher {
             finished: Vec::new(),
             stored_due: None,
             last_reap: None,
+            claim_ahead: false,
+            ahead: HashMap::new(),
+            endpoint_in_flight: HashMap::new(),
+            released: Vec::new(),
         })
     }
 
@@ -189,6 +206,7 @@ impl Dispatcher {
         };
         metrics::gauge!(crate::metrics::DISPATCHER_UP).set(1.0);
         self.handoff_open.store(true, Ordering::Release);
+        self.claim_ahead = self.store.single_process();
         let mut tries = 0;
         while !shutdown.is_cancelled() {
             metrics::gauge!(crate::metrics::DISPATCHER_LAST_CLAIM).set(chrono::Utc::now().timestamp() as f64);
@@ -204,13 +222,14 @@ impl Dispatcher {
                 Err(error) => {
                     tries += 1;
                     tracing::error!(error = format!("{error:#}"), tries, "recording or claiming failed");
-                    if tries > RECORD_TRIES && !self.finished.is_empty() {
+                    if tries > RECORD_TRIES && !(self.finished.is_empty() && self.released.is_empty()) {
                         // Their leases lapse and the reaper closes them as interrupted.
                         tracing::error!(
-                            count = self.finished.len(),
+                            count = self.finished.len() + self.released.len(),
                             "could not record attempts; giving them up"
                         );
                         self.finished.clear();
+                        self.released.clear();
                     }
                     let backoff = self.poll_interval.min(Duration::from_millis(100 * u64::from(tries)));
                     tokio::select! {
@@ -234,6 +253,7 @@ impl Dispatcher {
         self.start_handed().await;
         self.collect_finished();
         self.gather().await;
+        self.start_ahead().await;
         let free = self.slots.available_permits().min(CLAIM_BATCH);
         let slots = self.slots.clone().try_acquire_many_owned(free as u32).ok();
         self.cycle(slots).await
@@ -274,24 +294,57 @@ impl Dispatcher {
         tokio::time::sleep(wait).await;
     }
 
-    /// Records `self.finished` (up to one batch) and claims deliveries for up to as many
-    /// requests as `slots` holds in one transaction, then starts them (the slots they do not use
-    /// are freed).
+    /// Records `self.finished` (up to one batch), gives back `self.released` and claims
+    /// deliveries for up to as many requests as `slots` holds in one transaction, then starts
+    /// them (the slots they do not use are freed) and queues the claims made ahead. While the
+    /// transaction runs, requests that end are replaced by claims made ahead at once: a freed
+    /// slot does not wait for the commit.
     async fn cycle(&mut self, slots: Option<OwnedSemaphorePermit>) -> anyhow::Result<Dispatched> {
         let free = slots.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
-        if free == 0 && self.finished.is_empty() {
+        if free == 0 && self.finished.is_empty() && self.released.is_empty() {
             return Ok(Dispatched::default());
         }
         let records = whole_requests(&self.finished, RECORD_BATCH);
+        let batch: Vec<AttemptRecord> = self.finished.drain(..records).collect();
+        let released = std::mem::take(&mut self.released);
         let started = Instant::now();
-        let (stale, claimed) =
-            self.store.record_and_claim(&self.finished[..records], free as i64, self.lease).await?;
-        if self.finished[..records].iter().any(|record| matches!(record.outcome, Outcome::Retry { .. })) {
+        let store = self.store.clone();
+        let done = {
+            let cycle = Cycle {
+                records: &batch,
+                released: &released,
+                limit: free as i64,
+                lease: self.lease,
+                ahead: self.claim_ahead,
+            };
+            let work = store.dispatch_cycle(&cycle);
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    biased;
+                    done = &mut work => break done,
+                    Some(joined) = self.tasks.join_next_with_id(), if !self.ahead.is_empty() => {
+                        self.finished_task(joined);
+                        self.start_ahead().await;
+                    }
+                }
+            }
+        };
+        let (stale, claimed) = match done {
+            Ok(done) => done,
+            Err(error) => {
+                // Kept for the next cycle, first.
+                self.finished.splice(0..0, batch);
+                self.released.extend(released);
+                return Err(error.into());
+            }
+        };
+        if batch.iter().any(|record| matches!(record.outcome, Outcome::Retry { .. })) {
             self.stored_due = None;
         }
-        self.finished.drain(..records);
         tracing::trace!(
             recorded = records,
+            released = released.len(),
             claimed = claimed.len(),
             took_us = started.elapsed().as_micros() as u64,
             "dispatch cycle"
@@ -300,11 +353,55 @@ impl Dispatcher {
             metrics::counter!(crate::metrics::STALE_RESULTS).increment(stale);
             tracing::warn!(count = stale, "dropped results whose lease was taken over");
         }
+        let (ahead, now): (Vec<Claimed>, Vec<Claimed>) = claimed.into_iter().partition(|c| c.ahead.is_some());
         let count = match slots {
-            Some(slots) => self.start_all(claimed, slots).await,
+            Some(slots) => self.start_all(now, slots).await,
             None => 0,
         };
+        for claim in ahead {
+            self.ahead.entry(claim.endpoint_id.clone()).or_default().push_back((Instant::now(), claim));
+        }
+        self.start_ahead().await;
         Ok(Dispatched { recorded: records, started: count, room: free })
+    }
+
+    /// Starts the claims made ahead that may start: an endpoint's oldest, while it has fewer
+    /// requests in flight than its window as claimed and a slot of the process's bound is free.
+    /// A claim whose lease could lapse before its answer (it waited longer than the lease leaves
+    /// beyond its timeout and [`LEASE_MARGIN`]) is given back instead, with the endpoint's rest.
+    async fn start_ahead(&mut self) {
+        if self.ahead.is_empty() {
+            return;
+        }
+        let endpoints: Vec<String> = self.ahead.keys().cloned().collect();
+        for endpoint in endpoints {
+            loop {
+                let in_flight = self.endpoint_in_flight.get(&endpoint).copied().unwrap_or(0);
+                let Some(queue) = self.ahead.get_mut(&endpoint) else { break };
+                let Some((claimed_at, claim)) = queue.front() else {
+                    self.ahead.remove(&endpoint);
+                    break;
+                };
+                if in_flight >= claim.ahead.map_or(0, |window| window.max(0) as usize) {
+                    break;
+                }
+                let timeout = claim.policy.effective(&self.attempts.server).timeout;
+                if claimed_at.elapsed() + timeout + LEASE_MARGIN > self.lease {
+                    self.release_ahead(&endpoint);
+                    break;
+                }
+                let Ok(slot) = self.slots.clone().try_acquire_owned() else { return };
+                let Some((_, claim)) = queue.pop_front() else { break };
+                self.start(vec![claim], slot).await;
+            }
+        }
+    }
+
+    /// Gives back an endpoint's claims made ahead (in the next cycle).
+    fn release_ahead(&mut self, endpoint: &str) {
+        if let Some(queue) = self.ahead.remove(endpoint) {
+            self.released.extend(queue.into_iter().map(|(_, claim)| claim));
+        }
     }
 
     /// Starts the requests of `claimed`, each holding one of `slots`; returns how many.
@@ -330,6 +427,7 @@ impl Dispatcher {
         let operations = self.operations.is(&self.store, &first.tenant_id).await;
         let attempts = self.attempts.clone();
         let task = claims.clone();
+        *self.endpoint_in_flight.entry(first.endpoint_id.clone()).or_default() += 1;
         let handle = self.tasks.spawn(async move {
             let records = attempts.attempt(task, operations).await;
             drop(slot);
@@ -345,19 +443,43 @@ impl Dispatcher {
         }
     }
 
+    /// Takes a finished task's records. A request that ended in anything but a delivery gives
+    /// back its endpoint's claims made ahead: the endpoint's circuit, window, pause or state may
+    /// change with this result, and the next claim decides again.
     fn finished_task(&mut self, joined: Result<(Id, Vec<AttemptRecord>), tokio::task::JoinError>) {
-        match joined {
-            Ok((id, record)) => {
-                self.in_flight.remove(&id);
-                self.finished.extend(record);
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(error) => error.id(),
+        };
+        let endpoint = self
+            .in_flight
+            .remove(&id)
+            .and_then(|(claims, _)| claims.into_iter().next())
+            .map(|c| c.endpoint_id);
+        if let Some(endpoint) = &endpoint
+            && let Some(count) = self.endpoint_in_flight.get_mut(endpoint)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.endpoint_in_flight.remove(endpoint);
+            }
+        }
+        let delivered = match joined {
+            Ok((_, records)) => {
+                let delivered = records.iter().all(|record| matches!(record.outcome, Outcome::Delivered));
+                self.finished.extend(records);
+                delivered
             }
             Err(error) => {
                 // Its lease lapses and the reaper closes the attempt as interrupted.
-                self.in_flight.remove(&error.id());
                 if error.is_panic() {
                     tracing::error!(%error, "an attempt task panicked");
                 }
+                false
             }
+        };
+        if !delivered && let Some(endpoint) = &endpoint {
+            self.release_ahead(endpoint);
         }
     }
 
@@ -374,7 +496,10 @@ impl Dispatcher {
             && self.in_flight.values().any(|(_, started)| started.elapsed() < RECENT)
         {
             match tokio::time::timeout_at(until, self.tasks.join_next_with_id()).await {
-                Ok(Some(joined)) => self.finished_task(joined),
+                Ok(Some(joined)) => {
+                    self.finished_task(joined);
+                    self.start_ahead().await;
+                }
                 _ => break,
             }
         }
@@ -415,7 +540,10 @@ impl Dispatcher {
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = wakeup.notified() => self.stored_due = None,
-            Some(joined) = self.tasks.join_next_with_id() => self.finished_task(joined),
+            Some(joined) = self.tasks.join_next_with_id() => {
+                self.finished_task(joined);
+                self.start_ahead().await;
+            }
             Some(handed) = self.handed.recv() => {
                 self.start_all(handed.claims, handed.slots).await;
             }
@@ -471,7 +599,12 @@ impl Dispatcher {
         while let Ok(handed) = self.handed.try_recv() {
             self.finished.extend(handed.claims.iter().map(|claim| interrupted(claim, retries)));
         }
-        while !self.finished.is_empty() {
+        // Claims made ahead that never started go back.
+        let endpoints: Vec<String> = self.ahead.keys().cloned().collect();
+        for endpoint in endpoints {
+            self.release_ahead(&endpoint);
+        }
+        while !(self.finished.is_empty() && self.released.is_empty()) {
             let mut tries = 0;
             loop {
                 match self.cycle(None).await {
@@ -492,6 +625,7 @@ impl Dispatcher {
                             "could not record attempts"
                         );
                         self.finished.clear();
+                        self.released.clear();
                         break;
                     }
                 }
@@ -539,6 +673,7 @@ impl Attempts {
             self.traces.attempt(trace, &others, &first.event_id, &first.endpoint_id, first.attempt_number)
         });
         let traceparent = first.trace.as_ref().map(|trace| attempt_traceparent(trace, span.as_ref()));
+        let started_at = now_micros();
         let sent = sender.send(first, webhook_id, traceparent.as_deref(), body, policy.timeout).await;
         let label = match sent.result.error {
             None => "success",
@@ -584,7 +719,11 @@ impl Attempts {
                 Outcome::Retry { .. } => {}
             }
             let timeout_ms = Some(policy.timeout.as_millis() as i64);
-            records.push(AttemptRecord { timeout_ms, ..record(claim, sent.clone(), outcome) });
+            records.push(AttemptRecord {
+                timeout_ms,
+                started_at: Some(started_at),
+                ..record(claim, sent.clone(), outcome)
+            });
         }
         records
     }
@@ -637,6 +776,7 @@ fn record(claim: &Claimed, sent: Sent, outcome: Outcome) -> AttemptRecord {
         endpoint_id: claim.endpoint_id.clone(),
         tenant_id: claim.tenant_id.clone(),
         lease_token: claim.lease_token.clone(),
+        started_at: None,
         finished_at: now_micros(),
         duration_ms: sent.duration.as_millis() as i64,
         status_code: sent.result.status.map(i32::from),

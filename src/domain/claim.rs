@@ -63,6 +63,20 @@ impl Candidate {
             None => slots,
         }
     }
+
+    /// How many deliveries this endpoint may be claimed for one window ahead of its free slots
+    /// (DESIGN §17, §5.1 amended), beyond `now_room` claimed to start now: so that a slot freed
+    /// by an answer is refilled at once instead of waiting for the next claim's commit. At most
+    /// one window ahead, and never past two windows leased in all. Only where a claim is the
+    /// whole story of the lane: not a FIFO lane (one at a time, in order) and not a rate-limited
+    /// endpoint (its tokens are charged at claim).
+    pub fn ahead(&self, now_room: i64) -> i64 {
+        if self.fifo || self.rate.is_some() {
+            return 0;
+        }
+        let window = i64::from(self.max_in_flight);
+        (2 * window - self.in_flight - now_room.max(0)).clamp(0, window)
+    }
 }
 
 /// Whether a FIFO lane's head can start now: it is due and not leased (a lapsed lease is closed
@@ -99,6 +113,19 @@ mod tests {
         assert_eq!(candidate(false, 10, 0).room(0), 10);
         assert_eq!(candidate(false, 10, 7).room(0), 3);
         assert_eq!(candidate(false, 10, 12).room(0), -2, "over the cap: nothing");
+    }
+
+    #[test]
+    fn claims_go_at_most_one_window_ahead_of_the_free_slots() {
+        assert_eq!(candidate(false, 10, 0).ahead(10), 10, "an idle endpoint: a window now, a window ahead");
+        assert_eq!(candidate(false, 10, 10).ahead(0), 10, "a full window: one more ahead");
+        assert_eq!(candidate(false, 10, 14).ahead(0), 6, "never two windows leased in all");
+        assert_eq!(candidate(false, 10, 20).ahead(0), 0);
+        assert_eq!(candidate(false, 10, 25).ahead(0), 0, "over the cap: nothing");
+        assert_eq!(candidate(true, 10, 0).ahead(1), 0, "a FIFO lane: never ahead");
+        let limited =
+            Candidate { rate: Some(Rate { per_second: 100, next_at: None }), ..candidate(false, 10, 0) };
+        assert_eq!(limited.ahead(10), 0, "a rate limit: never ahead");
     }
 
     #[test]

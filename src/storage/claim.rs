@@ -50,22 +50,65 @@ const WINDOW: &str = "case when coalesce(e.in_flight_window, $5) < coalesce(e.in
                 then coalesce(e.in_flight_window, $5) else coalesce(e.in_flight_limit, $6) end";
 
 impl Store {
-    /// The dispatcher's one transaction per cycle: records finished attempts and their
-    /// deliveries' new states, then claims up to `limit` deliveries that can start now, opening
-    /// an attempt for each. Returns how many records were stale (their lease had been taken over)
-    /// and dropped, and the claims.
+    /// The dispatcher's one transaction per cycle (`dispatch_cycle`), claiming nothing ahead
+    /// and giving nothing back.
     pub async fn record_and_claim(
         &self,
         records: &[AttemptRecord],
         limit: i64,
         lease: std::time::Duration,
     ) -> Result<(u64, Vec<Claimed>), StoreError> {
+        self.dispatch_cycle(&Cycle { records, released: &[], limit, lease, ahead: false }).await
+    }
+
+    /// The dispatcher's one transaction per cycle: records finished attempts and their
+    /// deliveries' new states, gives back the claims made ahead that will not start, then claims
+    /// up to `limit` deliveries that can start now (and, with `ahead`, up to a window ahead of
+    /// each endpoint's free slots), opening an attempt for each. Returns how many records were
+    /// stale (their lease had been taken over) and dropped, and the claims.
+    pub async fn dispatch_cycle(&self, cycle: &Cycle<'_>) -> Result<(u64, Vec<Claimed>), StoreError> {
         let mut tx = self.db.begin_for(Commit::Bookkeeping).await?;
         let now = tx.now().await?;
-        let stale = if records.is_empty() { 0 } else { self.record_tx(&mut tx, now, records).await? };
-        let claimed = if limit > 0 { self.claim_tx(&mut tx, now, limit, lease).await? } else { Vec::new() };
+        let stale =
+            if cycle.records.is_empty() { 0 } else { self.record_tx(&mut tx, now, cycle.records).await? };
+        Self::release_tx(&mut tx, cycle.released).await?;
+        let claimed = if cycle.limit > 0 {
+            self.claim_tx(&mut tx, now, cycle.limit, cycle.lease, cycle.ahead).await?
+        } else {
+            Vec::new()
+        };
         tx.commit().await?;
         Ok((stale, claimed))
+    }
+
+    /// Gives back claims that never started: each delivery is as it was before the claim (its
+    /// lease lifted, its attempt counts back, its open attempt row gone), so the next claim
+    /// takes it up again. Only while the claim's lease is still this one.
+    async fn release_tx(tx: &mut Tx, released: &[Claimed]) -> Result<(), StoreError> {
+        for chunk in released.chunks(CLAIM_CHUNK) {
+            let mut update = Sql::build(
+                r#"update deliveries
+                set attempt_count = attempt_count - 1, run_attempts = run_attempts - 1,
+                    lease_until = null, lease_token = null
+                from (values "#,
+            );
+            update.push_tuples(chunk, |row, claim| {
+                row.bind(&claim.delivery_id).bind(&claim.lease_token);
+            });
+            update.push(") as v where deliveries.id = v.column1 and deliveries.lease_token = v.column2");
+            update.defer(tx).await?;
+            let mut delete = Sql::build("delete from attempts where finished_at is null and id in (");
+            delete.push_list(chunk.iter().map(|claim| claim.attempt_id.as_str())).push(")");
+            delete.defer(tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether this process is the only one on its database (SQLite serves one process per
+    /// file), so that every lease in it is this process's own: what lets its dispatcher claim
+    /// ahead ([`Cycle::ahead`]) and start those claims on its own count of requests in flight.
+    pub fn single_process(&self) -> bool {
+        matches!(self.db.pools, super::db::Pools::Sqlite { .. })
     }
 
     /// Claims up to `limit` deliveries that can start now (`record_and_claim` with no records).
@@ -83,8 +126,8 @@ impl Store {
     }
 
     /// Up to `limit` enabled, unpaused endpoints with a due delivery and a free slot in their
-    /// window, whose circuit is closed (or the breaker off), with ids in (`after`, `up_to`], in id
-    /// order, locked (PostgreSQL, skipping rows another process holds), with their attempts in
+    /// window (with `ahead`, in the window ahead of it, `Candidate::ahead`), whose circuit is
+    /// closed (or the breaker off), with ids in (`after`, `up_to`], in id order, locked (PostgreSQL, skipping rows another process holds), with their attempts in
     /// flight.
     pub(super) async fn candidates(
         &self,
@@ -93,6 +136,7 @@ impl Store {
         after: Option<&str>,
         up_to: Option<&str>,
         limit: i64,
+        ahead: bool,
     ) -> Result<Vec<CandidateRow>, StoreError> {
         let statement = format!(
             r#"select {SEND_COLUMNS},
@@ -106,7 +150,9 @@ impl Store {
               and ($3 is null or e.id <= $3)
               and {HAS_DUE_WORK}
               and (select count(distinct coalesce(l.lease_batch, l.id)) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1)
-                  < case when e.fifo then 1 else {WINDOW} end
+                  < case when e.fifo then 1
+                    when $8 and e.batch is null and e.rate_limit_per_second is null then 2 * ({WINDOW})
+                    else {WINDOW} end
             order by e.id
             limit $4{}"#,
             tx.locking(" for update of e skip locked")
@@ -119,6 +165,7 @@ impl Store {
             .bind(self.stress.initial_in_flight)
             .bind(self.stress.max_in_flight_per_endpoint)
             .bind(self.stress.breaker.enabled())
+            .bind(ahead)
             .fetch_all(&mut *tx)
             .await
     }
@@ -251,13 +298,16 @@ impl Store {
     }
 
     /// Claims deliveries for up to `limit` requests inside `tx`, opening an attempt for each
-    /// delivery (a batch request carries several deliveries, DESIGN §14).
+    /// delivery (a batch request carries several deliveries, DESIGN §14); with `ahead`, also up
+    /// to one window ahead of each plain endpoint's free slots (`Candidate::ahead`), marked
+    /// [`Claimed::ahead`], for the dispatcher to start as its requests to the endpoint end.
     pub(super) async fn claim_tx(
         &self,
         tx: &mut Tx,
         now: i64,
         limit: i64,
         lease: std::time::Duration,
+        ahead: bool,
     ) -> Result<Vec<Claimed>, StoreError> {
         let lease_until = now + lease.as_micros() as i64;
         let mut picks = Picks::default();
@@ -303,60 +353,72 @@ impl Store {
         // and only as many as there are free slots, since each gives at least one request.
         // So a cycle reads a few endpoints past the cursor, not every endpoint there is.
         let cursor = self.claim_cursor.lock().ok().and_then(|c| c.clone());
-        let mut candidates = self.candidates(tx, now, cursor.as_deref(), None, limit).await?;
+        let mut candidates = self.candidates(tx, now, cursor.as_deref(), None, limit, ahead).await?;
         if let Some(cursor) = cursor.as_deref()
             && (candidates.len() as i64) < limit
         {
             let rest = limit - candidates.len() as i64;
-            candidates.extend(self.candidates(tx, now, None, Some(cursor), rest).await?);
+            candidates.extend(self.candidates(tx, now, None, Some(cursor), rest, ahead).await?);
         }
         let order: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
 
         // FIFO heads and batches one endpoint at a time; every other endpoint's due rows in one
-        // read (`due_rows`).
+        // read (`due_rows`), its room now and the window ahead of it.
         let mut plan: Vec<(String, i64)> = Vec::new();
-        let mut by_id: std::collections::HashMap<String, std::sync::Arc<CandidateRow>> =
-            std::collections::HashMap::new();
+        let mut rooms: std::collections::HashMap<String, Rooms> = std::collections::HashMap::new();
         for endpoint in candidates {
             if picks.requests >= limit {
                 break;
             }
-            let room = endpoint.candidate(&self.stress).room(now).min(limit - picks.requests);
-            if room <= 0 {
-                continue;
-            }
+            let candidate = endpoint.candidate(&self.stress);
+            let room = candidate.room(now).min(limit - picks.requests).max(0);
+            let batching = endpoint.batching()?;
             let endpoint = std::sync::Arc::new(endpoint);
-            if let Some(batching) = endpoint.batching()? {
-                self.claim_batches(tx, &mut picks, &endpoint, batching, room, now).await?;
+            if let Some(batching) = batching {
+                if room > 0 {
+                    self.claim_batches(tx, &mut picks, &endpoint, batching, room, now).await?;
+                }
             } else if endpoint.fifo {
-                if let Some(head) = Self::fifo_head(tx, &endpoint.id, now).await? {
+                if room > 0
+                    && let Some(head) = Self::fifo_head(tx, &endpoint.id, now).await?
+                {
                     Self::charge_rate(tx, &endpoint, now, 1).await?;
                     picks.alone(head, endpoint, false)?;
                 }
             } else {
-                // Every endpoint's room is planned in full: `due_rows` stops at the
-                // cycle's limit, and endpoints with fewer due rows than room leave the
+                // Every endpoint's room is planned in full: the rows past the cycle's limit are
+                // left (`Rooms::take`), and endpoints with fewer due rows than room leave the
                 // rest to the others.
-                plan.push((endpoint.id.clone(), room));
-                by_id.insert(endpoint.id.clone(), endpoint);
-            }
-        }
-        let room = limit - picks.requests;
-        if !plan.is_empty() && room > 0 {
-            let rows = tx.due_rows(&plan, now, room).await?;
-            let mut taken: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-            for row in &rows {
-                *taken.entry(row.endpoint_id.as_str()).or_default() += 1;
-            }
-            for (id, n) in taken {
-                if let Some(endpoint) = by_id.get(id) {
-                    Self::charge_rate(tx, endpoint, now, n).await?;
+                let ahead = if ahead { candidate.ahead(room) } else { 0 };
+                if room + ahead > 0 {
+                    plan.push((endpoint.id.clone(), room + ahead));
+                    let window = candidate.max_in_flight;
+                    rooms.insert(
+                        endpoint.id.clone(),
+                        Rooms { endpoint, now: room, ahead, window, taken_now: 0, taken_ahead: 0 },
+                    );
                 }
             }
+        }
+        if !plan.is_empty() && picks.requests < limit {
+            let total = plan.iter().map(|(_, room)| room).sum();
+            let rows = tx.due_rows(&plan, now, total).await?;
+            let mut taken: Vec<(ClaimRow, std::sync::Arc<CandidateRow>, Take)> = Vec::new();
+            let mut now_left = limit - picks.requests;
             for row in rows {
-                if let Some(endpoint) = by_id.get(&row.endpoint_id) {
-                    let endpoint = endpoint.clone();
-                    picks.alone(row, endpoint, false)?;
+                let Some(rooms) = rooms.get_mut(&row.endpoint_id) else { continue };
+                if let Some(take) = rooms.take(now_left) {
+                    now_left -= i64::from(take == Take::Now);
+                    taken.push((row, rooms.endpoint.clone(), take));
+                }
+            }
+            for rooms in rooms.values() {
+                Self::charge_rate(tx, &rooms.endpoint, now, rooms.taken_now).await?;
+            }
+            for (row, endpoint, take) in taken {
+                match take {
+                    Take::Now => picks.alone(row, endpoint, false)?,
+                    Take::Ahead(window) => picks.ahead(row, endpoint, window),
                 }
             }
         }
@@ -493,7 +555,7 @@ impl Store {
         // Each endpoint's headers and secrets are opened once per claim, however many of its
         // deliveries (a batch's members) it holds.
         let mut opened: std::collections::HashMap<String, Opened> = std::collections::HashMap::new();
-        for Pick { row, endpoint, probe, batch_id } in picks {
+        for Pick { row, endpoint, probe, batch_id, ahead } in picks {
             let (headers, secrets, policy) = match opened.get(&endpoint.id) {
                 Some(open) => open.clone(),
                 None => {
@@ -525,6 +587,7 @@ impl Store {
                 policy,
                 probe,
                 batch_id,
+                ahead,
                 trace: row
                     .traceparent
                     .as_deref()
@@ -551,6 +614,43 @@ impl Store {
     }
 }
 
+/// A plain endpoint's rooms in one claim: how many of its due rows start now (its free slots,
+/// within the cycle's limit) and how many go one window ahead of them.
+struct Rooms {
+    endpoint: std::sync::Arc<CandidateRow>,
+    now: i64,
+    ahead: i64,
+    window: i32,
+    taken_now: i64,
+    taken_ahead: i64,
+}
+
+/// What a claim does with one due row of a plain endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Take {
+    /// Starts now.
+    Now,
+    /// Waits, claimed, for a slot of the endpoint's window (its size as claimed).
+    Ahead(i32),
+}
+
+impl Rooms {
+    /// The endpoint's next due row (they come oldest first): starts now while the endpoint
+    /// has room and the cycle has `now_left`, else goes ahead while there is room ahead, else
+    /// is left unclaimed.
+    fn take(&mut self, now_left: i64) -> Option<Take> {
+        if self.taken_now < self.now && now_left > 0 {
+            self.taken_now += 1;
+            Some(Take::Now)
+        } else if self.taken_ahead < self.ahead {
+            self.taken_ahead += 1;
+            Some(Take::Ahead(self.window))
+        } else {
+            None
+        }
+    }
+}
+
 /// An endpoint's opened custom headers, secrets and delivery policy, as a claim sends them.
 type Opened = (
     std::collections::BTreeMap<String, String>,
@@ -565,6 +665,8 @@ struct Pick {
     endpoint: std::sync::Arc<CandidateRow>,
     probe: bool,
     batch_id: Option<String>,
+    /// Claimed one window ahead (the window's size as claimed).
+    ahead: Option<i32>,
 }
 
 /// What a claim picked, how many requests that makes (a batch is one request), and the
@@ -587,9 +689,15 @@ impl Picks {
     ) -> Result<(), StoreError> {
         let batch_id =
             endpoint.batching()?.map(|_| crate::domain::id::new_id(crate::domain::id::IdKind::Batch));
-        self.rows.push(Pick { row, endpoint, probe, batch_id });
+        self.rows.push(Pick { row, endpoint, probe, batch_id, ahead: None });
         self.requests += 1;
         Ok(())
+    }
+
+    /// One delivery claimed one window ahead of a plain endpoint's free slots (not a request
+    /// of this claim's limit: it starts when one of the endpoint's requests ends).
+    fn ahead(&mut self, row: ClaimRow, endpoint: std::sync::Arc<CandidateRow>, window: i32) {
+        self.rows.push(Pick { row, endpoint, probe: false, batch_id: None, ahead: Some(window) });
     }
 
     /// A batch request of `members`.
@@ -600,6 +708,7 @@ impl Picks {
                 endpoint: endpoint.clone(),
                 probe: false,
                 batch_id: Some(batch_id.to_owned()),
+                ahead: None,
             });
         }
         self.requests += 1;

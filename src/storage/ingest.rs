@@ -73,7 +73,7 @@ impl Store {
         let outcomes = Self::ingest_tx(&mut tx, events, idempotency_since).await?;
         let claimed = if limit > 0 {
             let now = tx.now().await?;
-            self.claim_tx(&mut tx, now, limit, lease).await?
+            self.claim_tx(&mut tx, now, limit, lease, false).await?
         } else {
             Vec::new()
         };

@@ -395,8 +395,26 @@ pub struct Claimed {
     pub probe: bool,
     /// The batch request it goes in (`bat_…`, its `webhook-id`), for a batching endpoint.
     pub batch_id: Option<String>,
+    /// Claimed one window ahead of the endpoint's free slots (DESIGN §17): the window's size as
+    /// claimed. The dispatcher starts it when one of its requests to the endpoint ends, while it
+    /// has fewer than that many in flight there, or gives it back ([`Store::dispatch_cycle`]).
+    pub ahead: Option<i32>,
     /// The producer's trace context, carried on the attempt with a fresh span id.
     pub trace: Option<crate::domain::trace::TraceContext>,
+}
+
+/// What one dispatch cycle asks of the store ([`Store::dispatch_cycle`]).
+pub struct Cycle<'a> {
+    /// Finished attempts to record.
+    pub records: &'a [AttemptRecord],
+    /// Claims made ahead ([`Claimed::ahead`]) that will not start: given back.
+    pub released: &'a [Claimed],
+    /// Most requests to claim to start now.
+    pub limit: i64,
+    /// How long the claims hold their deliveries.
+    pub lease: std::time::Duration,
+    /// Whether to claim one window ahead of each plain endpoint's free slots too.
+    pub ahead: bool,
 }
 
 /// One finished attempt to record.
@@ -413,6 +431,10 @@ pub struct AttemptRecord {
     /// The claim's lease token.
     pub lease_token: String,
     /// Unix µs.
+    /// When the request left, when that is known (`None`: an attempt never sent); the attempt
+    /// row keeps its claim's time otherwise. A claim made ahead leaves some time after it was
+    /// made.
+    pub started_at: Option<i64>,
     pub finished_at: i64,
     /// Milliseconds.
     pub duration_ms: i64,

@@ -317,7 +317,7 @@ impl Store {
                 r#"update attempts
                 set finished_at = v.column2, duration_ms = v.column3, status_code = v.column4,
                     error_kind = v.column5, error = v.column6, response_body = v.column7,
-                    timeout_ms = v.column8
+                    timeout_ms = v.column8, started_at = coalesce(v.column9, attempts.started_at)
                 from (values "#,
             );
             update.push_tuples(chunk, |row, record| {
@@ -328,7 +328,8 @@ impl Store {
                     .bind(record.error_kind.map(ErrorKind::as_str))
                     .bind(&record.error)
                     .bind(&record.response_body)
-                    .cast(record.timeout_ms, "bigint");
+                    .cast(record.timeout_ms, "bigint")
+                    .cast(record.started_at, "bigint");
             });
             update.push(") as v where attempts.id = v.column1 and attempts.finished_at is null");
             update.defer(tx).await?;

@@ -470,6 +470,88 @@ async fn an_endpoint_cap_of_two_keeps_two_requests_in_flight_at_most() {
     assert!((1..=2).contains(&most), "{most} requests were in flight at once with a cap of 2");
 }
 
+/// When an attempt's row says it started, in Unix milliseconds.
+fn started_ms(attempt: &Value) -> i64 {
+    let text = attempt["started_at"].as_str().unwrap_or_else(|| panic!("no started_at in {attempt}"));
+    chrono::DateTime::parse_from_rfc3339(text).expect("an RFC 3339 time").timestamp_millis()
+}
+
+/// A backlog bigger than the endpoint's window is claimed a window ahead on SQLite (DESIGN §17):
+/// those claims wait for a free slot, so the cap still holds, each delivery has its one attempt
+/// numbered 1, and an attempt's `started_at` is when its request left, not when it was claimed.
+#[tokio::test]
+async fn claims_made_ahead_wait_for_a_free_slot_and_say_when_they_left() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/slow", Reply::ok().delayed(ms(300)));
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/slow"), json!({"max_in_flight": 2})).await;
+    for n in 0..8 {
+        app.emit(&tenant, "order.created", &json!({"n": n})).await;
+    }
+    receiver.wait_for("/slow", 8, SOON).await;
+    let delivered = crate::helpers::eventually(SOON, "every delivery to be delivered", || async {
+        let delivered = app.deliveries(&tenant, "status=delivered").await;
+        (delivered.len() == 8).then_some(delivered)
+    })
+    .await;
+    let most = receiver.max_in_flight("/slow");
+    assert!((1..=2).contains(&most), "{most} requests were in flight at once with a cap of 2");
+    let mut started = Vec::new();
+    for delivery in delivered {
+        let delivery = app.delivery(&tenant, delivery["id"].as_str().unwrap()).await;
+        assert_eq!(delivery["attempt_count"], json!(1), "{delivery}");
+        let attempts = attempts(&delivery);
+        assert_eq!(attempts.len(), 1, "one attempt, none left open: {delivery}");
+        assert_eq!(attempts[0]["number"], json!(1));
+        assert_eq!(attempts[0]["status_code"], json!(200));
+        started.push(started_ms(&attempts[0]));
+    }
+    started.sort();
+    // Two at a time, 300 ms each: the third and fourth requests cannot leave before the first
+    // two answered, the fifth and sixth before the next two, and so on.
+    for (i, at) in started.iter().enumerate() {
+        let earliest = (i as i64 / 2) * 300 - 50;
+        assert!(
+            at - started[0] >= earliest,
+            "the attempts say they started at {started:?} (ms): request {i} within {earliest} ms of the first"
+        );
+    }
+}
+
+/// A request that fails gives back its endpoint's claims made ahead: they are claimed again,
+/// and their attempts are numbered as if they had never been claimed.
+#[tokio::test]
+async fn a_failure_gives_back_the_claims_made_ahead() {
+    let app = spawn_app_with(fast_retries).await;
+    let receiver = Receiver::start().await;
+    receiver
+        .respond_sequence("/flaky", vec![Reply::status(500).delayed(ms(200)), Reply::ok().delayed(ms(20))]);
+    app.create_event_type("order.created").await;
+    let (tenant, _) = app.tenant_with_endpoint(&receiver.url("/flaky"), json!({"max_in_flight": 1})).await;
+    for n in 0..4 {
+        app.emit(&tenant, "order.created", &json!({"n": n})).await;
+    }
+    receiver.wait_for("/flaky", 5, SOON).await;
+    let delivered = crate::helpers::eventually(SOON, "every delivery to be delivered", || async {
+        let delivered = app.deliveries(&tenant, "status=delivered").await;
+        (delivered.len() == 4).then_some(delivered)
+    })
+    .await;
+    let mut numbers = Vec::new();
+    for delivery in delivered {
+        let delivery = app.delivery(&tenant, delivery["id"].as_str().unwrap()).await;
+        let attempts = attempts(&delivery);
+        assert_eq!(delivery["attempt_count"], json!(attempts.len()), "{delivery}");
+        let codes: Vec<Value> = attempts.iter().map(|a| a["status_code"].clone()).collect();
+        numbers.push(attempts.iter().map(|a| a["number"].as_i64().unwrap()).collect::<Vec<_>>());
+        assert!(codes == [json!(200)] || codes == [json!(500), json!(200)], "{delivery}");
+    }
+    numbers.sort();
+    assert_eq!(numbers, [vec![1], vec![1], vec![1], vec![1, 2]], "no attempt of a claim given back");
+    assert_eq!(receiver.max_in_flight("/flaky"), 1);
+}
+
 #[tokio::test]
 async fn the_global_cap_bounds_requests_in_flight_across_endpoints() {
     let app = spawn_app_with(|config| config.delivery.max_in_flight = 2).await;

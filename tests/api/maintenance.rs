@@ -37,6 +37,7 @@ async fn deliver_all(store: &Store) -> usize {
             endpoint_id: c.endpoint_id.clone(),
             tenant_id: c.tenant_id.clone(),
             lease_token: c.lease_token.clone(),
+            started_at: None,
             finished_at: now_micros(),
             duration_ms: 1,
             status_code: Some(200),

@@ -165,6 +165,7 @@ async fn stats_windows_leave_out_attempts_older_than_the_window() {
             endpoint_id: c.endpoint_id.clone(),
             tenant_id: c.tenant_id.clone(),
             lease_token: c.lease_token.clone(),
+            started_at: None,
             // Two attempts two hours ago (one failed), two now (both delivered).
             finished_at: if i < 2 { now - 2 * 3_600_000_000 } else { now },
             duration_ms: 10 * (i as i64 + 1),
