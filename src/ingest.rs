@@ -87,7 +87,12 @@ async fn write_groups(
         let mut reservation = handoff.as_ref().and_then(|handoff| handoff.reserve());
         let (limit, lease) =
             reservation.as_ref().map_or((0, Default::default()), |r| (r.requests(), r.lease()));
-        let written = match store.ingest_and_claim(&events, since, limit, lease).await {
+        let note = |claims: &[crate::storage::Claimed]| {
+            if let Some(reservation) = reservation.as_mut() {
+                reservation.note(claims);
+            }
+        };
+        let written = match store.ingest_and_claim(&events, since, limit, lease, note).await {
             // The claim must never cost the events: a claim that fails (an endpoint row it cannot
             // open, a lock it cannot get) rolled the group back, which is written again without.
             Err(error) if limit > 0 => {

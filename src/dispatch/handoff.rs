@@ -10,8 +10,9 @@
 //! the dispatcher's loop runs (`Dispatcher::run`): a dispatcher that tests step, `--role api` and
 //! a stopping process get none, and their deliveries wait for a claim as before.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -27,6 +28,63 @@ pub(super) struct Handed {
     pub(super) claims: Vec<Claimed>,
     /// One slot for each request among them.
     pub(super) slots: OwnedSemaphorePermit,
+    /// Their requests in transit ([`InTransit`]), to count off once started.
+    pub(super) in_transit: Noted,
+}
+
+/// Requests claimed at ingest and not started yet, per endpoint, counted from just before the
+/// ingest commit until the dispatcher starts them (or the group fails): the dispatcher starts a
+/// claim made ahead only while the endpoint's requests in flight and in transit leave room in
+/// its window, so the claims of a group committed just before its own count even before they
+/// reach it.
+#[derive(Clone, Default)]
+pub(super) struct InTransit(Arc<Mutex<HashMap<String, usize>>>);
+
+impl InTransit {
+    /// The requests to `endpoint` in transit.
+    pub(super) fn to(&self, endpoint: &str) -> usize {
+        self.0.lock().map(|map| map.get(endpoint).copied().unwrap_or(0)).unwrap_or(0)
+    }
+
+    fn add(&self, endpoints: &[String]) {
+        if let Ok(mut map) = self.0.lock() {
+            for endpoint in endpoints {
+                *map.entry(endpoint.clone()).or_default() += 1;
+            }
+        }
+    }
+
+    fn remove(&self, endpoints: &[String]) {
+        if let Ok(mut map) = self.0.lock() {
+            for endpoint in endpoints {
+                if let Some(count) = map.get_mut(endpoint) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        map.remove(endpoint);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Requests counted in transit (one endpoint id each), counted off when dropped.
+#[derive(Default)]
+pub(super) struct Noted {
+    in_transit: InTransit,
+    endpoints: Vec<String>,
+}
+
+impl Noted {
+    fn take(&mut self) -> Noted {
+        Noted { in_transit: self.in_transit.clone(), endpoints: std::mem::take(&mut self.endpoints) }
+    }
+}
+
+impl Drop for Noted {
+    fn drop(&mut self) {
+        self.in_transit.remove(&self.endpoints);
+    }
 }
 
 /// Ingest's side of the hand-off (cloned into the group-commit writer).
@@ -37,6 +95,7 @@ pub struct Handoff {
     sender: mpsc::UnboundedSender<Handed>,
     lease: Duration,
     wakeup: Arc<Notify>,
+    in_transit: InTransit,
 }
 
 impl Handoff {
@@ -48,7 +107,12 @@ impl Handoff {
         wakeup: Arc<Notify>,
     ) -> (Handoff, mpsc::UnboundedReceiver<Handed>) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        (Handoff { slots, open, sender, lease, wakeup }, receiver)
+        (Handoff { slots, open, sender, lease, wakeup, in_transit: InTransit::default() }, receiver)
+    }
+
+    /// The requests claimed at ingest and not started yet.
+    pub(super) fn in_transit(&self) -> &InTransit {
+        &self.in_transit
     }
 
     /// Reserves free slots for the claim of an ingest group: up to [`MOST`] (an event may fan
@@ -64,7 +128,8 @@ impl Handoff {
         // Took every free slot: the dispatcher may be waiting for one, so it is woken when the
         // unused ones come back.
         let wakeup = (want == free).then(|| self.wakeup.clone());
-        Some(Reservation { slots, lease: self.lease, wakeup })
+        let noted = Noted { in_transit: self.in_transit.clone(), endpoints: Vec::new() };
+        Some(Reservation { slots, lease: self.lease, wakeup, noted })
     }
 
     /// Passes the claims made with `reservation` to the dispatcher; the slots they do not use
@@ -87,7 +152,8 @@ impl Handoff {
             return;
         }
         metrics::counter!(crate::metrics::HANDED_OFF).increment(requests as u64);
-        if self.sender.send(Handed { claims, slots: used }).is_err() {
+        let in_transit = reservation.noted.take();
+        if self.sender.send(Handed { claims, slots: used, in_transit }).is_err() {
             // The dispatcher has stopped: the leases lapse and the reaper closes the attempts
             // as interrupted, as after a crash.
             tracing::warn!("the dispatcher stopped before it took claims made at ingest");
@@ -102,6 +168,8 @@ pub struct Reservation {
     lease: Duration,
     /// Set when the reservation took every free slot: woken when unused ones come back.
     wakeup: Option<Arc<Notify>>,
+    /// Its claims' requests, counted in transit.
+    noted: Noted,
 }
 
 impl Drop for Reservation {
@@ -123,5 +191,14 @@ impl Reservation {
     /// The lease the claims take.
     pub fn lease(&self) -> Duration {
         self.lease
+    }
+
+    /// Counts the group's claims in transit, one per request, just before its commit; they are
+    /// counted off once the dispatcher starts them, or when the reservation is dropped unhanded.
+    pub fn note(&mut self, claims: &[Claimed]) {
+        let endpoints: Vec<String> =
+            super::requests_of(claims).map(|claim| claim.endpoint_id.clone()).collect();
+        self.noted.in_transit.add(&endpoints);
+        self.noted.endpoints.extend(endpoints);
     }
 }

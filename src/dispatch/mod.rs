@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::domain::batch;
 use crate::domain::breaker::{after_probe, signal};
+use crate::domain::claim::Ahead;
 use crate::domain::delivery::{after_interruption, run_budget};
 use crate::domain::retry::{ErrorKind, Outcome, jitter};
 use crate::domain::time::now_micros;
@@ -43,9 +44,6 @@ const RECORD_BATCH: usize = 512;
 const GATHER: Duration = Duration::from_millis(1);
 /// Attempts younger than this are expected back within `GATHER`.
 const RECENT: Duration = Duration::from_millis(20);
-/// What a claim made ahead must have left of its lease when it starts, beyond its timeout (the
-/// margin `[delivery] lease` keeps over `timeout`): time to record its result.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Times one batch of results is written again after a store error before it is given up (the
 /// leases then lapse and the reaper closes the attempts as interrupted).
 const RECORD_TRIES: u32 = 5;
@@ -124,9 +122,9 @@ pub struct Dispatcher {
     /// a replay), and after the poll interval (another replica's retries).
     stored_due: Option<(Option<i64>, Instant)>,
     last_reap: Option<Instant>,
-    /// Whether cycles claim one window ahead (DESIGN §17): while `run` runs, on a database this
-    /// process has to itself (`Store::single_process`).
-    claim_ahead: bool,
+    /// Whether cycles claim one window ahead (DESIGN §17), and how long those claims may wait:
+    /// while `run` runs, on a database this process has to itself (`Store::single_process`).
+    claim_ahead: Option<Ahead>,
     /// Claims made ahead, per endpoint, oldest first, with when they were made: each starts
     /// when the endpoint has fewer requests in flight than its window as claimed.
     ahead: HashMap<String, VecDeque<(Instant, Claimed)>>,
@@ -178,7 +176,7 @@ impl Dispatcher {
             finished: Vec::new(),
             stored_due: None,
             last_reap: None,
-            claim_ahead: false,
+            claim_ahead: None,
             ahead: HashMap::new(),
             endpoint_in_flight: HashMap::new(),
             released: Vec::new(),
@@ -206,7 +204,10 @@ impl Dispatcher {
         };
         metrics::gauge!(crate::metrics::DISPATCHER_UP).set(1.0);
         self.handoff_open.store(true, Ordering::Release);
-        self.claim_ahead = self.store.single_process();
+        self.claim_ahead = self
+            .store
+            .single_process()
+            .then_some(Ahead { lease: self.lease, server_timeout: self.attempts.server.timeout });
         let mut tries = 0;
         while !shutdown.is_cancelled() {
             metrics::gauge!(crate::metrics::DISPATCHER_LAST_CLAIM).set(chrono::Utc::now().timestamp() as f64);
@@ -263,6 +264,8 @@ impl Dispatcher {
     async fn start_handed(&mut self) {
         while let Ok(handed) = self.handed.try_recv() {
             self.start_all(handed.claims, handed.slots).await;
+            // Started: in flight now, no longer in transit.
+            drop(handed.in_transit);
         }
     }
 
@@ -309,6 +312,9 @@ impl Dispatcher {
         let released = std::mem::take(&mut self.released);
         let started = Instant::now();
         let store = self.store.clone();
+        // Endpoints whose requests ended in anything but a delivery while the transaction ran:
+        // what it claims ahead for them goes back, as their queued claims did.
+        let mut failed: Vec<String> = Vec::new();
         let done = {
             let cycle = Cycle {
                 records: &batch,
@@ -324,7 +330,7 @@ impl Dispatcher {
                     biased;
                     done = &mut work => break done,
                     Some(joined) = self.tasks.join_next_with_id(), if !self.ahead.is_empty() => {
-                        self.finished_task(joined);
+                        failed.extend(self.finished_task(joined));
                         self.start_ahead().await;
                     }
                 }
@@ -359,38 +365,60 @@ impl Dispatcher {
             None => 0,
         };
         for claim in ahead {
-            self.ahead.entry(claim.endpoint_id.clone()).or_default().push_back((Instant::now(), claim));
+            if failed.contains(&claim.endpoint_id) {
+                self.released.push(claim);
+            } else {
+                self.ahead.entry(claim.endpoint_id.clone()).or_default().push_back((Instant::now(), claim));
+            }
         }
         self.start_ahead().await;
         Ok(Dispatched { recorded: records, started: count, room: free })
     }
 
-    /// Starts the claims made ahead that may start: an endpoint's oldest, while it has fewer
-    /// requests in flight than its window as claimed and a slot of the process's bound is free.
-    /// A claim whose lease could lapse before its answer (it waited longer than the lease leaves
-    /// beyond its timeout and [`LEASE_MARGIN`]) is given back instead, with the endpoint's rest.
+    /// Starts the claims made ahead that may start: an endpoint's oldest, while its requests in
+    /// flight and in transit from ingest are fewer than its window as claimed and a slot of the
+    /// process's bound is free. Gives back, with the rest of its endpoint's, a claim that can no
+    /// longer start in time (`Ahead::may_start`), and every claim of an endpoint or tenant this
+    /// process changed since (`Store::take_changed`).
     async fn start_ahead(&mut self) {
         if self.ahead.is_empty() {
             return;
         }
+        for changed in self.store.take_changed() {
+            let endpoints: Vec<String> = self
+                .ahead
+                .iter()
+                .filter(|(endpoint, queue)| {
+                    **endpoint == changed
+                        || queue.front().is_some_and(|(_, claim)| claim.tenant_id == changed)
+                })
+                .map(|(endpoint, _)| endpoint.clone())
+                .collect();
+            for endpoint in endpoints {
+                self.release_ahead(&endpoint);
+            }
+        }
+        let Some(rule) = self.claim_ahead else { return };
         let endpoints: Vec<String> = self.ahead.keys().cloned().collect();
         for endpoint in endpoints {
             loop {
-                let in_flight = self.endpoint_in_flight.get(&endpoint).copied().unwrap_or(0);
+                let busy = self.endpoint_in_flight.get(&endpoint).copied().unwrap_or(0)
+                    + self.handoff.in_transit().to(&endpoint);
                 let Some(queue) = self.ahead.get_mut(&endpoint) else { break };
                 let Some((claimed_at, claim)) = queue.front() else {
                     self.ahead.remove(&endpoint);
                     break;
                 };
-                if in_flight >= claim.ahead.map_or(0, |window| window.max(0) as usize) {
-                    break;
-                }
-                let timeout = claim.policy.effective(&self.attempts.server).timeout;
-                if claimed_at.elapsed() + timeout + LEASE_MARGIN > self.lease {
+                if !rule.may_start(claim.policy.timeout, claimed_at.elapsed()) {
                     self.release_ahead(&endpoint);
                     break;
                 }
-                let Ok(slot) = self.slots.clone().try_acquire_owned() else { return };
+                if busy >= claim.ahead.map_or(0, |window| window.max(0) as usize) {
+                    break;
+                }
+                // No free slot: the other endpoints' queues are still looked at, for claims to
+                // give back.
+                let Ok(slot) = self.slots.clone().try_acquire_owned() else { break };
                 let Some((_, claim)) = queue.pop_front() else { break };
                 self.start(vec![claim], slot).await;
             }
@@ -446,7 +474,11 @@ impl Dispatcher {
     /// Takes a finished task's records. A request that ended in anything but a delivery gives
     /// back its endpoint's claims made ahead: the endpoint's circuit, window, pause or state may
     /// change with this result, and the next claim decides again.
-    fn finished_task(&mut self, joined: Result<(Id, Vec<AttemptRecord>), tokio::task::JoinError>) {
+    /// Returns the endpoint whose claims made ahead it gave back.
+    fn finished_task(
+        &mut self,
+        joined: Result<(Id, Vec<AttemptRecord>), tokio::task::JoinError>,
+    ) -> Option<String> {
         let id = match &joined {
             Ok((id, _)) => *id,
             Err(error) => error.id(),
@@ -478,9 +510,12 @@ impl Dispatcher {
                 false
             }
         };
-        if !delivered && let Some(endpoint) = &endpoint {
-            self.release_ahead(endpoint);
+        if delivered {
+            return None;
         }
+        let endpoint = endpoint?;
+        self.release_ahead(&endpoint);
+        Some(endpoint)
     }
 
     /// Attempts started together finish together: while attempts started in the last `RECENT`
@@ -546,6 +581,8 @@ impl Dispatcher {
             }
             Some(handed) = self.handed.recv() => {
                 self.start_all(handed.claims, handed.slots).await;
+                // Started: in flight now, no longer in transit.
+                drop(handed.in_transit);
             }
             _ = tokio::time::sleep(sleep) => {}
         }
@@ -577,12 +614,19 @@ impl Dispatcher {
     /// Stops: waits for attempts in flight up to the grace period, closes the rest as
     /// interrupted, and records everything.
     async fn drain(&mut self) {
+        // Claims made ahead that never started go back.
+        let endpoints: Vec<String> = self.ahead.keys().cloned().collect();
+        for endpoint in endpoints {
+            self.release_ahead(&endpoint);
+        }
         // Claims ingest handed over are as good as started: they go out within the grace period.
         self.start_handed().await;
         let deadline = tokio::time::Instant::now() + self.grace;
         while !self.tasks.is_empty() {
             match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
-                Ok(Some(joined)) => self.finished_task(joined),
+                Ok(Some(joined)) => {
+                    self.finished_task(joined);
+                }
                 Ok(None) => break,
                 Err(_) => {
                     self.tasks.abort_all();
@@ -598,11 +642,6 @@ impl Dispatcher {
         // Claims handed over after the grace period began, never started.
         while let Ok(handed) = self.handed.try_recv() {
             self.finished.extend(handed.claims.iter().map(|claim| interrupted(claim, retries)));
-        }
-        // Claims made ahead that never started go back.
-        let endpoints: Vec<String> = self.ahead.keys().cloned().collect();
-        for endpoint in endpoints {
-            self.release_ahead(&endpoint);
         }
         while !(self.finished.is_empty() && self.released.is_empty()) {
             let mut tries = 0;
@@ -748,9 +787,18 @@ fn same_request(previous: &Claimed, next: &Claimed) -> bool {
     next.batch_id.is_some() && previous.batch_id == next.batch_id
 }
 
+/// The first claim of each request `claimed` makes (see [`requests`]).
+fn requests_of(claimed: &[Claimed]) -> impl Iterator<Item = &Claimed> {
+    claimed
+        .iter()
+        .enumerate()
+        .filter(|(i, claim)| *i == 0 || !same_request(&claimed[i - 1], claim))
+        .map(|(_, claim)| claim)
+}
+
 /// How many requests `claimed` makes (see [`requests`]).
 fn requests_in(claimed: &[Claimed]) -> usize {
-    claimed.len() - claimed.windows(2).filter(|pair| same_request(&pair[0], &pair[1])).count()
+    requests_of(claimed).count()
 }
 
 /// Groups claimed deliveries into requests: a batch's members together (they were claimed

@@ -4,6 +4,32 @@
 //! writes what these functions decide.
 
 use std::collections::HashSet;
+use std::time::Duration;
+
+/// What a claim made ahead must keep of its lease beyond its attempt's timeout: time to record
+/// the answer (the margin `[delivery] lease` keeps over `timeout`).
+const AHEAD_LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// The least wait for a slot a claim made ahead must be able to afford: an endpoint whose
+/// timeout leaves less of the lease is not claimed ahead (its claims would be given back).
+pub const AHEAD_LEAST_WAIT: Duration = Duration::from_secs(1);
+
+/// Claims made one window ahead (DESIGN §17): how long they may wait for a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ahead {
+    /// How long a claim holds its delivery (`[delivery] lease`).
+    pub lease: Duration,
+    /// `[delivery] timeout`, for endpoints without their own.
+    pub server_timeout: Duration,
+}
+
+impl Ahead {
+    /// Whether a claim made ahead for an endpoint whose attempts time out after `timeout` (its
+    /// own, else the server's) may still start after waiting `waited`: its answer comes back,
+    /// with time to record it, before its lease lapses.
+    pub fn may_start(&self, timeout: Option<Duration>, waited: Duration) -> bool {
+        waited + timeout.unwrap_or(self.server_timeout) + AHEAD_LEASE_MARGIN <= self.lease
+    }
+}
 
 /// An endpoint with due work, as a claim sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +152,19 @@ mod tests {
         let limited =
             Candidate { rate: Some(Rate { per_second: 100, next_at: None }), ..candidate(false, 10, 0) };
         assert_eq!(limited.ahead(10), 0, "a rate limit: never ahead");
+    }
+
+    #[test]
+    fn a_claim_made_ahead_starts_only_while_its_answer_can_come_back_within_the_lease() {
+        let ahead = Ahead { lease: Duration::from_secs(30), server_timeout: Duration::from_secs(10) };
+        assert!(ahead.may_start(None, Duration::ZERO));
+        assert!(ahead.may_start(None, Duration::from_secs(15)), "10s + 5s to record: 15s to wait");
+        assert!(!ahead.may_start(None, Duration::from_millis(15_001)));
+        assert!(ahead.may_start(Some(Duration::from_secs(24)), Duration::from_secs(1)));
+        assert!(
+            !ahead.may_start(Some(Duration::from_secs(25)), AHEAD_LEAST_WAIT),
+            "the longest timeout: never ahead"
+        );
     }
 
     #[test]

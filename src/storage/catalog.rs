@@ -214,6 +214,7 @@ impl Store {
             .execute(&mut tx)
             .await?;
         tx.commit().await?;
+        self.endpoint_changed(id);
         Ok(())
     }
 }

@@ -7,7 +7,8 @@ use super::sql::{Sql, Tx, sql};
 use super::*;
 use crate::domain::batch::Batching;
 use crate::domain::breaker::CircuitState;
-use crate::domain::claim::{fifo_head_ready, next_cursor};
+use crate::domain::claim::{AHEAD_LEAST_WAIT, Ahead, fifo_head_ready, next_cursor};
+use crate::domain::delivery::Stopped;
 use crate::domain::trace::TraceContext;
 
 /// Most rows one multi-row claim statement carries (well under both backends' bind limits).
@@ -58,7 +59,7 @@ impl Store {
         limit: i64,
         lease: std::time::Duration,
     ) -> Result<(u64, Vec<Claimed>), StoreError> {
-        self.dispatch_cycle(&Cycle { records, released: &[], limit, lease, ahead: false }).await
+        self.dispatch_cycle(&Cycle { records, released: &[], limit, lease, ahead: None }).await
     }
 
     /// The dispatcher's one transaction per cycle: records finished attempts and their
@@ -71,7 +72,7 @@ impl Store {
         let now = tx.now().await?;
         let stale =
             if cycle.records.is_empty() { 0 } else { self.record_tx(&mut tx, now, cycle.records).await? };
-        Self::release_tx(&mut tx, cycle.released).await?;
+        Self::release_tx(&mut tx, cycle.released, now).await?;
         let claimed = if cycle.limit > 0 {
             self.claim_tx(&mut tx, now, cycle.limit, cycle.lease, cycle.ahead).await?
         } else {
@@ -83,8 +84,10 @@ impl Store {
 
     /// Gives back claims that never started: each delivery is as it was before the claim (its
     /// lease lifted, its attempt counts back, its open attempt row gone), so the next claim
-    /// takes it up again. Only while the claim's lease is still this one.
-    async fn release_tx(tx: &mut Tx, released: &[Claimed]) -> Result<(), StoreError> {
+    /// takes it up again. Only while the claim's lease is still this one. A delivery whose
+    /// endpoint stopped meanwhile then fails as the stop rule says (`Stopped::fails_now`): the
+    /// stop left it alone while it was claimed.
+    async fn release_tx(tx: &mut Tx, released: &[Claimed], now: i64) -> Result<(), StoreError> {
         for chunk in released.chunks(CLAIM_CHUNK) {
             let mut update = Sql::build(
                 r#"update deliveries
@@ -100,6 +103,26 @@ impl Store {
             let mut delete = Sql::build("delete from attempts where finished_at is null and id in (");
             delete.push_list(chunk.iter().map(|claim| claim.attempt_id.as_str())).push(")");
             delete.defer(tx).await?;
+            let mut stopped = Sql::build(
+                r#"select d.id, e.enabled, e.deleted_at is not null as deleted, d.bypass
+                from deliveries d
+                join endpoints e on e.id = d.endpoint_id
+                where d.status = 'pending' and d.lease_until is null and (not e.enabled or e.deleted_at is not null)
+                  and d.id in ("#,
+            );
+            stopped.push_list(chunk.iter().map(|claim| claim.delivery_id.as_str())).push(")");
+            let stopped: Vec<(String, bool, bool, bool)> = stopped.fetch_all(&mut *tx).await?;
+            for (id, enabled, deleted, test_event) in stopped {
+                let Some(stop) = Stopped::of(enabled, deleted) else { continue };
+                if stop.fails_now(false, test_event) {
+                    sql("update deliveries set status = 'failed', last_error = $2, completed_at = $3 where id = $1")
+                        .bind(&id)
+                        .bind(stop.reason())
+                        .bind(now)
+                        .defer(tx)
+                        .await?;
+                }
+            }
         }
         Ok(())
     }
@@ -109,6 +132,20 @@ impl Store {
     /// ahead ([`Cycle::ahead`]) and start those claims on its own count of requests in flight.
     pub fn single_process(&self) -> bool {
         matches!(self.db.pools, super::db::Pools::Sqlite { .. })
+    }
+
+    /// Says that this process changed or stopped an endpoint, or every endpoint of a tenant
+    /// (`id` either's): its dispatcher gives back what it claimed ahead for them, so that what
+    /// starts next follows the change (a lower cap, a pause, a disabling, a deletion).
+    pub(super) fn endpoint_changed(&self, id: &str) {
+        if let Ok(mut changed) = self.changed.lock() {
+            changed.push(id.to_owned());
+        }
+    }
+
+    /// The endpoints and tenants changed since the last call ([`Store::endpoint_changed`]).
+    pub fn take_changed(&self) -> Vec<String> {
+        self.changed.lock().map(|mut changed| std::mem::take(&mut *changed)).unwrap_or_default()
     }
 
     /// Claims up to `limit` deliveries that can start now (`record_and_claim` with no records).
@@ -307,7 +344,7 @@ impl Store {
         now: i64,
         limit: i64,
         lease: std::time::Duration,
-        ahead: bool,
+        ahead: Option<Ahead>,
     ) -> Result<Vec<Claimed>, StoreError> {
         let lease_until = now + lease.as_micros() as i64;
         let mut picks = Picks::default();
@@ -353,12 +390,13 @@ impl Store {
         // and only as many as there are free slots, since each gives at least one request.
         // So a cycle reads a few endpoints past the cursor, not every endpoint there is.
         let cursor = self.claim_cursor.lock().ok().and_then(|c| c.clone());
-        let mut candidates = self.candidates(tx, now, cursor.as_deref(), None, limit, ahead).await?;
+        let mut candidates =
+            self.candidates(tx, now, cursor.as_deref(), None, limit, ahead.is_some()).await?;
         if let Some(cursor) = cursor.as_deref()
             && (candidates.len() as i64) < limit
         {
             let rest = limit - candidates.len() as i64;
-            candidates.extend(self.candidates(tx, now, None, Some(cursor), rest, ahead).await?);
+            candidates.extend(self.candidates(tx, now, None, Some(cursor), rest, ahead.is_some()).await?);
         }
         let order: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
 
@@ -389,7 +427,12 @@ impl Store {
                 // Every endpoint's room is planned in full: the rows past the cycle's limit are
                 // left (`Rooms::take`), and endpoints with fewer due rows than room leave the
                 // rest to the others.
-                let ahead = if ahead { candidate.ahead(room) } else { 0 };
+                let ahead = match ahead {
+                    Some(rule) if rule.may_start(endpoint.policy()?.timeout, AHEAD_LEAST_WAIT) => {
+                        candidate.ahead(room)
+                    }
+                    _ => 0,
+                };
                 if room + ahead > 0 {
                     plan.push((endpoint.id.clone(), room + ahead));
                     let window = candidate.max_in_flight;
@@ -401,8 +444,8 @@ impl Store {
             }
         }
         if !plan.is_empty() && picks.requests < limit {
-            let total = plan.iter().map(|(_, room)| room).sum();
-            let rows = tx.due_rows(&plan, now, total).await?;
+            let ahead_total: i64 = rooms.values().map(|rooms| rooms.ahead).sum();
+            let rows = tx.due_rows(&plan, now, limit - picks.requests + ahead_total).await?;
             let mut taken: Vec<(ClaimRow, std::sync::Arc<CandidateRow>, Take)> = Vec::new();
             let mut now_left = limit - picks.requests;
             for row in rows {
@@ -562,10 +605,7 @@ impl Store {
                     let open = (
                         endpoint.headers(&self.cipher)?,
                         endpoint.secrets(&self.cipher)?,
-                        crate::domain::policy::DeliveryPolicy::from_stored(
-                            endpoint.delivery_policy.as_deref(),
-                        )
-                        .map_err(corrupt)?,
+                        endpoint.policy()?,
                     );
                     opened.insert(endpoint.id.clone(), open.clone());
                     open

@@ -122,6 +122,7 @@ impl Store {
             _ => {}
         }
         tx.commit().await?;
+        self.endpoint_changed(&endpoint.id);
         Ok(())
     }
 
@@ -136,6 +137,7 @@ impl Store {
             .await?;
         Self::stop_pending(&mut tx, Scope::Endpoint(id), Stopped::Deleted, at).await?;
         tx.commit().await?;
+        self.endpoint_changed(id);
         Ok(())
     }
 

@@ -55,28 +55,31 @@ impl Store {
         events: &[NewEvent],
         idempotency_since: i64,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
-        Ok(self.ingest_and_claim(events, idempotency_since, 0, std::time::Duration::ZERO).await?.0)
+        Ok(self.ingest_and_claim(events, idempotency_since, 0, std::time::Duration::ZERO, |_| {}).await?.0)
     }
 
     /// [`Store::ingest`], and in the same transaction claims up to `limit` requests that can start
     /// now (a dispatcher's claim: `record_and_claim` with nothing to record), for the dispatcher
     /// of this process to send at once (`dispatch::Handoff`). The claims are as durable as the
-    /// events: their attempt rows are committed before any request goes out.
+    /// events: their attempt rows are committed before any request goes out. `before_commit`
+    /// sees the claims just before the commit (the hand-off counts them in transit from then).
     pub async fn ingest_and_claim(
         &self,
         events: &[NewEvent],
         idempotency_since: i64,
         limit: i64,
         lease: std::time::Duration,
+        before_commit: impl FnOnce(&[Claimed]),
     ) -> Result<(Vec<IngestOutcome>, Vec<Claimed>), StoreError> {
         let mut tx = self.db.begin().await?;
         let outcomes = Self::ingest_tx(&mut tx, events, idempotency_since).await?;
         let claimed = if limit > 0 {
             let now = tx.now().await?;
-            self.claim_tx(&mut tx, now, limit, lease, false).await?
+            self.claim_tx(&mut tx, now, limit, lease, None).await?
         } else {
             Vec::new()
         };
+        before_commit(&claimed);
         tx.commit().await?;
         if events.iter().any(|event| event.only_endpoint.is_some()) {
             self.tests_added();

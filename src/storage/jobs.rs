@@ -123,6 +123,9 @@ impl Store {
             }
         }
         tx.commit().await?;
+        for id in &disabled {
+            self.endpoint_changed(id);
+        }
         Ok(disabled)
     }
 

@@ -117,6 +117,9 @@ pub struct Store {
     test_look: Mutex<Option<std::time::Instant>>,
     /// Whether this process may have made a test delivery pending since its claim last looked.
     tests_added: std::sync::atomic::AtomicBool,
+    /// Endpoints and tenants (ids) this process changed or stopped since its dispatcher last
+    /// looked: their claims made ahead go back ([`Store::take_changed`]).
+    changed: Mutex<Vec<String>>,
 }
 
 /// The `[delivery]` settings the claim and the recorder apply to every endpoint.
@@ -147,6 +150,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Arc<Store>> {
         probe_look: Default::default(),
         test_look: Default::default(),
         tests_added: std::sync::atomic::AtomicBool::new(true),
+        changed: Mutex::new(Vec::new()),
         stress: Stress {
             breaker: config.delivery.breaker(),
             initial_in_flight: config.delivery.initial_in_flight,
@@ -413,8 +417,9 @@ pub struct Cycle<'a> {
     pub limit: i64,
     /// How long the claims hold their deliveries.
     pub lease: std::time::Duration,
-    /// Whether to claim one window ahead of each plain endpoint's free slots too.
-    pub ahead: bool,
+    /// Whether to claim one window ahead of each plain endpoint's free slots too, and how long
+    /// such claims may wait.
+    pub ahead: Option<crate::domain::claim::Ahead>,
 }
 
 /// One finished attempt to record.
@@ -430,11 +435,11 @@ pub struct AttemptRecord {
     pub tenant_id: String,
     /// The claim's lease token.
     pub lease_token: String,
-    /// Unix µs.
     /// When the request left, when that is known (`None`: an attempt never sent); the attempt
     /// row keeps its claim's time otherwise. A claim made ahead leaves some time after it was
     /// made.
     pub started_at: Option<i64>,
+    /// Unix µs.
     pub finished_at: i64,
     /// Milliseconds.
     pub duration_ms: i64,

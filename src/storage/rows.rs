@@ -390,6 +390,11 @@ impl CandidateRow {
         self.batch.as_deref().map(Batching::from_stored).transpose().map_err(corrupt)
     }
 
+    /// Its own delivery policy (what it sets; the server's values fill the rest).
+    pub(crate) fn policy(&self) -> Result<crate::domain::policy::DeliveryPolicy, StoreError> {
+        crate::domain::policy::DeliveryPolicy::from_stored(self.delivery_policy.as_deref()).map_err(corrupt)
+    }
+
     /// Its rate limit, if it has one.
     pub(crate) fn rate(&self) -> Option<Rate> {
         self.rate_limit_per_second.map(|per_second| Rate { per_second, next_at: self.rate_next_at })

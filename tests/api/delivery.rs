@@ -552,6 +552,35 @@ async fn a_failure_gives_back_the_claims_made_ahead() {
     assert_eq!(receiver.max_in_flight("/flaky"), 1);
 }
 
+/// Disabling an endpoint while claims are made ahead for it gives them back and fails their
+/// deliveries as the stop rule says: nothing more is sent, and nothing is left pending.
+#[tokio::test]
+async fn disabling_an_endpoint_gives_back_its_claims_made_ahead_and_fails_them() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.respond("/slow", Reply::ok().delayed(ms(400)));
+    app.create_event_type("order.created").await;
+    let (tenant, endpoint) =
+        app.tenant_with_endpoint(&receiver.url("/slow"), json!({"max_in_flight": 1})).await;
+    for n in 0..3 {
+        app.emit(&tenant, "order.created", &json!({"n": n})).await;
+    }
+    receiver.wait_for("/slow", 1, SOON).await;
+    let path = format!("/v1/tenants/{tenant}/endpoints/{}", id_of(&endpoint));
+    app.patch(&path, &app.admin_token, &json!({"enabled": false})).await.expect(200);
+    // The request in flight finishes and is recorded; the other two fail.
+    let failed = crate::helpers::eventually(SOON, "the other deliveries to fail", || async {
+        let failed = app.deliveries(&tenant, "status=failed").await;
+        let delivered = app.deliveries(&tenant, "status=delivered").await;
+        (failed.len() == 2 && delivered.len() == 1).then_some(failed)
+    })
+    .await;
+    for delivery in failed {
+        assert_eq!(delivery["last_error"], json!("endpoint_disabled"), "{delivery}");
+    }
+    assert_eq!(receiver.requests("/slow").len(), 1, "nothing claimed ahead went out after the disabling");
+}
+
 #[tokio::test]
 async fn the_global_cap_bounds_requests_in_flight_across_endpoints() {
     let app = spawn_app_with(|config| config.delivery.max_in_flight = 2).await;
