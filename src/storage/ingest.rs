@@ -247,7 +247,10 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Writes the pending event and delivery rows with multi-row inserts, and empties them.
+    /// Writes the pending event and delivery rows with multi-row inserts, and empties them. On
+    /// SQLite the inserts are held back (`Sql::defer`) and go with the transaction's next
+    /// statement (the claim at ingest, an idempotency read) or its commit: nothing reads their
+    /// counts, and an event alone saves two hops to the database thread.
     pub(super) async fn flush_ingest(
         tx: &mut Tx,
         events: &mut Vec<(&NewEvent, i32)>,
@@ -268,7 +271,7 @@ impl Store {
                     .bind(event.trace.as_ref().map(|t| t.parent.to_header()))
                     .bind(event.trace.as_ref().and_then(|t| t.state.as_deref()));
             });
-            insert.execute(&mut *tx).await?;
+            insert.defer(tx).await?;
         }
         for chunk in deliveries.chunks(INSERT_CHUNK) {
             let mut insert = Sql::build(
@@ -291,7 +294,7 @@ impl Store {
                     .bind(d.bypass)
                     .bind(d.event.created_at);
             });
-            insert.execute(&mut *tx).await?;
+            insert.defer(tx).await?;
         }
         events.clear();
         deliveries.clear();
