@@ -9,6 +9,8 @@ use crate::domain::delivery::{DeliveryStatus, Stopped};
 /// Most rows one multi-row insert carries at ingest (12 binds a delivery row: well under both
 /// backends' bind limits).
 const INSERT_CHUNK: usize = 1000;
+/// Most events of a group whose inserts are held back for the next statement (`flush_ingest`).
+const HELD_EVENTS: usize = 16;
 
 /// What an endpoint subscribes to, parsed: its event type patterns and compiled filter.
 struct Subscription {
@@ -247,15 +249,18 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Writes the pending event and delivery rows with multi-row inserts, and empties them. On
-    /// SQLite the inserts are held back (`Sql::defer`) and go with the transaction's next
-    /// statement (the claim at ingest, an idempotency read) or its commit: nothing reads their
-    /// counts, and an event alone saves two hops to the database thread.
+    /// Writes the pending event and delivery rows with multi-row inserts, and empties them. A
+    /// small group's inserts are held back on SQLite (`Sql::defer`) and go with the
+    /// transaction's next statement (the claim at ingest, an idempotency read) or its commit:
+    /// nothing reads their counts, and an event alone saves two hops to the database thread. A
+    /// large group's go at once: their hop is nothing next to their rows, and holding them
+    /// would copy every payload.
     pub(super) async fn flush_ingest(
         tx: &mut Tx,
         events: &mut Vec<(&NewEvent, i32)>,
         deliveries: &mut Vec<NewDeliveryRow<'_>>,
     ) -> Result<(), StoreError> {
+        let hold = events.len() <= HELD_EVENTS;
         for chunk in events.chunks(INSERT_CHUNK) {
             let mut insert = Sql::build(
                 "insert into events (id, tenant_id, event_type, payload, idempotency_key, deliveries, created_at, traceparent, tracestate) values ",
@@ -271,7 +276,7 @@ impl Store {
                     .bind(event.trace.as_ref().map(|t| t.parent.to_header()))
                     .bind(event.trace.as_ref().and_then(|t| t.state.as_deref()));
             });
-            insert.defer(tx).await?;
+            Self::write_or_hold(tx, insert, hold).await?;
         }
         for chunk in deliveries.chunks(INSERT_CHUNK) {
             let mut insert = Sql::build(
@@ -294,10 +299,15 @@ impl Store {
                     .bind(d.bypass)
                     .bind(d.event.created_at);
             });
-            insert.defer(tx).await?;
+            Self::write_or_hold(tx, insert, hold).await?;
         }
         events.clear();
         deliveries.clear();
         Ok(())
+    }
+
+    /// Runs an insert of `flush_ingest` now, or holds it back when `hold`.
+    async fn write_or_hold(tx: &mut Tx, insert: Sql<'_>, hold: bool) -> Result<(), StoreError> {
+        if hold { insert.defer(tx).await } else { insert.run(&mut *tx).await }
     }
 }

@@ -298,11 +298,12 @@ async fn metrics_count_exactly_the_attempts_that_happened() {
         |series: &str| metrics.get(series).copied().unwrap_or_else(|| panic!("no {series} in /metrics"));
     assert_eq!(get("herald_events_ingested_total{event_type=\"order.paid\"}"), 3.0);
     assert_eq!(get("herald_deliveries_created_total"), 9.0);
-    // The first event's group commit claimed its three first attempts and handed them over (the
-    // later ones go either way: failures narrow /fail's and /slow's windows, and a retry in
-    // flight may leave no room when the next event is committed).
+    // Group commits claim first attempts and hand them over. Not necessarily all of them: a
+    // dispatcher cycle that runs at the moment of a group commit (an idle poll, a wake-up) holds
+    // the free slots for its transaction, and then the group claims none and the dispatcher
+    // does; failures narrow /fail's and /slow's windows, and a retry in flight may leave no room.
     let handed = get("herald_handoff_requests_total");
-    assert!(handed >= 3.0, "first attempts claimed at ingest: {handed}");
+    assert!(handed >= 1.0, "first attempts claimed at ingest: {handed}");
     assert_eq!(get("herald_delivery_attempts_total{outcome=\"success\"}"), 3.0);
     assert_eq!(get("herald_delivery_attempts_total{outcome=\"http_error\"}"), 12.0);
     assert_eq!(get("herald_delivery_attempts_total{outcome=\"timeout\"}"), 12.0);
