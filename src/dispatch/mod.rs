@@ -208,6 +208,7 @@ impl Dispatcher {
             .store
             .single_process()
             .then_some(Ahead { lease: self.lease, server_timeout: self.attempts.server.timeout });
+        self.store.watch_changes(self.claim_ahead.is_some());
         let mut tries = 0;
         while !shutdown.is_cancelled() {
             metrics::gauge!(crate::metrics::DISPATCHER_LAST_CLAIM).set(chrono::Utc::now().timestamp() as f64);
@@ -215,8 +216,11 @@ impl Dispatcher {
                 Ok(Dispatched { started, room, .. }) => {
                     tries = 0;
                     // Claimed less than there was room for: nothing more can start until a
-                    // result comes back, work is committed, or a retry falls due.
-                    if started < room || room == 0 {
+                    // result comes back, work is committed, or a retry falls due — unless
+                    // results (or claims to give back) came in while the cycle ran: they are
+                    // recorded at once.
+                    let waiting = !(self.finished.is_empty() && self.released.is_empty());
+                    if (started < room || room == 0) && !waiting {
                         self.idle(&shutdown).await;
                     }
                 }
@@ -241,6 +245,7 @@ impl Dispatcher {
             }
         }
         self.handoff_open.store(false, Ordering::Release);
+        self.store.watch_changes(false);
         let _ = listening.await;
         self.drain().await;
         metrics::gauge!(crate::metrics::DISPATCHER_UP).set(0.0);
@@ -329,7 +334,7 @@ impl Dispatcher {
                 tokio::select! {
                     biased;
                     done = &mut work => break done,
-                    Some(joined) = self.tasks.join_next_with_id(), if !self.ahead.is_empty() => {
+                    Some(joined) = self.tasks.join_next_with_id() => {
                         failed.extend(self.finished_task(joined));
                         self.start_ahead().await;
                     }
@@ -368,7 +373,8 @@ impl Dispatcher {
             if failed.contains(&claim.endpoint_id) {
                 self.released.push(claim);
             } else {
-                self.ahead.entry(claim.endpoint_id.clone()).or_default().push_back((Instant::now(), claim));
+                // Waiting since the transaction began: its leases run from then.
+                self.ahead.entry(claim.endpoint_id.clone()).or_default().push_back((started, claim));
             }
         }
         self.start_ahead().await;
@@ -381,10 +387,11 @@ impl Dispatcher {
     /// longer start in time (`Ahead::may_start`), and every claim of an endpoint or tenant this
     /// process changed since (`Store::take_changed`).
     async fn start_ahead(&mut self) {
+        let changed = self.store.take_changed();
         if self.ahead.is_empty() {
             return;
         }
-        for changed in self.store.take_changed() {
+        for changed in changed {
             let endpoints: Vec<String> = self
                 .ahead
                 .iter()
@@ -560,6 +567,16 @@ impl Dispatcher {
     /// interval) or shutdown.
     async fn idle(&mut self, shutdown: &CancellationToken) {
         let now = now_micros();
+        // A claim made ahead that can no longer start in time goes back at its deadline.
+        let ahead_deadline = self.claim_ahead.and_then(|rule| {
+            self.ahead
+                .values()
+                .filter_map(|queue| queue.front())
+                .filter_map(|(claimed_at, claim)| {
+                    Some(*claimed_at + rule.start_within(claim.policy.timeout)?)
+                })
+                .min()
+        });
         let sleep = if self.tasks.len() >= self.max_in_flight {
             // Every slot is busy: a finished attempt is what can change anything (slots an
             // ingest group holds come back with a hand-off or a wake-up).
@@ -570,6 +587,10 @@ impl Dispatcher {
                 Some(due) => Duration::from_micros((due - now).max(0) as u64).min(self.poll_interval),
                 None => self.poll_interval,
             }
+        };
+        let sleep = match ahead_deadline {
+            Some(deadline) => sleep.min(deadline.saturating_duration_since(Instant::now())),
+            None => sleep,
         };
         let wakeup = self.wakeup.clone();
         tokio::select! {
@@ -584,7 +605,7 @@ impl Dispatcher {
                 // Started: in flight now, no longer in transit.
                 drop(handed.in_transit);
             }
-            _ = tokio::time::sleep(sleep) => {}
+            _ = tokio::time::sleep(sleep) => self.start_ahead().await,
         }
     }
 

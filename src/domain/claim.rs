@@ -27,7 +27,12 @@ impl Ahead {
     /// own, else the server's) may still start after waiting `waited`: its answer comes back,
     /// with time to record it, before its lease lapses.
     pub fn may_start(&self, timeout: Option<Duration>, waited: Duration) -> bool {
-        waited + timeout.unwrap_or(self.server_timeout) + AHEAD_LEASE_MARGIN <= self.lease
+        self.start_within(timeout).is_some_and(|within| waited <= within)
+    }
+
+    /// How long after it was made such a claim may still start (`None`: not at all).
+    pub fn start_within(&self, timeout: Option<Duration>) -> Option<Duration> {
+        self.lease.checked_sub(timeout.unwrap_or(self.server_timeout) + AHEAD_LEASE_MARGIN)
     }
 }
 

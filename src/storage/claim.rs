@@ -136,16 +136,32 @@ impl Store {
 
     /// Says that this process changed or stopped an endpoint, or every endpoint of a tenant
     /// (`id` either's): its dispatcher gives back what it claimed ahead for them, so that what
-    /// starts next follows the change (a lower cap, a pause, a disabling, a deletion).
+    /// starts next follows the change (a lower cap, a pause, a disabling, a deletion, a new
+    /// secret). Kept only while a dispatcher of this process claims ahead
+    /// ([`Store::watch_changes`]).
     pub(super) fn endpoint_changed(&self, id: &str) {
+        if let Ok(mut changed) = self.changed.lock()
+            && let Some(changed) = changed.as_mut()
+        {
+            changed.insert(id.to_owned());
+        }
+    }
+
+    /// Starts (or stops) keeping the endpoints and tenants this process changes, for a
+    /// dispatcher that claims ahead.
+    pub fn watch_changes(&self, on: bool) {
         if let Ok(mut changed) = self.changed.lock() {
-            changed.push(id.to_owned());
+            *changed = on.then(Default::default);
         }
     }
 
     /// The endpoints and tenants changed since the last call ([`Store::endpoint_changed`]).
-    pub fn take_changed(&self) -> Vec<String> {
-        self.changed.lock().map(|mut changed| std::mem::take(&mut *changed)).unwrap_or_default()
+    pub fn take_changed(&self) -> std::collections::HashSet<String> {
+        self.changed
+            .lock()
+            .ok()
+            .and_then(|mut changed| changed.as_mut().map(std::mem::take))
+            .unwrap_or_default()
     }
 
     /// Claims up to `limit` deliveries that can start now (`record_and_claim` with no records).
@@ -433,6 +449,11 @@ impl Store {
                     }
                     _ => 0,
                 };
+                if room == 0 {
+                    // A candidate for claims ahead only (or, past its window, for none): looked
+                    // at, so the next claim starts after it rather than reading it again first.
+                    picks.deferred.insert(endpoint.id.clone());
+                }
                 if room + ahead > 0 {
                     plan.push((endpoint.id.clone(), room + ahead));
                     let window = candidate.max_in_flight;
@@ -466,7 +487,7 @@ impl Store {
             }
         }
 
-        // Endpoints served, and batching endpoints left to fill, count as visited: the next
+        // Endpoints served, and those looked at that start nothing now (`Picks::deferred`), count as visited: the next
         // claim starts after them, so a batch that waits never holds the others back.
         let served: std::collections::HashSet<&str> = picks
             .rows
@@ -715,6 +736,8 @@ struct Pick {
 struct Picks {
     rows: Vec<Pick>,
     requests: i64,
+    /// Endpoints looked at that start nothing now: a batch left to fill, an endpoint with room
+    /// only ahead. They count as visited for the round robin.
     deferred: std::collections::HashSet<String>,
 }
 

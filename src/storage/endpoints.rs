@@ -172,6 +172,7 @@ impl Store {
         .bind(crate::domain::signing::Scheme::of(secret).as_str())
         .execute_found(self.db.writer())
         .await?;
+        self.endpoint_changed(id);
         Ok(())
     }
 
@@ -184,6 +185,7 @@ impl Store {
         .bind(id)
         .execute_found(self.db.writer())
         .await?;
+        self.endpoint_changed(id);
         Ok(())
     }
 

@@ -118,8 +118,9 @@ pub struct Store {
     /// Whether this process may have made a test delivery pending since its claim last looked.
     tests_added: std::sync::atomic::AtomicBool,
     /// Endpoints and tenants (ids) this process changed or stopped since its dispatcher last
-    /// looked: their claims made ahead go back ([`Store::take_changed`]).
-    changed: Mutex<Vec<String>>,
+    /// looked, kept only while its dispatcher claims ahead: their claims made ahead go back
+    /// ([`Store::take_changed`]).
+    changed: Mutex<Option<std::collections::HashSet<String>>>,
 }
 
 /// The `[delivery]` settings the claim and the recorder apply to every endpoint.
@@ -150,7 +151,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Arc<Store>> {
         probe_look: Default::default(),
         test_look: Default::default(),
         tests_added: std::sync::atomic::AtomicBool::new(true),
-        changed: Mutex::new(Vec::new()),
+        changed: Mutex::new(None),
         stress: Stress {
             breaker: config.delivery.breaker(),
             initial_in_flight: config.delivery.initial_in_flight,

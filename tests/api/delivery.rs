@@ -558,7 +558,9 @@ async fn a_failure_gives_back_the_claims_made_ahead() {
 async fn disabling_an_endpoint_gives_back_its_claims_made_ahead_and_fails_them() {
     let app = spawn_app().await;
     let receiver = Receiver::start().await;
-    receiver.respond("/slow", Reply::ok().delayed(ms(400)));
+    // Long enough for the PATCH to land while the first request is still out, however busy
+    // the machine is.
+    receiver.respond("/slow", Reply::ok().delayed(ms(3_000)));
     app.create_event_type("order.created").await;
     let (tenant, endpoint) =
         app.tenant_with_endpoint(&receiver.url("/slow"), json!({"max_in_flight": 1})).await;
