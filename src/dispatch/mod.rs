@@ -59,6 +59,13 @@ pub struct Dispatched {
     pub room: usize,
 }
 
+/// A request whose task ended: its endpoint (unknown only for a task not in flight) and
+/// whether every delivery it carried was delivered.
+struct Ended {
+    endpoint: Option<String>,
+    delivered: bool,
+}
+
 /// What every attempt task needs, shared.
 struct Attempts {
     sender: Sender,
@@ -268,17 +275,22 @@ impl Dispatcher {
     /// Starts the claims ingest handed over, without waiting for more.
     async fn start_handed(&mut self) {
         while let Ok(handed) = self.handed.try_recv() {
-            self.start_all(handed.claims, handed.slots).await;
-            // Started: in flight now, no longer in transit.
-            drop(handed.in_transit);
+            self.start_handed_claims(handed).await;
         }
+    }
+
+    /// Starts claims ingest handed over: in flight now, no longer in transit.
+    async fn start_handed_claims(&mut self, handed: Handed) {
+        self.start_all(handed.claims, handed.slots).await;
+        drop(handed.in_transit);
     }
 
     /// Waits for every attempt on the wire to finish and records them (claiming nothing).
     /// Returns how many were recorded.
     pub async fn finish_in_flight(&mut self) -> anyhow::Result<usize> {
         while let Some(joined) = self.tasks.join_next_with_id().await {
-            self.finished_task(joined);
+            let ended = self.finished_task(joined);
+            self.give_back_after(&ended);
         }
         Ok(self.cycle(None).await?.recorded)
     }
@@ -335,8 +347,8 @@ impl Dispatcher {
                     biased;
                     done = &mut work => break done,
                     Some(joined) = self.tasks.join_next_with_id() => {
-                        failed.extend(self.finished_task(joined));
-                        self.start_ahead().await;
+                        let ended = self.finished_task(joined);
+                        failed.extend(self.request_ended(ended).await);
                     }
                 }
             }
@@ -381,54 +393,89 @@ impl Dispatcher {
         Ok(Dispatched { recorded: records, started: count, room: free })
     }
 
-    /// Starts the claims made ahead that may start: an endpoint's oldest, while its requests in
-    /// flight and in transit from ingest are fewer than its window as claimed and a slot of the
-    /// process's bound is free. Gives back, with the rest of its endpoint's, a claim that can no
-    /// longer start in time (`Ahead::may_start`), and every claim of an endpoint or tenant this
-    /// process changed since (`Store::take_changed`).
+    /// Starts the claims made ahead that may start, every endpoint's ([`Dispatcher::start_ahead_of`]),
+    /// after giving back every claim of an endpoint or tenant this process changed since
+    /// (`Store::take_changed`). For what changes many endpoints at once: a cycle's new claims,
+    /// slots freed by ingest, a deadline passing.
     async fn start_ahead(&mut self) {
-        let changed = self.store.take_changed();
-        if self.ahead.is_empty() {
-            return;
-        }
-        for changed in changed {
-            let endpoints: Vec<String> = self
-                .ahead
-                .iter()
-                .filter(|(endpoint, queue)| {
-                    **endpoint == changed
-                        || queue.front().is_some_and(|(_, claim)| claim.tenant_id == changed)
-                })
-                .map(|(endpoint, _)| endpoint.clone())
-                .collect();
-            for endpoint in endpoints {
-                self.release_ahead(&endpoint);
-            }
-        }
-        let Some(rule) = self.claim_ahead else { return };
+        self.release_changed();
         let endpoints: Vec<String> = self.ahead.keys().cloned().collect();
         for endpoint in endpoints {
-            loop {
-                let busy = self.endpoint_in_flight.get(&endpoint).copied().unwrap_or(0)
-                    + self.handoff.in_transit().to(&endpoint);
-                let Some(queue) = self.ahead.get_mut(&endpoint) else { break };
-                let Some((claimed_at, claim)) = queue.front() else {
-                    self.ahead.remove(&endpoint);
-                    break;
-                };
-                if !rule.may_start(claim.policy.timeout, claimed_at.elapsed()) {
-                    self.release_ahead(&endpoint);
-                    break;
-                }
-                if busy >= claim.ahead.map_or(0, |window| window.max(0) as usize) {
-                    break;
-                }
-                // No free slot: the other endpoints' queues are still looked at, for claims to
-                // give back.
-                let Ok(slot) = self.slots.clone().try_acquire_owned() else { break };
-                let Some((_, claim)) = queue.pop_front() else { break };
-                self.start(vec![claim], slot).await;
+            self.start_ahead_of(&endpoint).await;
+        }
+    }
+
+    /// A request to `endpoint` ended: gives back its claims made ahead if it ended in anything
+    /// but a delivery (and returns the endpoint then), else refills its slot from them. Only
+    /// this endpoint's queue is looked at (its window is what freed); a slot of the bound it
+    /// leaves free goes to the others at the next cycle.
+    async fn request_ended(&mut self, ended: Ended) -> Option<String> {
+        if let Some(endpoint) = self.give_back_after(&ended) {
+            return Some(endpoint);
+        }
+        if let Some(endpoint) = ended.endpoint
+            && self.ahead.contains_key(&endpoint)
+        {
+            self.release_changed();
+            self.start_ahead_of(&endpoint).await;
+        }
+        None
+    }
+
+    /// Gives back the endpoint's claims made ahead when its request ended in anything but a
+    /// delivery: the endpoint's circuit, window, pause or state may change with this result,
+    /// and the next claim decides again. Returns that endpoint.
+    fn give_back_after(&mut self, ended: &Ended) -> Option<String> {
+        let endpoint = ended.endpoint.as_ref().filter(|_| !ended.delivered)?;
+        self.release_ahead(endpoint);
+        Some(endpoint.clone())
+    }
+
+    /// Gives back the claims made ahead for endpoints and tenants this process changed since the
+    /// last look (`Store::take_changed`).
+    fn release_changed(&mut self) {
+        let changed = self.store.take_changed();
+        if changed.is_empty() || self.ahead.is_empty() {
+            return;
+        }
+        let endpoints: Vec<String> = self
+            .ahead
+            .iter()
+            .filter(|(endpoint, queue)| {
+                changed.contains(*endpoint)
+                    || queue.front().is_some_and(|(_, claim)| changed.contains(&claim.tenant_id))
+            })
+            .map(|(endpoint, _)| endpoint.clone())
+            .collect();
+        for endpoint in endpoints {
+            self.release_ahead(&endpoint);
+        }
+    }
+
+    /// Starts `endpoint`'s claims made ahead, oldest first, while its requests in flight and in
+    /// transit from ingest are fewer than its window as claimed and a slot of the process's
+    /// bound is free; gives them all back once the oldest can no longer start in time
+    /// (`Ahead::may_start`).
+    async fn start_ahead_of(&mut self, endpoint: &str) {
+        let Some(rule) = self.claim_ahead else { return };
+        loop {
+            let busy = self.endpoint_in_flight.get(endpoint).copied().unwrap_or(0)
+                + self.handoff.in_transit().to(endpoint);
+            let Some(queue) = self.ahead.get_mut(endpoint) else { return };
+            let Some((claimed_at, claim)) = queue.front() else {
+                self.ahead.remove(endpoint);
+                return;
+            };
+            if !rule.may_start(claim.policy.timeout, claimed_at.elapsed()) {
+                self.release_ahead(endpoint);
+                return;
             }
+            if busy >= claim.ahead.map_or(0, |window| window.max(0) as usize) {
+                return;
+            }
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else { return };
+            let Some((_, claim)) = queue.pop_front() else { return };
+            self.start(vec![claim], slot).await;
         }
     }
 
@@ -474,18 +521,14 @@ impl Dispatcher {
     /// Moves the results of finished tasks into `self.finished`, without waiting.
     fn collect_finished(&mut self) {
         while let Some(joined) = self.tasks.try_join_next_with_id() {
-            self.finished_task(joined);
+            let ended = self.finished_task(joined);
+            self.give_back_after(&ended);
         }
     }
 
-    /// Takes a finished task's records. A request that ended in anything but a delivery gives
-    /// back its endpoint's claims made ahead: the endpoint's circuit, window, pause or state may
-    /// change with this result, and the next claim decides again.
-    /// Returns the endpoint whose claims made ahead it gave back.
-    fn finished_task(
-        &mut self,
-        joined: Result<(Id, Vec<AttemptRecord>), tokio::task::JoinError>,
-    ) -> Option<String> {
+    /// Takes a finished task's records; says which endpoint's request ended and whether it was
+    /// delivered (what [`Dispatcher::request_ended`] acts on).
+    fn finished_task(&mut self, joined: Result<(Id, Vec<AttemptRecord>), tokio::task::JoinError>) -> Ended {
         let id = match &joined {
             Ok((id, _)) => *id,
             Err(error) => error.id(),
@@ -517,12 +560,7 @@ impl Dispatcher {
                 false
             }
         };
-        if delivered {
-            return None;
-        }
-        let endpoint = endpoint?;
-        self.release_ahead(&endpoint);
-        Some(endpoint)
+        Ended { endpoint, delivered }
     }
 
     /// Attempts started together finish together: while attempts started in the last `RECENT`
@@ -539,8 +577,8 @@ impl Dispatcher {
         {
             match tokio::time::timeout_at(until, self.tasks.join_next_with_id()).await {
                 Ok(Some(joined)) => {
-                    self.finished_task(joined);
-                    self.start_ahead().await;
+                    let ended = self.finished_task(joined);
+                    self.request_ended(ended).await;
                 }
                 _ => break,
             }
@@ -597,14 +635,10 @@ impl Dispatcher {
             _ = shutdown.cancelled() => {}
             _ = wakeup.notified() => self.stored_due = None,
             Some(joined) = self.tasks.join_next_with_id() => {
-                self.finished_task(joined);
-                self.start_ahead().await;
+                let ended = self.finished_task(joined);
+                self.request_ended(ended).await;
             }
-            Some(handed) = self.handed.recv() => {
-                self.start_all(handed.claims, handed.slots).await;
-                // Started: in flight now, no longer in transit.
-                drop(handed.in_transit);
-            }
+            Some(handed) = self.handed.recv() => self.start_handed_claims(handed).await,
             _ = tokio::time::sleep(sleep) => self.start_ahead().await,
         }
     }
@@ -636,9 +670,8 @@ impl Dispatcher {
     /// interrupted, and records everything.
     async fn drain(&mut self) {
         // Claims made ahead that never started go back.
-        let endpoints: Vec<String> = self.ahead.keys().cloned().collect();
-        for endpoint in endpoints {
-            self.release_ahead(&endpoint);
+        for (_, queue) in self.ahead.drain() {
+            self.released.extend(queue.into_iter().map(|(_, claim)| claim));
         }
         // Claims ingest handed over are as good as started: they go out within the grace period.
         self.start_handed().await;
