@@ -86,11 +86,7 @@ async fn every_event_reaches_every_matching_endpoint_and_no_other() {
     archived.expect_invalid("event");
 
     let total: usize = 4 + 3 + 3 + 3;
-    app.until(SOON, "every delivery to be delivered", || async {
-        let delivered = app.deliveries(&tenant, "status=delivered").await;
-        (delivered.len() == total).then_some(())
-    })
-    .await;
+    app.all_delivered(&tenant, total, SOON).await;
     assert_eq!(app.deliveries(&tenant, "").await.len(), total, "no delivery beyond the matching ones");
 
     let expect = |path: &str| -> BTreeSet<String> {
@@ -420,10 +416,7 @@ async fn a_fifo_endpoint_delivers_in_acceptance_order_under_retries() {
     expected.extend(events.iter().cloned());
     assert_eq!(ids(&requests), expected, "the head is retried before anything behind it");
     assert_eq!(receiver.max_in_flight("/fifo"), 1, "one request at a time");
-    app.until(SOON, "every delivery to be delivered", || async {
-        (app.deliveries(&tenant, "status=delivered").await.len() == events.len()).then_some(())
-    })
-    .await;
+    app.all_delivered(&tenant, events.len(), SOON).await;
     assert_eq!(receiver.requests("/fifo").len(), events.len() + 2);
 }
 
@@ -462,10 +455,7 @@ async fn an_endpoint_cap_of_two_keeps_two_requests_in_flight_at_most() {
         app.emit(&tenant, "order.created", &json!({"n": n})).await;
     }
     receiver.wait_for("/slow", 8, SOON).await;
-    crate::helpers::eventually(SOON, "every delivery to be delivered", || async {
-        (app.deliveries(&tenant, "status=delivered").await.len() == 8).then_some(())
-    })
-    .await;
+    app.all_delivered(&tenant, 8, SOON).await;
     let most = receiver.max_in_flight("/slow");
     assert!((1..=2).contains(&most), "{most} requests were in flight at once with a cap of 2");
 }
@@ -490,11 +480,7 @@ async fn claims_made_ahead_wait_for_a_free_slot_and_say_when_they_left() {
         app.emit(&tenant, "order.created", &json!({"n": n})).await;
     }
     receiver.wait_for("/slow", 8, SOON).await;
-    let delivered = crate::helpers::eventually(SOON, "every delivery to be delivered", || async {
-        let delivered = app.deliveries(&tenant, "status=delivered").await;
-        (delivered.len() == 8).then_some(delivered)
-    })
-    .await;
+    let delivered = app.all_delivered(&tenant, 8, SOON).await;
     let most = receiver.max_in_flight("/slow");
     assert!((1..=2).contains(&most), "{most} requests were in flight at once with a cap of 2");
     let mut started = Vec::new();
@@ -533,11 +519,7 @@ async fn a_failure_gives_back_the_claims_made_ahead() {
         app.emit(&tenant, "order.created", &json!({"n": n})).await;
     }
     receiver.wait_for("/flaky", 5, SOON).await;
-    let delivered = crate::helpers::eventually(SOON, "every delivery to be delivered", || async {
-        let delivered = app.deliveries(&tenant, "status=delivered").await;
-        (delivered.len() == 4).then_some(delivered)
-    })
-    .await;
+    let delivered = app.all_delivered(&tenant, 4, SOON).await;
     let mut numbers = Vec::new();
     for delivery in delivered {
         let delivery = app.delivery(&tenant, delivery["id"].as_str().unwrap()).await;

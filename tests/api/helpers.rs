@@ -619,6 +619,15 @@ impl TestApp {
         .await
     }
 
+    /// Waits until `count` deliveries of `tenant` are delivered; returns them.
+    pub async fn all_delivered(&self, tenant: &str, count: usize, timeout: Duration) -> Vec<Value> {
+        self.until(timeout, &format!("{count} deliveries to be delivered"), || async {
+            let delivered = self.deliveries(tenant, "status=delivered").await;
+            (delivered.len() == count).then_some(delivered)
+        })
+        .await
+    }
+
     /// Waits until `receiver` has seen at least `count` requests on `path`; returns them all.
     pub async fn received(
         &self,

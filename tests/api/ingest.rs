@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, eventually, id_of, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, id_of, spawn_app, spawn_app_with};
 use crate::receiver::Receiver;
 
 const SOON: Duration = Duration::from_secs(10);
@@ -208,10 +208,7 @@ async fn a_batch_answers_each_item_in_input_order() {
     let stored: BTreeSet<String> = event_ids(&app, &tenant).await.into_iter().collect();
     let expected: BTreeSet<String> = [prior_id, id_of(&results[0]), id_of(&results[3])].into_iter().collect();
     assert_eq!(stored, expected, "only the accepted items are stored");
-    eventually(SOON, "three deliveries to be delivered", || async {
-        (app.deliveries(&tenant, "status=delivered").await.len() == 3).then_some(())
-    })
-    .await;
+    app.all_delivered(&tenant, 3, SOON).await;
     assert_eq!(app.deliveries(&tenant, "").await.len(), 3);
     assert_eq!(receiver.requests("/hook").len(), 3);
 }
