@@ -51,7 +51,27 @@ fn walk_through_commands(readme: &str) -> String {
     blocks.join("\n")
 }
 
+/// A free port below the kernel's ephemeral range. A port the kernel hands out for `:0` comes
+/// from that range, which every outgoing connection of the other tests running meanwhile also
+/// draws from: between this check and the walk-through's `herald serve` one of them could take
+/// it ("Address already in use"). Below the range only another explicit bind can.
 fn free_port() -> u16 {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_low / 2);
+    let span = u32::from(ephemeral_low.saturating_sub(low).max(1));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos())
+        ^ std::process::id();
+    for attempt in 0..span.min(2_000) {
+        let port = low + ((seed.wrapping_add(attempt.wrapping_mul(7_919))) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }
 
@@ -92,8 +112,10 @@ fn literal_value(script: &str) -> Option<String> {
 #[test]
 fn the_readme_walk_through_runs_as_written() {
     let readme = read(&root().join("README.md"));
-    let server = format!("127.0.0.1:{}", free_port());
-    let receiver = format!("127.0.0.1:{}", free_port());
+    let server_port = free_port();
+    let receiver_port = std::iter::repeat_with(free_port).find(|port| *port != server_port).expect("a port");
+    let server = format!("127.0.0.1:{server_port}");
+    let receiver = format!("127.0.0.1:{receiver_port}");
     let script =
         walk_through_commands(&readme).replace(SERVER_ADDRESS, &server).replace(RECEIVER_ADDRESS, &receiver);
 
