@@ -4,7 +4,6 @@
 //! `HERALD_TEST_CHROMEDRIVER` and `HERALD_TEST_CHROMIUM` override `/usr/bin/chromedriver` and
 //! `/usr/bin/chromium`; `HERALD_UPDATE_SCREENSHOT=1` rewrites `docs/dashboard.png`.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -13,7 +12,7 @@ use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, eventually, id_of, ms, poll_until, spawn_app_with};
+use crate::helpers::{TestApp, eventually, free_port, id_of, ms, poll_until, spawn_app_with};
 use crate::receiver::{Receiver, Reply};
 
 /// The key under which WebDriver returns an element reference.
@@ -46,11 +45,6 @@ fn chromium() -> String {
         .ok()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "/usr/bin/chromium".into())
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
 }
 
 /// A chromedriver process and one browser session; both end when dropped, panics included.

@@ -4,13 +4,14 @@
 //! `deploy/README.md` points at a file and heading that exist.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::helpers::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald");
 /// Where the walk-through's commands sit in the README.
@@ -49,30 +50,6 @@ fn walk_through_commands(readme: &str) -> String {
     }
     assert!(current.is_none(), "a ```sh block of the walk-through is not closed");
     blocks.join("\n")
-}
-
-/// A free port below the kernel's ephemeral range. A port the kernel hands out for `:0` comes
-/// from that range, which every outgoing connection of the other tests running meanwhile also
-/// draws from: between this check and the walk-through's `herald serve` one of them could take
-/// it ("Address already in use"). Below the range only another explicit bind can.
-fn free_port() -> u16 {
-    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32768);
-    let low = 10_000u16.min(ephemeral_low / 2);
-    let span = u32::from(ephemeral_low.saturating_sub(low).max(1));
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos())
-        ^ std::process::id();
-    for attempt in 0..span.min(2_000) {
-        let port = low + ((seed.wrapping_add(attempt.wrapping_mul(7_919))) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }
 
 /// Kills a process group, whatever is left of it.

@@ -463,6 +463,31 @@ pub fn encode_query(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
+/// A free port below the kernel's ephemeral range, for a child process to listen on. A port
+/// the kernel hands out for `:0` comes from that range, which every outgoing connection of the
+/// other tests running meanwhile also draws from: between this check and the child's bind one
+/// of them could take it ("Address already in use"). Below the range only another explicit bind
+/// can.
+pub fn free_port() -> u16 {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_low / 2);
+    let span = u32::from(ephemeral_low.saturating_sub(low).max(1));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos())
+        ^ std::process::id();
+    for attempt in 0..span.min(2_000) {
+        let port = low + ((seed.wrapping_add(attempt.wrapping_mul(7_919))) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
 /// A number unique within this test process.
 pub fn unique() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
