@@ -45,6 +45,22 @@ const HAS_DUE_WORK: &str = "exists (
                   and d.lease_until is null
               )";
 
+/// How many requests endpoint `e` has in flight at `$1`: its deliveries leased until later, a
+/// batch's members counted once. Read through the endpoint's open attempts (`attempts_open`,
+/// named to SQLite, which would otherwise read all the endpoint's attempts): every lease is
+/// taken with its open attempt and lifted when that attempt is finished, given back or closed by
+/// the reaper, and `deliveries` keeps no index on its lease columns, so that a claim writes no
+/// index entry there.
+fn in_flight(tx: &Tx) -> String {
+    format!(
+        "(select count(distinct coalesce(l.lease_batch, l.id))
+                from attempts a{}
+                join deliveries l on l.id = a.delivery_id
+                where a.endpoint_id = e.id and a.finished_at is null and l.lease_until > $1)",
+        tx.sqlite_index(" indexed by attempts_open")
+    )
+}
+
 /// Endpoint `e`'s adaptive window within its cap (`domain::concurrency::effective_in_flight`),
 /// with `$5` the initial window and `$6` the cap of endpoints without their own.
 const WINDOW: &str = "case when coalesce(e.in_flight_window, $5) < coalesce(e.in_flight_limit, $6)
@@ -191,9 +207,10 @@ impl Store {
         limit: i64,
         ahead: bool,
     ) -> Result<Vec<CandidateRow>, StoreError> {
+        let in_flight = in_flight(tx);
         let statement = format!(
             r#"select {SEND_COLUMNS},
-                (select count(distinct coalesce(l.lease_batch, l.id)) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1) as in_flight
+                {in_flight} as in_flight
             from endpoints e
             where e.enabled
               and e.deleted_at is null
@@ -202,7 +219,7 @@ impl Store {
               and ($2 is null or e.id > $2)
               and ($3 is null or e.id <= $3)
               and {HAS_DUE_WORK}
-              and (select count(distinct coalesce(l.lease_batch, l.id)) from deliveries l where l.endpoint_id = e.id and l.lease_until > $1)
+              and {in_flight}
                   < case when e.fifo then 1
                     when $8 and e.batch is null and e.rate_limit_per_second is null then 2 * ({WINDOW})
                     else {WINDOW} end

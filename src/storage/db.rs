@@ -181,6 +181,17 @@ impl Tx {
         }
     }
 
+    /// `from <table> <alias><hint>`: on SQLite `indexed by <index>` as given, for a statement
+    /// whose index its planner cannot tell from another without statistics (a fresh database
+    /// has none) — a partial index over a handful of rows against one over the whole history;
+    /// on PostgreSQL, whose planner knows the sizes, nothing.
+    pub(crate) fn sqlite_index(&self, clause: &'static str) -> &'static str {
+        match self {
+            Tx::Sqlite(..) => clause,
+            Tx::Postgres(_) => "",
+        }
+    }
+
     /// Up to `limit` due deliveries over the planned `(endpoint, room)` pairs, each endpoint's
     /// oldest first and at most its room, endpoints in plan order.
     pub(crate) async fn due_rows(

@@ -214,7 +214,8 @@ impl Store {
     /// Closes attempts whose lease lapsed (a crashed or stopped process) as `interrupted`, and
     /// requeues or fails their deliveries (`after_interruption` within the run's budget, with
     /// the endpoint's own retry schedule, else the server's `retries`; the stop rule when the
-    /// endpoint stopped meanwhile). Returns how many were closed.
+    /// endpoint stopped meanwhile). Returns how many were closed. The lapsed leases are found
+    /// through the open attempts (`attempts_open`): each lease is taken with its open attempt.
     pub async fn reap_expired_leases(&self, retries: usize) -> Result<u64, StoreError> {
         let operations = self.operations();
         let mut tx = self.db.begin_for(Commit::Bookkeeping).await?;
@@ -224,7 +225,8 @@ impl Store {
                 e.deleted_at is not null as deleted, e.delivery_policy
             from deliveries d
             join endpoints e on e.id = d.endpoint_id
-            where d.lease_until is not null and d.lease_until < $1
+            where d.id in (select a.delivery_id from attempts a where a.finished_at is null)
+              and d.lease_until < $1
             limit 500{}"#,
             tx.locking(" for update of d skip locked")
         );
