@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::dispatch::Handoff;
-use crate::storage::{IngestOutcome, NewEvent, Store, StoreError};
+use crate::storage::{IngestOutcome, NewEvent, Store, StoreError, claimed_everything};
 
 /// Most events written in one group transaction (a single request may exceed it on its own).
 const GROUP_EVENTS: usize = 1000;
@@ -104,7 +104,7 @@ async fn write_groups(
         };
         match written {
             Ok((outcomes, claimed)) => {
-                if !all_handed(&events, &outcomes, &claimed) {
+                if !claimed_everything(&events, &outcomes, &claimed) {
                     wakeup.notify_one();
                 }
                 if let (Some(handoff), Some(reservation)) = (&handoff, reservation) {
@@ -125,19 +125,4 @@ async fn write_groups(
             }
         }
     }
-}
-
-/// Whether the group's claim took every delivery the group created, so the dispatcher has
-/// nothing new to claim (and is not woken for it).
-fn all_handed(events: &[NewEvent], outcomes: &[IngestOutcome], claimed: &[crate::storage::Claimed]) -> bool {
-    let created: i64 = outcomes
-        .iter()
-        .map(|outcome| match outcome {
-            IngestOutcome::Created { deliveries } => i64::from(*deliveries),
-            _ => 0,
-        })
-        .sum();
-    let ours: std::collections::HashSet<&str> = events.iter().map(|event| event.id.as_str()).collect();
-    let handed = claimed.iter().filter(|claim| ours.contains(claim.event_id.as_str())).count() as i64;
-    handed >= created
 }

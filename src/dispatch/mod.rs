@@ -602,7 +602,7 @@ impl Dispatcher {
     }
 
     /// Waits for a finished attempt, a wake-up, the next due delivery (at most the poll
-    /// interval) or shutdown.
+    /// interval) or shutdown, starting the claims ingest hands over meanwhile.
     async fn idle(&mut self, shutdown: &CancellationToken) {
         let now = now_micros();
         // A claim made ahead that can no longer start in time goes back at its deadline.
@@ -631,15 +631,25 @@ impl Dispatcher {
             None => sleep,
         };
         let wakeup = self.wakeup.clone();
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = wakeup.notified() => self.stored_due = None,
-            Some(joined) = self.tasks.join_next_with_id() => {
-                let ended = self.finished_task(joined);
-                self.request_ended(ended).await;
+        let until = tokio::time::Instant::now() + sleep;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = wakeup.notified() => self.stored_due = None,
+                Some(joined) = self.tasks.join_next_with_id() => {
+                    let ended = self.finished_task(joined);
+                    self.request_ended(ended).await;
+                }
+                // Claims handed over bring nothing to claim (a group that leaves deliveries
+                // unclaimed wakes the dispatcher): they start, and the wait goes on. A cycle
+                // here found nothing and cost a transaction per event at a light load.
+                Some(handed) = self.handed.recv() => {
+                    self.start_handed_claims(handed).await;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(until) => self.start_ahead().await,
             }
-            Some(handed) = self.handed.recv() => self.start_handed_claims(handed).await,
-            _ = tokio::time::sleep(sleep) => self.start_ahead().await,
+            return;
         }
     }
 

@@ -50,6 +50,21 @@ fn subscription(row: &FanoutRow) -> Result<Arc<Subscription>, StoreError> {
     Ok(parsed)
 }
 
+/// Whether the claim made in an ingest group's transaction took every delivery the group
+/// created, so that no dispatcher has anything new to claim (and none is woken for it).
+pub fn claimed_everything(events: &[NewEvent], outcomes: &[IngestOutcome], claimed: &[Claimed]) -> bool {
+    let created: i64 = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            IngestOutcome::Created { deliveries } => i64::from(*deliveries),
+            _ => 0,
+        })
+        .sum();
+    let ours: std::collections::HashSet<&str> = events.iter().map(|event| event.id.as_str()).collect();
+    let handed = claimed.iter().filter(|claim| ours.contains(claim.event_id.as_str())).count() as i64;
+    handed >= created
+}
+
 impl Store {
     /// Writes events and their fan-out (one delivery per matching endpoint) in one transaction.
     pub async fn ingest(
@@ -74,13 +89,18 @@ impl Store {
         before_commit: impl FnOnce(&[Claimed]),
     ) -> Result<(Vec<IngestOutcome>, Vec<Claimed>), StoreError> {
         let mut tx = self.db.begin().await?;
-        let outcomes = Self::ingest_tx(&mut tx, events, idempotency_since).await?;
+        let (outcomes, pending) = Self::ingest_tx(&mut tx, events, idempotency_since).await?;
         let claimed = if limit > 0 {
             let now = tx.now().await?;
             self.claim_tx(&mut tx, now, limit, lease, None).await?
         } else {
             Vec::new()
         };
+        // Work the claim took leaves nothing for any dispatcher to claim: no replica is woken
+        // for it (each would run a transaction that finds nothing).
+        if pending && !claimed_everything(events, &outcomes, &claimed) {
+            tx.notify_work().await?;
+        }
         before_commit(&claimed);
         tx.commit().await?;
         if events.iter().any(|event| event.only_endpoint.is_some()) {
@@ -90,12 +110,14 @@ impl Store {
     }
 
     /// Writes events and their fan-out inside `tx` (ingest, and operational events written
-    /// in the transaction of the change they report).
+    /// in the transaction of the change they report); with the outcomes, whether any delivery
+    /// written is pending (the caller tells the dispatchers, [`Tx::notify_work`], unless it
+    /// claimed them all itself).
     pub(super) async fn ingest_tx(
         tx: &mut Tx,
         events: &[NewEvent],
         idempotency_since: i64,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
+    ) -> Result<(Vec<IngestOutcome>, bool), StoreError> {
         let mut outcomes = Vec::with_capacity(events.len());
         // Rows written by multi-row inserts: at the end, or before an idempotency lookup
         // that may need to see them.
@@ -241,12 +263,9 @@ impl Store {
             }
             outcomes.push(IngestOutcome::Created { deliveries: targets.len() as i32 });
         }
-        let work = delivery_rows.iter().any(|row| row.status == DeliveryStatus::Pending);
+        let pending = delivery_rows.iter().any(|row| row.status == DeliveryStatus::Pending);
         Self::flush_ingest(tx, &mut event_rows, &mut delivery_rows).await?;
-        if work {
-            tx.notify_work().await?;
-        }
-        Ok(outcomes)
+        Ok((outcomes, pending))
     }
 
     /// Writes the pending event and delivery rows with multi-row inserts, and empties them. A

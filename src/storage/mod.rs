@@ -25,6 +25,8 @@ mod sql;
 mod sqlite;
 mod stats;
 
+pub use ingest::claimed_everything;
+
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::Config;

@@ -45,7 +45,10 @@ impl Store {
             only_endpoint: None,
             trace: None,
         };
-        Self::ingest_tx(tx, std::slice::from_ref(&event), now).await?;
+        let (_, pending) = Self::ingest_tx(tx, std::slice::from_ref(&event), now).await?;
+        if pending {
+            tx.notify_work().await?;
+        }
         Ok(true)
     }
 

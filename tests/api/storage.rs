@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald::domain::endpoint::Endpoint;
 use herald::domain::event_type::EventType;
@@ -10,8 +11,9 @@ use herald::domain::id::{IdKind, new_id};
 use herald::domain::tenant::Tenant;
 use herald::domain::time::now_micros;
 use herald::domain::token::Token;
-use herald::storage::{PageQuery, Store, StoreError, connect};
+use herald::storage::{NewEvent, PageQuery, Store, StoreError, connect};
 use serde_json::json;
+use sqlx::Connection;
 
 use crate::helpers::{POSTGRES_ENV, TestDatabase, test_config};
 
@@ -412,4 +414,55 @@ async fn concurrent_creates_never_pass_the_endpoint_cap() {
         assert_eq!(created, 5, "exactly the cap is created, however the creates interleave");
         assert_eq!(store.list_endpoints(&acme.id, &page(None, 100)).await.unwrap().len(), 5);
     }
+}
+
+/// On PostgreSQL, an ingest whose own claim took every delivery it wrote tells no dispatcher
+/// (`NOTIFY herald_work`): nothing is left to claim, and each replica woken would run a
+/// transaction that finds nothing. An ingest that leaves a delivery unclaimed tells them.
+#[tokio::test]
+#[cfg_attr(not(herald_test_postgres), ignore = "needs PostgreSQL: set HERALD_TEST_POSTGRES_URL")]
+async fn an_ingest_that_claims_all_it_wrote_wakes_no_dispatcher() {
+    let url = std::env::var(POSTGRES_ENV).expect("this test needs HERALD_TEST_POSTGRES_URL");
+    let db = TestDatabase::postgres(&url).await;
+    let store = connect(&test_config(&db)).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let acme = tenant(None);
+    store.insert_tenant(&acme).await.unwrap();
+    let mut ep = endpoint(&acme.id);
+    ep.event_types = vec![];
+    ep.rate_limit_per_second = None;
+    assert!(store.insert_endpoint(&ep, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", 1000).await.unwrap());
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.expect("listener");
+    listener.listen("herald_work").await.expect("listen");
+    let event = || NewEvent {
+        id: new_id(IdKind::Event),
+        tenant_id: acme.id.clone(),
+        event_type: "order.created".into(),
+        payload: json!({"type": "order.created", "data": {}}).to_string(),
+        idempotency: None,
+        created_at: now_micros(),
+        only_endpoint: None,
+        trace: None,
+    };
+
+    let (_, claimed) =
+        store.ingest_and_claim(&[event()], 0, 10, Duration::from_secs(60), |_| {}).await.expect("ingested");
+    assert_eq!(claimed.len(), 1, "the ingest's claim took its one delivery");
+    store.ingest(&[event()], 0).await.expect("ingested without a claim");
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("select pg_notify('herald_work', 'marker')").execute(&mut conn).await.expect("marker");
+
+    // Notifications arrive in commit order: count those before the marker.
+    let mut before_marker = 0;
+    loop {
+        let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("the marker arrives")
+            .expect("a notification");
+        if notification.payload() == "marker" {
+            break;
+        }
+        before_marker += 1;
+    }
+    assert_eq!(before_marker, 1, "only the ingest that left its delivery unclaimed told the dispatchers");
 }
