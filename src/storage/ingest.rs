@@ -123,6 +123,9 @@ impl Store {
         // that may need to see them.
         let mut event_rows: Vec<(&NewEvent, i32)> = Vec::with_capacity(events.len());
         let mut delivery_rows: Vec<NewDeliveryRow<'_>> = Vec::with_capacity(events.len());
+        // Whether any delivery written is pending, counted as they are made (rows may be
+        // written, and `delivery_rows` emptied, before an idempotency lookup).
+        let mut pending = false;
         // Each tenant's endpoints with their parsed subscriptions, read once per transaction.
         let mut fanout: std::collections::HashMap<String, Vec<(FanoutRow, Arc<Subscription>)>> =
             Default::default();
@@ -250,6 +253,7 @@ impl Store {
                 } else {
                     (DeliveryStatus::Failed, Some(Stopped::Disabled.reason()), Some(event.created_at))
                 };
+                pending |= status == DeliveryStatus::Pending;
                 delivery_rows.push(NewDeliveryRow {
                     id: crate::domain::id::new_id(crate::domain::id::IdKind::Delivery),
                     event,
@@ -263,7 +267,6 @@ impl Store {
             }
             outcomes.push(IngestOutcome::Created { deliveries: targets.len() as i32 });
         }
-        let pending = delivery_rows.iter().any(|row| row.status == DeliveryStatus::Pending);
         Self::flush_ingest(tx, &mut event_rows, &mut delivery_rows).await?;
         Ok((outcomes, pending))
     }

@@ -418,7 +418,8 @@ async fn concurrent_creates_never_pass_the_endpoint_cap() {
 
 /// On PostgreSQL, an ingest whose own claim took every delivery it wrote tells no dispatcher
 /// (`NOTIFY herald_work`): nothing is left to claim, and each replica woken would run a
-/// transaction that finds nothing. An ingest that leaves a delivery unclaimed tells them.
+/// transaction that finds nothing. An ingest that leaves a delivery unclaimed tells them, also
+/// when its rows were written early, before an idempotency key's lookup.
 #[tokio::test]
 #[cfg_attr(not(herald_test_postgres), ignore = "needs PostgreSQL: set HERALD_TEST_POSTGRES_URL")]
 async fn an_ingest_that_claims_all_it_wrote_wakes_no_dispatcher() {
@@ -432,8 +433,6 @@ async fn an_ingest_that_claims_all_it_wrote_wakes_no_dispatcher() {
     ep.event_types = vec![];
     ep.rate_limit_per_second = None;
     assert!(store.insert_endpoint(&ep, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", 1000).await.unwrap());
-    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.expect("listener");
-    listener.listen("herald_work").await.expect("listen");
     let event = || NewEvent {
         id: new_id(IdKind::Event),
         tenant_id: acme.id.clone(),
@@ -445,10 +444,18 @@ async fn an_ingest_that_claims_all_it_wrote_wakes_no_dispatcher() {
         trace: None,
     };
 
+    let keyed = NewEvent { idempotency: Some(("order-1".into(), "hash-1".into())), ..event() };
+    store.ingest(std::slice::from_ref(&keyed), 0).await.expect("the keyed event");
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.expect("listener");
+    listener.listen("herald_work").await.expect("listen");
+
     let (_, claimed) =
         store.ingest_and_claim(&[event()], 0, 10, Duration::from_secs(60), |_| {}).await.expect("ingested");
-    assert_eq!(claimed.len(), 1, "the ingest's claim took its one delivery");
-    store.ingest(&[event()], 0).await.expect("ingested without a claim");
+    assert_eq!(claimed.len(), 2, "the ingest's claim took its delivery and the keyed event's");
+    // A new event, then the keyed one again: the new event's rows are written before the key
+    // is looked up, and the replay adds none.
+    let replay = NewEvent { id: new_id(IdKind::Event), ..keyed.clone() };
+    store.ingest(&[event(), replay], 0).await.expect("ingested without a claim");
     let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
     sqlx::query("select pg_notify('herald_work', 'marker')").execute(&mut conn).await.expect("marker");
 
