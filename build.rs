@@ -1,12 +1,15 @@
 //! Test variants that need something besides Rust — a PostgreSQL server, a Python with the
 //! Standard Webhooks library, Node, Chromium with chromedriver — are compiled as ignored when it is not
 //! configured, so the test runner's summary counts them as ignored instead of passed (Rust's
-//! runner cannot skip a test once it runs). Nothing here changes the `herald` binary.
+//! runner cannot skip a test once it runs). Nothing here changes the `herald` binary, but a
+//! changed or added migration rebuilds it: `sqlx::migrate!` embeds `migrations/` when the crate
+//! compiles, and without this a build after a new migration alone kept the old set.
 
 use std::path::Path;
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=migrations");
     variant("herald_test_postgres", "HERALD_TEST_POSTGRES_URL", |url| !url.trim().is_empty());
     variant("herald_test_python", "HERALD_TEST_PYTHON", |python| !python.trim().is_empty());
     variant("herald_test_node", "HERALD_TEST_NODE", |node| !node.trim().is_empty());
